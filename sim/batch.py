@@ -1,0 +1,62 @@
+"""What one engine step computes, as the cost model sees it.
+
+A ``Batch`` is a small frozen value passed from a policy to a cost model and
+back (rule 4 of STYLE.md). It describes *shapes* only; the policy keeps the
+requests it belongs to in ``requests`` so it can update them afterwards.
+
+Token conventions (shared by policies and cost models):
+
+* a prefill entry computes ``prefill_new_tokens[i]`` query tokens on top of
+  ``prefill_context_tokens[i]`` tokens already in the cache (0 for a fresh
+  prompt); attention is causal over ``context + new`` keys;
+* a decode entry computes one query token that attends ``decode_context_tokens[i]``
+  keys, the new token's own key included;
+* for static batching the shapes are already padded (every prefill row has
+  the batch's longest prompt, every decode row the longest context), so cost
+  models never need to know which policy built the batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from sim.request import Request
+
+KVLayout = Literal["paged", "contiguous"]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    prefill_new_tokens: tuple[int, ...] = ()
+    prefill_context_tokens: tuple[int, ...] = ()
+    decode_context_tokens: tuple[int, ...] = ()
+    kv_layout: KVLayout = "paged"
+    swap_in_tokens: int = 0    # KV tokens copied CPU -> GPU before the step
+    swap_out_tokens: int = 0   # KV tokens copied GPU -> CPU before the step
+    requests: tuple["Request", ...] = field(default=(), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.prefill_new_tokens) != len(self.prefill_context_tokens):
+            raise ValueError("prefill_new_tokens and prefill_context_tokens differ in length")
+
+    @property
+    def num_prefill_seqs(self) -> int:
+        return len(self.prefill_new_tokens)
+
+    @property
+    def num_decode_seqs(self) -> int:
+        return len(self.decode_context_tokens)
+
+    @property
+    def num_seqs(self) -> int:
+        return self.num_prefill_seqs + self.num_decode_seqs
+
+    @property
+    def num_tokens(self) -> int:
+        """Rows that go through the GEMMs this step (padding included)."""
+        return sum(self.prefill_new_tokens) + len(self.decode_context_tokens)
+
+    @property
+    def is_empty(self) -> bool:
+        return self.num_tokens == 0 and self.swap_in_tokens == 0 and self.swap_out_tokens == 0

@@ -1,0 +1,1 @@
+"""Cost models: ``step_time(batch) -> seconds`` behind one interface."""
