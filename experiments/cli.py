@@ -1,0 +1,158 @@
+"""The ``pagesim`` command: run, sweep, plot, workloads, kernels, calibrate.
+
+Bad input (config, trace, arguments) ends with one ``pagesim: error: ...``
+line on stderr and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+EXIT_BAD_INPUT = 2
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="experiment YAML file (see README: config reference)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field by dotted path, value parsed as YAML; "
+                        "repeatable (e.g. --set engine.batching.policy=static)")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from experiments.config import load_config
+    from experiments.runner import run_experiment, write_outputs
+
+    cfg, _ = load_config(args.config, args.overrides)
+    out = run_experiment(cfg, progress=not args.quiet)
+    for note in out.notes:
+        print(note, file=sys.stderr)
+    write_outputs(out, Path(args.out), csv=args.csv, plots=not args.no_plots)
+    s = out.summary
+    if not args.quiet:
+        print(_one_line(s))
+        print(f"wrote {args.out}/ (config.yaml, requests.parquet, timeline.parquet, summary.json"
+              f"{', plots/' if not args.no_plots else ''})")
+    return 0
+
+
+def _one_line(s: dict) -> str:
+    def f(v, fmt):
+        return "n/a" if v is None else format(v, fmt)
+    c = s["counts"]
+    return (f"{s['config_label']}: {f(s['throughput_rps'], '.3f')} req/s, "
+            f"{f(s['throughput_tokens_per_s'], '.0f')} tok/s, "
+            f"TTFT p50 {f(s['ttft_s']['p50'], '.3f')} s, TPOT p50 {f(s['tpot_s']['p50'], '.4f')} s, "
+            f"norm. latency {f(s['normalized_latency_s_per_token']['mean'], '.4f')} s/tok, "
+            f"KV util {f(s['kv_utilization_mean'], '.1%')}, batch {f(s['mean_batch_size'], '.1f')}, "
+            f"finished {c['finished']}/{c['arrived']} (rejected {c['rejected']}, "
+            f"unfinished {c['unfinished']}), {s['sim_steps']} steps in {s['sim_wall_s']:.2f} s")
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from experiments.config import ConfigError, load_config
+    from experiments.sweep import run_sweep
+
+    cfg, raw = load_config(args.config, args.overrides)
+    if not cfg.sweep:
+        raise ConfigError(f"{args.config}: has no 'sweep:' section (dotted path -> list of values)")
+    table = run_sweep(raw, cfg, Path(args.out), jobs=args.jobs, x_key=args.x_key,
+                      plots=not args.no_plots, progress=not args.quiet)
+    if not args.quiet:
+        cols = [c for c in ["config_label", *cfg.sweep, "throughput_rps",
+                            "normalized_latency_s_per_token_mean", "ttft_s_p99",
+                            "kv_utilization_mean", "mean_batch_size"] if c in table.columns]
+        cols = list(dict.fromkeys(cols))
+        print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print(f"wrote {args.out}/sweep.csv, {args.out}/points/, {args.out}/plots/")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from experiments.plots import plot_run, plot_sweep
+
+    d = Path(args.dir)
+    if (d / "sweep.csv").is_file():
+        paths = plot_sweep(d, x_key=args.x_key)
+    elif (d / "summary.json").is_file():
+        paths = plot_run(d)
+    else:
+        raise ValueError(f"{d}: neither a run directory (summary.json) nor a sweep directory (sweep.csv)")
+    for p in paths:
+        print(p)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pagesim",
+        description="Simulate LLM serving: batching policies x KV-cache layouts, "
+                    "with a clock calibrated from real GPU kernels.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run one experiment and write results + plots",
+                       description="Run one experiment config and write DIR/config.yaml, "
+                                   "requests.parquet, timeline.parquet, summary.json and plots/.")
+    _add_config_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (replaced atomically)")
+    p.add_argument("--csv", action="store_true", help="also write requests.csv")
+    p.add_argument("--no-plots", action="store_true", help="skip the plots")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary line")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("sweep", help="run the cartesian product of a config's sweep: section",
+                       description="Run every point of the config's sweep: section in parallel "
+                                   "processes (finished points are skipped on re-run) and write "
+                                   "OUT/sweep.csv, OUT/points/<id>/ and comparison plots.")
+    _add_config_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="parallel processes (default: number of CPU cores)")
+    p.add_argument("--x-key", default="workload.arrival.rate_rps", metavar="PATH",
+                   help="swept key on the plots' x axis (default: workload.arrival.rate_rps)")
+    p.add_argument("--no-plots", action="store_true", help="skip the plots")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("plot", help="(re)draw the plots of a run or sweep directory",
+                       description="Redraw DIR/plots/ from a run directory (summary.json) or a "
+                                   "sweep directory (sweep.csv).")
+    p.add_argument("dir", metavar="DIR", help="a run or sweep output directory")
+    p.add_argument("--x-key", default="workload.arrival.rate_rps", metavar="PATH",
+                   help="sweep only: swept key on the x axis")
+    p.set_defaults(func=_cmd_plot)
+
+    for module in ("workloads.cli", "kernels.cli", "kernels.calibrate_cli"):
+        try:
+            mod = __import__(module, fromlist=["register"])
+        except ImportError:
+            continue
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "jobs", None) is not None and args.jobs < 1:
+        parser.error(f"--jobs must be >= 1 (got {args.jobs})")
+    try:
+        return int(args.func(args) or 0)
+    except ValidationError as exc:
+        from experiments.config import format_validation_error
+
+        print(f"pagesim: error: {format_validation_error(exc)}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        print(f"pagesim: error: {msg}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("pagesim: interrupted", file=sys.stderr)
+        return 130
+    return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Tables and the summary of a run (DESIGN.md output contract).
+
+Metrics record; experiments plot (STYLE.md rule 9): nothing here draws or
+writes files.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from sim.driver import SimResult
+from sim.request import Status
+
+REQUEST_COLUMNS = (
+    "request_id", "arrival_s", "prompt_tokens", "output_tokens", "status", "reason",
+    "first_token_s", "finish_s", "ttft_s", "tpot_s", "e2e_s",
+    "normalized_latency_s_per_token", "preemptions", "replica",
+)
+LATENCIES = ("ttft_s", "tpot_s", "e2e_s", "normalized_latency_s_per_token")
+
+
+def requests_frame(result: SimResult) -> pd.DataFrame:
+    """One row per arrived request. Latencies are NaN unless finished.
+    TPOT is the mean gap between output tokens after the first, NaN for a
+    single-token output; normalized latency is e2e / output tokens (the vLLM
+    paper's metric)."""
+    reqs = result.requests
+    nan = math.nan
+    df = pd.DataFrame({
+        "request_id": [r.request_id for r in reqs],
+        "arrival_s": [r.arrival_s for r in reqs],
+        "prompt_tokens": [r.prompt_tokens for r in reqs],
+        "output_tokens": [r.output_tokens for r in reqs],
+        "status": [r.status.value for r in reqs],
+        "reason": [r.reason for r in reqs],
+        "first_token_s": [nan if r.first_token_s is None else r.first_token_s for r in reqs],
+        "finish_s": [nan if r.finish_s is None else r.finish_s for r in reqs],
+        "preemptions": [r.preemptions for r in reqs],
+        "replica": [r.replica for r in reqs],
+    })
+    finished = df["status"] == Status.FINISHED.value
+    ttft = df["first_token_s"] - df["arrival_s"]
+    e2e = df["finish_s"] - df["arrival_s"]
+    gaps = (df["output_tokens"] - 1).where(df["output_tokens"] > 1)
+    df["ttft_s"] = ttft.where(finished)
+    df["tpot_s"] = ((df["finish_s"] - df["first_token_s"]) / gaps).where(finished)
+    df["e2e_s"] = e2e.where(finished)
+    df["normalized_latency_s_per_token"] = (e2e / df["output_tokens"]).where(finished)
+    return df[list(REQUEST_COLUMNS)].sort_values("request_id", kind="stable").reset_index(drop=True)
+
+
+def _stats(values: pd.Series) -> dict[str, float | None]:
+    v = values.dropna().to_numpy()
+    if len(v) == 0:
+        return {"mean": None, "p50": None, "p90": None, "p99": None}
+    p50, p90, p99 = np.percentile(v, [50, 90, 99])
+    return {"mean": float(v.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99)}
+
+
+def _weighted(num: pd.Series, den: pd.Series, w: pd.Series) -> float | None:
+    d = float((den * w).sum())
+    return float((num * w).sum()) / d if d > 0 else None
+
+
+def summarize(result: SimResult, requests: pd.DataFrame, timeline: pd.DataFrame,
+              config_label: str = "") -> dict:
+    """The summary.json contents. KV figures are step-time-weighted means over
+    busy time: ``kv_utilization_mean`` is real-token slots over slots
+    allocated or reserved; ``kv_waste`` splits *all* slots' time into
+    internal (unused tail of last blocks), reserved_unused (reserved for
+    tokens not generated yet) and external (free but in holes too small for
+    the oldest waiting request)."""
+    fin = requests[requests["status"] == Status.FINISHED.value]
+    first_arrival = float(requests["arrival_s"].min()) if len(requests) else 0.0
+    end_s = result.horizon_s if result.horizon_s is not None else (
+        float(fin["finish_s"].max()) if len(fin) else first_arrival)
+    duration_s = max(end_s - first_arrival, 0.0)
+    counts = requests["status"].value_counts()
+    w = timeline["step_s"]
+    used = timeline["kv_token_slots_used"] + timeline["kv_token_slots_reserved"]
+    total = timeline["kv_total_slots"]
+    summary = {
+        "config_label": config_label,
+        "duration_s": duration_s,
+        "throughput_rps": len(fin) / duration_s if duration_s > 0 else None,
+        "throughput_tokens_per_s": float(fin["output_tokens"].sum()) / duration_s if duration_s > 0 else None,
+        **{name: _stats(requests[name]) for name in LATENCIES},
+        "kv_utilization_mean": _weighted(timeline["kv_token_slots_used"], used, w),
+        "kv_usage_mean": _weighted(used, total, w),
+        "kv_waste": {
+            "internal": _weighted(timeline["kv_internal_slots"], total, w),
+            "reserved_unused": _weighted(timeline["kv_reserved_slots"], total, w),
+            "external": _weighted(timeline["kv_external_slots"], total, w),
+        },
+        "mean_batch_size": _weighted(timeline["batch_seqs"], pd.Series(1.0, index=w.index), w),
+        "preemptions": int(result.preemptions),
+        "counts": {
+            "arrived": int(len(requests)),
+            **{s.value: int(counts.get(s.value, 0)) for s in (Status.FINISHED, Status.REJECTED, Status.UNFINISHED)},
+        },
+        "not_arrived_before_horizon": int(result.not_arrived),
+        "sim_time_s": float(result.sim_time_s),
+        "sim_steps": int(result.sim_steps),
+        "sim_events": int(result.sim_events),
+        "sim_wall_s": float(result.sim_wall_s),
+    }
+    return summary
+
+
+WALL_TIME_FIELDS = ("sim_wall_s",)
+
+
+def flatten(summary: dict, prefix: str = "") -> dict:
+    """{"ttft_s": {"p50": x}} -> {"ttft_s_p50": x}, for sweep tables."""
+    out: dict = {}
+    for key, value in summary.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}_"))
+        else:
+            out[name] = value
+    return out

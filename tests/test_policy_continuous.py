@@ -1,0 +1,156 @@
+"""Continuous batching: who is admitted, when, and what each step computes."""
+from __future__ import annotations
+
+from conftest import make_policy, make_requests
+
+from sim.memory.paged import PagedKVManager
+from sim.request import Status
+
+
+def test_admit_decode_and_leave_exactly(paged):
+    kv = paged()
+    pol = make_policy("continuous", kv)
+    r0, r1 = make_requests((0.0, 20, 3), (0.0, 30, 2))
+    assert pol.add(r0, 0.0) and pol.add(r1, 0.0)
+
+    b = pol.schedule(0.0)
+    assert b.prefill_new_tokens == (20, 30) and b.decode_context_tokens == ()
+    assert kv.block_table(0) == [0, 1] and kv.block_table(1) == [2, 3]
+    pol.on_step_done(b, 1.0)
+    assert (r0.generated_tokens, r1.generated_tokens) == (1, 1)
+    assert r0.first_token_s == r1.first_token_s == 1.0
+
+    b = pol.schedule(1.0)        # both decode; each attends prompt + its new token
+    assert b.prefill_new_tokens == () and b.decode_context_tokens == (21, 31)
+    pol.on_step_done(b, 2.0)
+    assert r1.status is Status.FINISHED and r1.finish_s == 2.0
+    assert kv.num_free_blocks == 11 - 2          # r1's blocks came back
+
+    b = pol.schedule(2.0)
+    assert b.decode_context_tokens == (22,)
+    pol.on_step_done(b, 3.0)
+    assert r0.status is Status.FINISHED and r0.finish_s == 3.0
+    assert pol.schedule(3.0) is None
+    kv.assert_empty()
+
+
+def test_join_mid_flight_shares_the_step(paged):
+    pol = make_policy("continuous", paged())
+    r0, r1 = make_requests((0.0, 16, 5), (0.5, 8, 2))
+    pol.add(r0, 0.0)
+    pol.on_step_done(pol.schedule(0.0), 1.0)
+    pol.add(r1, 0.5)
+    b = pol.schedule(1.0)
+    assert b.prefill_new_tokens == (8,) and b.decode_context_tokens == (17,)
+    assert [r.request_id for r in b.requests] == [1, 0]     # prefills first, then decodes
+    assert r1.schedule_s == 1.0
+
+
+def test_prefill_only_steps_when_not_mixed(paged):
+    pol = make_policy("continuous", paged(), mixed_prefill_decode=False)
+    r0, r1 = make_requests((0.0, 16, 5), (0.5, 8, 2))
+    pol.add(r0, 0.0)
+    pol.on_step_done(pol.schedule(0.0), 1.0)
+    pol.add(r1, 0.5)
+    b = pol.schedule(1.0)
+    assert b.prefill_new_tokens == (8,) and b.decode_context_tokens == ()
+    pol.on_step_done(b, 2.0)
+    assert r0.generated_tokens == 1                          # r0 waited a step
+    assert pol.schedule(2.0).decode_context_tokens == (17, 9)
+
+
+def test_token_budget_and_batch_size_limit_admission(paged):
+    pol = make_policy("continuous", paged(num_blocks=64), max_batch_tokens=40, max_batch_size=2)
+    for r in make_requests((0.0, 30, 2), (0.0, 20, 2), (0.0, 5, 2)):
+        pol.add(r, 0.0)
+    b = pol.schedule(0.0)
+    assert b.prefill_new_tokens == (30,)          # 30 + 20 > 40: the second waits (no overtaking)
+    pol.on_step_done(b, 1.0)
+    b = pol.schedule(1.0)
+    assert b.prefill_new_tokens == (20,) and b.decode_context_tokens == (31,)
+    pol.on_step_done(b, 2.0)
+    b = pol.schedule(2.0)                          # r0 finished at 2.0 -> r2 joins
+    assert b.prefill_new_tokens == (5,) and b.decode_context_tokens == (21,)
+
+
+def test_recompute_preemption_evicts_latest_admitted():
+    kv = PagedKVManager(num_blocks=5, block_size=4, watermark_frac=0.0)
+    pol = make_policy("continuous", kv)
+    r0, r1 = make_requests((0.0, 7, 10), (0.0, 7, 10))
+    pol.add(r0, 0.0), pol.add(r1, 0.0)
+    pol.on_step_done(pol.schedule(0.0), 1.0)      # 2 blocks each, 1 free
+    b = pol.schedule(1.0)
+    assert b.decode_context_tokens == (8, 8)       # both still fit their 2 blocks
+    pol.on_step_done(b, 2.0)
+    b = pol.schedule(2.0)                          # r0 takes the last block, r1 is evicted
+    assert b.decode_context_tokens == (9,) and b.swap_out_tokens == 0
+    assert r1.status is Status.WAITING and r1.preemptions == 1 and r1.computed_tokens == 0
+    assert list(pol.waiting) == [r1] and pol.num_preemptions == 1
+    assert kv.block_table(0) == [0, 1, 4]
+    # r1 must re-prefill prompt + 2 generated tokens = 9 tokens = 3 blocks: only 2 are free
+    assert b.prefill_new_tokens == ()
+
+
+def test_swap_preemption_moves_blocks_and_brings_them_back():
+    kv = PagedKVManager(num_blocks=5, block_size=4, watermark_frac=0.0, num_cpu_blocks=4)
+    pol = make_policy("continuous", kv, preemption="swap")
+    r0, r1 = make_requests((0.0, 7, 3), (0.0, 7, 10))
+    pol.add(r0, 0.0), pol.add(r1, 0.0)
+    pol.on_step_done(pol.schedule(0.0), 1.0)
+    pol.on_step_done(pol.schedule(1.0), 2.0)
+    b = pol.schedule(2.0)
+    assert b.swap_out_tokens == 8 and r1.status is Status.SWAPPED and kv.is_swapped(1)
+    pol.on_step_done(b, 3.0)                      # r0 finishes: 3 tokens generated
+    assert r0.status is Status.FINISHED
+    b = pol.schedule(3.0)
+    assert b.swap_in_tokens == 8 and b.num_seqs == 0 and r1.status is Status.RUNNING
+    pol.on_step_done(b, 3.5)
+    b = pol.schedule(3.5)
+    assert b.decode_context_tokens == (9,)       # resumes where it left off, no recompute
+    assert r1.generated_tokens == 2 and r1.preemptions == 1
+
+
+def test_requests_that_can_never_run_are_rejected_with_a_reason(paged):
+    pol = make_policy("continuous", paged(), max_batch_tokens=100)
+    too_long, too_big, prompt_over_budget = make_requests((0.0, 90, 200), (0.0, 100, 100), (0.0, 120, 1))
+    assert not pol.add(too_long, 0.0)
+    assert too_long.status is Status.REJECTED and "290 tokens of context" in too_long.reason
+    assert not pol.add(too_big, 0.0) and "blocks" in too_big.reason          # 200 > 176 slots
+    assert not pol.add(prompt_over_budget, 0.0) and "max_batch_tokens" in prompt_over_budget.reason
+    assert pol.schedule(0.0) is None and pol.rejected == [too_long, too_big, prompt_over_budget]
+
+
+def test_watermark_too_large_for_a_request_rejects_it():
+    kv = PagedKVManager(num_blocks=11, block_size=16, watermark_frac=0.5)   # keeps 6 blocks free
+    pol = make_policy("continuous", kv)
+    big, small = make_requests((0.0, 100, 1), (0.0, 10, 1))               # 7 blocks > 11 - 6
+    assert not pol.add(big, 0.0) and pol.add(small, 0.0)
+    assert "kept free" in big.reason
+    assert pol.schedule(0.0).prefill_new_tokens == (10,)
+
+
+class NeverFits(PagedKVManager):
+    """A manager whose admission always fails although it claims every
+    request could run: the policy must not spin or deadlock on it."""
+
+    def can_allocate(self, request_id, num_tokens, final_tokens):
+        return False
+
+
+def test_unschedulable_head_is_rejected_not_deadlocked():
+    for name in ("continuous", "static"):
+        pol = make_policy(name, NeverFits(num_blocks=11, block_size=16, watermark_frac=0.0))
+        (req,) = make_requests((0.0, 10, 1))
+        assert pol.add(req, 0.0)
+        assert pol.schedule(0.0) is None
+        assert req.status is Status.REJECTED and "empty KV cache" in req.reason
+
+
+def test_contiguous_admits_only_what_it_can_reserve(contiguous):
+    kv = contiguous(total_tokens=100, reservation="exact")
+    pol = make_policy("continuous", kv)
+    for r in make_requests((0.0, 30, 30), (0.0, 30, 30), (0.0, 10, 5)):
+        pol.add(r, 0.0)
+    b = pol.schedule(0.0)
+    assert b.prefill_new_tokens == (30,) and b.kv_layout == "contiguous"   # 60 + 60 > 100
+    assert kv.address_range(0) == (0, 60)
