@@ -1,0 +1,186 @@
+"""Random operation sequences on both managers: after every operation the
+structure is consistent, ``free + used == total``, a refused act changes
+nothing, a double free is caught, and freeing everything leaves no leak."""
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from sim.memory import ContiguousKVManager, MemoryError_, PagedKVManager
+
+SETTINGS = settings(max_examples=100, stateful_step_count=30, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+PICK = st.integers(min_value=0, max_value=10**6)   # index into the live sequences
+
+
+class _ManagerMachine(RuleBasedStateMachine):
+    """Shared bookkeeping: ``tokens`` mirrors what every live sequence holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kv = None
+        self.tokens: dict[int, int] = {}
+        self.freed: set[int] = set()
+        self.next_id = 0
+
+    def _new_id(self) -> int:
+        self.next_id += 1
+        return self.next_id
+
+    def _pick(self, index: int, swapped: bool | None = False) -> int | None:
+        ids = sorted(r for r in self.tokens if swapped is None or self.kv.is_swapped(r) == swapped)
+        return ids[index % len(ids)] if ids else None
+
+    def _refused(self, act, *args) -> None:
+        """A refused act raises and leaves the manager as it was."""
+        before = self._snapshot()
+        with pytest.raises(MemoryError_):
+            act(*args)
+        assert self._snapshot() == before
+
+    def _snapshot(self):
+        return self.kv.usage(), {r: self.kv.num_tokens(r) for r in self.tokens}
+
+    @rule(index=PICK, num_tokens=st.integers(0, 20))
+    def append(self, index, num_tokens):
+        rid = self._pick(index)
+        if rid is None:
+            return
+        if self.kv.can_append(rid, num_tokens):
+            self.kv.append(rid, num_tokens)
+            self.tokens[rid] += num_tokens
+        else:
+            self._refused(self.kv.append, rid, num_tokens)
+
+    @rule(index=PICK)
+    def free(self, index):
+        rid = self._pick(index, swapped=None)
+        if rid is None:
+            return
+        self.kv.free(rid)
+        del self.tokens[rid]
+        self.freed.add(rid)
+
+    @rule(index=PICK)
+    def double_free(self, index):
+        if self.freed:
+            self._refused(self.kv.free, sorted(self.freed)[index % len(self.freed)])
+
+    @rule(index=PICK)
+    def swap_out(self, index):
+        rid = self._pick(index)
+        if rid is None:
+            return
+        if self.kv.can_swap_out(rid):
+            assert self.kv.swap_out(rid) == self.tokens[rid]
+            assert self.kv.is_swapped(rid)
+        else:
+            self._refused(self.kv.swap_out, rid)
+
+    @invariant()
+    def consistent(self):
+        if self.kv is None:
+            return
+        self.kv.check_invariants()
+        u = self.kv.usage()
+        assert u.real + u.internal + u.reserved + u.free == u.total == self.kv.total_tokens
+        assert min(u.real, u.internal, u.reserved, u.free) >= 0
+        assert u.largest_free_run <= u.free
+        assert {r: self.kv.num_tokens(r) for r in self.tokens} == self.tokens
+
+    def teardown(self):
+        if self.kv is None:
+            return
+        for rid in list(self.tokens):
+            self.kv.free(rid)
+        self.kv.check_invariants()
+        self.kv.assert_empty()
+
+
+class PagedMachine(_ManagerMachine):
+    @initialize(num_blocks=st.integers(1, 12), block_size=st.sampled_from([1, 2, 4, 16]),
+                watermark_frac=st.sampled_from([0.0, 0.1, 0.3]), num_cpu_blocks=st.integers(0, 6))
+    def build(self, num_blocks, block_size, watermark_frac, num_cpu_blocks):
+        self.kv = PagedKVManager(num_blocks, block_size, watermark_frac, num_cpu_blocks)
+
+    @rule(num_tokens=st.integers(0, 60), extra_tokens=st.integers(0, 20))
+    def allocate(self, num_tokens, extra_tokens):
+        rid, final = self._new_id(), num_tokens + extra_tokens
+        if self.kv.can_allocate(rid, num_tokens, final):
+            self.kv.allocate(rid, num_tokens, final)
+            self.tokens[rid] = num_tokens
+        else:
+            self._refused(self.kv.allocate, rid, num_tokens, final)
+
+    @rule(index=PICK)
+    def fork(self, index):
+        parent = self._pick(index)
+        if parent is not None:
+            child = self._new_id()
+            self.kv.fork(parent, child)
+            self.tokens[child] = self.tokens[parent]
+            assert self.kv.block_table(child) == self.kv.block_table(parent)
+
+    @rule(index=PICK, num_tokens=st.integers(0, 20))
+    def shrink(self, index, num_tokens):
+        rid = self._pick(index)
+        if rid is None:
+            return
+        if num_tokens > self.tokens[rid]:
+            self._refused(self.kv.shrink, rid, num_tokens)
+            return
+        before = self._snapshot()
+        try:
+            self.kv.shrink(rid, num_tokens)
+            self.tokens[rid] -= num_tokens
+        except MemoryError_ as err:     # allowed only for a block shared with a fork
+            assert "shared block" in str(err) and self._snapshot() == before
+
+    @rule(index=PICK)
+    def swap_in(self, index):
+        rid = self._pick(index, swapped=True)
+        if rid is None:
+            return
+        if self.kv.can_swap_in(rid):
+            assert self.kv.swap_in(rid) == self.tokens[rid]
+            assert not self.kv.is_swapped(rid)
+        else:
+            self._refused(self.kv.swap_in, rid)
+
+    @invariant()
+    def free_blocks_match_free_slots(self):
+        if self.kv is not None:
+            assert self.kv.usage().free == self.kv.num_free_blocks * self.kv.block_size
+
+
+class ContiguousMachine(_ManagerMachine):
+    @initialize(total_tokens=st.integers(1, 80), reservation=st.sampled_from(["max", "pow2", "exact"]),
+                max_context_tokens=st.integers(1, 40))
+    def build(self, total_tokens, reservation, max_context_tokens):
+        self.kv = ContiguousKVManager(total_tokens, reservation, max_context_tokens)
+
+    @rule(num_tokens=st.integers(0, 30), extra_tokens=st.integers(0, 15))
+    def allocate(self, num_tokens, extra_tokens):
+        rid, final = self._new_id(), max(num_tokens + extra_tokens, 1)
+        if self.kv.rejection_reason(final) is not None:
+            self._refused(self.kv.can_allocate, rid, num_tokens, final)
+        elif self.kv.can_allocate(rid, num_tokens, final):
+            self.kv.allocate(rid, num_tokens, final)
+            self.tokens[rid] = num_tokens
+            start, end = self.kv.address_range(rid)
+            assert end - start == self.kv.reservation_tokens(final) >= final
+        else:
+            assert self.kv.free_unusable(final) == self.kv.usage().free
+            self._refused(self.kv.allocate, rid, num_tokens, final)
+
+    @invariant()
+    def holes_are_the_free_slots(self):
+        if self.kv is not None:
+            holes = self.kv.holes()
+            assert sum(end - start for start, end in holes) == self.kv.usage().free
+
+
+TestPagedProperties = PagedMachine.TestCase
+TestPagedProperties.settings = SETTINGS
+TestContiguousProperties = ContiguousMachine.TestCase
+TestContiguousProperties.settings = SETTINGS
