@@ -1,0 +1,1 @@
+"""pagesim experiments: configs, the command-line interface, sweeps and plots."""
