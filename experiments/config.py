@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
 
-from sim.cost.spec import CostSpec, default_cost_spec
+from sim.cost.spec import AutoCostSpec, CostModelSpec
 from sim.memory.capacity import MemorySpec
 from sim.policies import BatchingSpec
 from sim.presets import HARDWARE, MODELS, HardwareSpec, ModelSpec
@@ -29,7 +29,7 @@ class EngineSpec(BaseModel):
 
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
     memory: MemorySpec = Field(default_factory=MemorySpec)
-    cost_model: CostSpec = Field(default_factory=default_cost_spec)
+    cost_model: CostModelSpec = Field(default_factory=AutoCostSpec)
     replicas: PositiveInt = 1
     router: Literal["round_robin", "least_outstanding"] = "round_robin"
 

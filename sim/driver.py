@@ -15,7 +15,6 @@ timings are the same as stepping one iteration at a time.
 """
 from __future__ import annotations
 
-import bisect
 import math
 import time
 from dataclasses import dataclass, field
@@ -152,10 +151,13 @@ def _run_ends(now: float, steps_s: np.ndarray, next_arrival_s: float,
     """End times of a run's steps, accumulated one step at a time exactly as
     stepping would, cut after the step during which the next arrival lands and
     before any step that would end past the horizon."""
-    ends = np.cumsum(np.concatenate(([now], steps_s)))[1:]
-    k = min(len(ends), bisect.bisect_left(ends, next_arrival_s) + 1)
+    acc = np.empty(len(steps_s) + 1)
+    acc[0] = now
+    acc[1:] = steps_s
+    ends = np.cumsum(acc)[1:]
+    k = min(len(ends), int(np.searchsorted(ends, next_arrival_s, "left")) + 1)
     if horizon_s is not None:
-        k = min(k, bisect.bisect_right(ends, horizon_s, hi=k))
+        k = min(k, int(np.searchsorted(ends[:k], horizon_s, "right")))
     return k, ends[:k]
 
 

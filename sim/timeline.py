@@ -32,7 +32,7 @@ def external_slots(policy: Policy) -> int:
 class Timeline:
     def __init__(self) -> None:
         self._rows: list[tuple] = []
-        self._blocks: list[pd.DataFrame] = []
+        self._runs: list[tuple] = []
 
     def record_step(self, t_s: float, replica: int, step_s: float, policy: Policy,
                     batch: Batch) -> None:
@@ -67,22 +67,24 @@ class Timeline:
             internal = np.zeros(k, np.int64)
             reserved = u.reserved - n * j
             free = np.full(k, u.free, np.int64)
-        const = lambda v: np.full(k, v)  # noqa: E731
-        self._blocks.append(pd.DataFrame({
-            "t_s": starts_s, "replica": const(replica), "step_s": steps_s,
-            "running": const(len(policy.running)), "waiting": const(len(policy.waiting)),
-            "swapped": const(len(policy.swapped)), "batch_seqs": const(n),
-            "batch_rows": const(batch.num_seqs), "batch_tokens": const(batch.num_tokens),
-            "prefill_tokens": const(0), "decode_seqs": const(batch.num_decode_seqs),
-            "kv_token_slots_used": real, "kv_token_slots_reserved": internal + reserved,
-            "kv_internal_slots": internal, "kv_reserved_slots": reserved,
-            "kv_external_slots": const(external_slots(policy)), "kv_free_slots": free,
-            "kv_total_slots": const(u.total),
-        }))
+        # one tuple per run, columns in COLUMNS order: arrays or scalars
+        self._runs.append((
+            starts_s, replica, steps_s, len(policy.running), len(policy.waiting),
+            len(policy.swapped), n, batch.num_seqs, batch.num_tokens, 0, batch.num_decode_seqs,
+            real, internal + reserved, internal, reserved, external_slots(policy), free, u.total,
+        ))
 
     def to_frame(self) -> pd.DataFrame:
-        parts = [pd.DataFrame(self._rows, columns=list(COLUMNS))] + self._blocks
-        df = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) \
-            else pd.DataFrame(columns=list(COLUMNS))
-        df = df.astype({c: "int64" for c in COLUMNS if c not in ("t_s", "step_s")})
+        steps = pd.DataFrame(self._rows, columns=list(COLUMNS))
+        lengths = np.fromiter((len(run[0]) for run in self._runs), np.int64, len(self._runs))
+        columns: dict[str, np.ndarray] = {}
+        for c, name in enumerate(COLUMNS):
+            values = [run[c] for run in self._runs]
+            if values and np.ndim(values[0]) == 0:       # one value per run
+                from_runs = np.repeat(np.asarray(values), lengths)
+            else:
+                from_runs = np.concatenate(values) if values else np.empty(0)
+            dtype = np.float64 if name in ("t_s", "step_s") else np.int64
+            columns[name] = np.concatenate([steps[name].to_numpy(), from_runs]).astype(dtype)
+        df = pd.DataFrame(columns)
         return df.sort_values(["replica", "t_s"], kind="stable").reset_index(drop=True)

@@ -1,0 +1,127 @@
+"""The SimPy driver: jumping over decode runs is exact, queueing theory
+holds, conservation is checked, replicas share the load."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import TINY_MODEL, make_policy
+
+from sim.cost.linear import LinearCostModel
+from sim.cost.roofline import RooflineCostModel
+from sim.driver import simulate
+from sim.memory.contiguous import ContiguousKVManager
+from sim.memory.paged import PagedKVManager
+from sim.presets import HARDWARE
+from sim.request import Request, Status
+from sim.router import LeastOutstandingRouter, RoundRobinRouter
+
+
+def poisson_requests(n, rate_rps, seed, prompt=(4, 60), output=(1, 80)):
+    rng = np.random.default_rng(seed)
+    arrivals = np.cumsum(rng.exponential(1.0 / rate_rps, n))
+    prompts = rng.integers(*prompt, n)
+    outputs = rng.integers(*output, n)
+    return [Request(i, float(a), int(p), int(o)) for i, (a, p, o) in enumerate(zip(arrivals, prompts, outputs))]
+
+
+def make_kv(layout):
+    if layout == "paged":
+        return PagedKVManager(num_blocks=40, block_size=8, watermark_frac=0.0, num_cpu_blocks=20)
+    return ContiguousKVManager(320, "pow2", TINY_MODEL.max_context_tokens)
+
+
+LINEAR = LinearCostModel(base_s=0.01, per_prefill_token_s=1e-4, per_decode_seq_s=1e-3,
+                         per_context_token_s=2e-5, per_swap_token_s=1e-5)
+
+
+def run(policy, layout, cost, fast_forward, *, n=150, rate=20.0, horizon_s=None, **batching):
+    reqs = poisson_requests(n, rate, seed=7)
+    pol = make_policy(policy, make_kv(layout), **batching)
+    pol.record_token_times = True
+    result = simulate(reqs, [pol], [cost], RoundRobinRouter(), horizon_s=horizon_s,
+                      fast_forward=fast_forward)
+    return reqs, result
+
+
+CASES = [
+    ("continuous", "paged", {}),
+    ("continuous", "paged", {"preemption": "swap"}),
+    ("continuous", "paged", {"mixed_prefill_decode": False}),
+    ("continuous", "contiguous", {}),
+    ("static", "paged", {"max_batch_size": 8}),
+    ("static", "contiguous", {"max_batch_size": 8, "max_wait_s": 0.05}),
+]
+
+
+@pytest.mark.parametrize("policy,layout,batching", CASES)
+@pytest.mark.parametrize("cost_name", ["linear", "roofline"])
+def test_jumping_over_decode_runs_gives_the_same_timings(policy, layout, batching, cost_name):
+    cost = LINEAR if cost_name == "linear" else RooflineCostModel(TINY_MODEL, HARDWARE["h100-sxm"])
+    stepped, r1 = run(policy, layout, cost, False, **batching)
+    jumped, r2 = run(policy, layout, cost, True, **batching)
+    assert r2.sim_steps == r1.sim_steps
+    assert r2.sim_events < r1.sim_events                      # it did jump
+    for a, b in zip(stepped, jumped):
+        assert (a.status, a.preemptions, a.generated_tokens) == (b.status, b.preemptions, b.generated_tokens)
+        assert len(a.token_times_s or []) == len(b.token_times_s or [])
+        for x, y in zip(a.token_times_s or [], b.token_times_s or []):
+            assert math.isclose(x, y, rel_tol=1e-9)
+        if a.finish_s is not None:
+            assert math.isclose(a.finish_s, b.finish_s, rel_tol=1e-9)
+    t1, t2 = r1.timeline.to_frame(), r2.timeline.to_frame()
+    assert len(t1) == len(t2)
+    np.testing.assert_allclose(t1["t_s"], t2["t_s"], rtol=1e-9)
+    cols = [c for c in t1.columns if c not in ("t_s", "step_s")]
+    assert (t1[cols].to_numpy() == t2[cols].to_numpy()).all()
+
+
+def test_preemptions_happen_in_the_equivalence_scenario():
+    _, result = run("continuous", "paged", LINEAR, True)
+    assert result.preemptions > 0
+
+
+def test_static_batch_of_one_is_an_md1_queue():
+    """Poisson arrivals, deterministic service: mean wait is Pollaczek-Khinchine's
+    W = rho * S / (2 (1 - rho))."""
+    prompt, output = 32, 9
+    cost = LinearCostModel(base_s=0.002, per_prefill_token_s=1e-4, per_decode_seq_s=1e-3,
+                           per_context_token_s=0.0)
+    service_s = (0.002 + prompt * 1e-4) + (output - 1) * (0.002 + 1e-3)
+    rho = 0.7
+    n = 40_000
+    rng = np.random.default_rng(2024)
+    arrivals = np.cumsum(rng.exponential(service_s / rho, n))
+    reqs = [Request(i, float(a), prompt, output) for i, a in enumerate(arrivals)]
+    kv = PagedKVManager(num_blocks=64, block_size=16, watermark_frac=0.0)
+    pol = make_policy("static", kv, max_batch_size=1)
+    simulate(reqs, [pol], [cost], RoundRobinRouter())
+    waits = np.array([r.schedule_s - r.arrival_s for r in reqs[n // 10:]])   # drop warm-up
+    expected = rho * service_s / (2 * (1 - rho))
+    assert abs(waits.mean() / expected - 1) < 0.05
+    e2e = np.array([r.finish_s - r.schedule_s for r in reqs])
+    np.testing.assert_allclose(e2e, service_s, rtol=1e-9)       # service really is deterministic
+
+
+def test_horizon_leaves_unfinished_requests_accounted_for():
+    reqs, result = run("continuous", "paged", LINEAR, True, n=200, horizon_s=3.0)
+    counts = {s: sum(r.status is s for r in result.requests) for s in Status}
+    assert counts[Status.UNFINISHED] > 0 and counts[Status.FINISHED] > 0
+    assert len(result.requests) == counts[Status.FINISHED] + counts[Status.REJECTED] + counts[Status.UNFINISHED]
+    assert result.not_arrived == len(reqs) - len(result.requests) > 0
+    assert all(r.finish_s is None or r.finish_s <= 3.0 for r in result.requests)
+
+
+def test_round_robin_and_least_outstanding_spread_the_load():
+    reqs = [Request(i, 0.0, 8, 4) for i in range(6)]
+    pols = [make_policy("continuous", make_kv("paged")) for _ in range(3)]
+    simulate(reqs, pols, [LINEAR] * 3, RoundRobinRouter())
+    assert [r.replica for r in reqs] == [0, 1, 2, 0, 1, 2]
+
+    reqs = [Request(0, 0.0, 8, 50), Request(1, 0.0, 8, 50), Request(2, 0.5, 8, 2), Request(3, 0.505, 8, 2)]
+    pols = [make_policy("continuous", make_kv("paged")) for _ in range(2)]
+    simulate(reqs, pols, [LINEAR] * 2, LeastOutstandingRouter())
+    # 0 -> replica 0, 1 -> replica 1 (tie-break to the lower index after 0 is busy),
+    # 2 -> replica 0 (both hold one; lowest index), 3 -> replica 1 (0 still holds two)
+    assert [r.replica for r in reqs] == [0, 1, 0, 1]
