@@ -1,1 +1,117 @@
-"""Cost models: ``step_time(batch) -> seconds`` behind one interface."""
+"""Cost models: ``step_time(batch) -> seconds`` behind one interface.
+
+``build_cost_model`` turns a validated ``cost_model:`` spec into a model and a
+one-line note telling the user which model is pricing the run and why.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Callable
+
+from sim.cost.base import CostModel, decode_run_times_by_steps
+from sim.cost.linear import LinearCostModel
+from sim.cost.roofline import DEFAULT_PAGED_ATTENTION_OVERHEAD, RooflineCostModel
+from sim.cost.spec import (
+    AutoCostSpec,
+    CostModelSpec,
+    LinearCostSpec,
+    ProfiledCostSpec,
+    RooflineCostSpec,
+    parse_cost_model_spec,
+)
+from sim.presets import HardwareSpec, ModelSpec
+
+__all__ = [
+    "AutoCostSpec", "CostModel", "CostModelSpec", "LinearCostModel", "LinearCostSpec",
+    "ProfiledCostSpec", "RooflineCostModel", "RooflineCostSpec", "build_cost_model",
+    "decode_run_times_by_steps", "parse_cost_model_spec",
+]
+
+Built = tuple[CostModel, str]
+
+
+def build_cost_model(spec: CostModelSpec, model: ModelSpec, hardware: HardwareSpec) -> Built:
+    """The cost model ``spec`` asks for, and a one-line note for the user.
+
+    Raises ``ValueError`` when ``kind: profiled`` has no profiles to read.
+    """
+    return _FACTORIES[spec.kind](spec, model, hardware)
+
+
+def _build_roofline(spec: RooflineCostSpec, model: ModelSpec, hardware: HardwareSpec) -> Built:
+    cost = _roofline(spec, model, hardware)
+    return cost, f"cost model: roofline ({_pair(model, hardware)}; {_roofline_knobs(cost)})"
+
+
+def _build_linear(spec: LinearCostSpec, model: ModelSpec, hardware: HardwareSpec) -> Built:
+    cost = LinearCostModel(spec.base_s, spec.per_prefill_token_s, spec.per_decode_seq_s,
+                           spec.per_context_token_s, spec.per_swap_token_s)
+    return cost, (f"cost model: linear (base {spec.base_s:g} s, {spec.per_prefill_token_s:g} s/prefill token, "
+                  f"{spec.per_decode_seq_s:g} s/decode seq, {spec.per_context_token_s:g} s/context token)")
+
+
+def _build_profiled(spec: ProfiledCostSpec, model: ModelSpec, hardware: HardwareSpec) -> Built:
+    try:
+        profiled = importlib.import_module("sim.cost.profiled")
+    except ImportError as exc:
+        raise ValueError(f"cost_model.kind: profiled is not available in this install ({exc}); "
+                         f"use kind: roofline or kind: auto") from exc
+    path = _profile_dir(spec, model, hardware, profiled.default_profile_dir)
+    if not profiled.has_profiles(path):
+        raise ValueError(f"cost_model.profile_dir: no kernel profiles for {_pair(model, hardware)} at {path}; "
+                         f"produce them with `pagesim calibrate` on that GPU, or use kind: auto to fall back "
+                         f"to the roofline model")
+    cost = profiled.ProfiledCostModel.from_dir(
+        path, model, hardware, paged_attention_overhead=spec.paged_attention_overhead)
+    return cost, f"cost model: profiled from {path}"
+
+
+def _build_auto(spec: AutoCostSpec, model: ModelSpec, hardware: HardwareSpec) -> Built:
+    """Profiled when profiles exist, else roofline with a note saying why."""
+    try:
+        profiled = importlib.import_module("sim.cost.profiled")
+    except ImportError as exc:
+        cost = _roofline(spec, model, hardware)
+        return cost, f"cost model: roofline ({_pair(model, hardware)}; profiled cost model unavailable: {exc})"
+    path = _profile_dir(spec, model, hardware, profiled.default_profile_dir)
+    if not profiled.has_profiles(path):
+        cost = _roofline(spec, model, hardware)
+        return cost, (f"cost model: roofline (no profiles for {_pair(model, hardware)} at {path}; "
+                      f"run `pagesim calibrate`)")
+    cost = profiled.ProfiledCostModel.from_dir(
+        path, model, hardware, paged_attention_overhead=spec.paged_attention_overhead)
+    return cost, f"cost model: profiled from {path}"
+
+
+_FACTORIES: dict[str, Callable[..., Built]] = {
+    "auto": _build_auto,
+    "roofline": _build_roofline,
+    "linear": _build_linear,
+    "profiled": _build_profiled,
+}
+
+
+def _roofline(spec: AutoCostSpec | RooflineCostSpec, model: ModelSpec,
+              hardware: HardwareSpec) -> RooflineCostModel:
+    overhead = spec.paged_attention_overhead
+    if overhead is None:   # auto: "as measured" has no meaning without profiles
+        overhead = DEFAULT_PAGED_ATTENTION_OVERHEAD
+    return RooflineCostModel(model, hardware, paged_attention_overhead=overhead,
+                             step_overhead_s=spec.step_overhead_s)
+
+
+def _profile_dir(spec: AutoCostSpec | ProfiledCostSpec, model: ModelSpec, hardware: HardwareSpec,
+                 default_profile_dir: Callable[[str, str], Path]) -> Path:
+    if spec.profile_dir is not None:
+        return Path(spec.profile_dir)
+    return default_profile_dir(hardware.name, model.name)
+
+
+def _pair(model: ModelSpec, hardware: HardwareSpec) -> str:
+    return f"{hardware.name}/{model.name}"
+
+
+def _roofline_knobs(cost: RooflineCostModel) -> str:
+    return (f"paged attention x{cost.paged_attention_overhead:g}, "
+            f"step overhead {cost.step_overhead_s * 1e3:g} ms")
