@@ -61,6 +61,11 @@ class KVManager(Protocol):
         """Grow a held sequence by ``num_tokens`` tokens."""
         ...
 
+    def append_all(self, request_ids: list[int], num_tokens: int) -> bool:
+        """Grow every listed sequence by ``num_tokens`` if all of it fits at
+        once, else change nothing and return False (bulk check + act)."""
+        ...
+
     def free(self, request_id: int) -> None:
         """Release everything the sequence holds."""
         ...

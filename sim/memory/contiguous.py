@@ -138,6 +138,17 @@ class ContiguousKVManager:
         self._tokens[request_id] = new_tokens
         self._real_slots += num_tokens
 
+    def append_all(self, request_ids: list[int], num_tokens: int) -> bool:
+        """Grow every listed sequence by ``num_tokens`` if each stays inside
+        its reservation; otherwise change nothing and return False."""
+        tokens, ranges = self._tokens, self._ranges
+        if any(tokens[rid] + num_tokens > ranges[rid][1] for rid in request_ids):
+            return False
+        for rid in request_ids:
+            tokens[rid] += num_tokens
+        self._real_slots += num_tokens * len(request_ids)
+        return True
+
     def shrink(self, request_id: int, num_tokens: int = 1) -> None:
         """Give back the last ``num_tokens`` tokens; the reservation stays."""
         tokens = self.num_tokens(request_id)

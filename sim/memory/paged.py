@@ -179,6 +179,25 @@ class PagedKVManager:
         self._tokens[request_id] = tokens + num_tokens
         self._real_slots += num_tokens
 
+    def append_all(self, request_ids: list[int], num_tokens: int) -> bool:
+        """Grow every listed sequence by ``num_tokens`` if all of that growth
+        fits at once; otherwise change nothing and return False. The bulk
+        form of ``can_append``/``append`` for the simulator's hot path."""
+        bs = self.block_size
+        tables, token_counts, ref = self._tables, self._tokens, self._ref
+        need = 0
+        for rid in request_ids:
+            tokens = token_counts[rid]
+            table = tables[rid]
+            need += -(-(tokens + num_tokens) // bs) - len(table)
+            if tokens % bs and ref[table[-1]] > 1:
+                need += 1                      # copy-on-write of a shared last block
+        if need > len(self._free):
+            return False
+        for rid in request_ids:
+            self.append(rid, num_tokens)
+        return True
+
     def shrink(self, request_id: int, num_tokens: int = 1) -> None:
         """Give back the last ``num_tokens`` tokens (undo an ``append``);
         blocks left empty are released. Refused when a block shared with
@@ -324,6 +343,12 @@ class PagedKVManager:
         """Drop one reference to each of ``blocks`` (holding ``tokens`` tokens
         from the first one on); returns the real slots of blocks freed."""
         bs = self.block_size
+        ref = self._ref
+        if blocks and max(map(ref.__getitem__, blocks)) == 1:   # nothing shared: all go
+            for block in blocks:
+                ref[block] = 0
+            self._free.extend(blocks)
+            return min(tokens, len(blocks) * bs)
         freed_real = 0
         for i, block in enumerate(blocks):
             self._ref[block] -= 1

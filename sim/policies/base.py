@@ -105,10 +105,10 @@ class Policy:
         slots were reserved by ``schedule``; reserve steps 2..k, emit one token
         per step, retire what finished on the last step."""
         k = len(step_ends_s)
+        if k > 1 and not self.kv.append_all([req.request_id for req in batch.requests], k - 1):
+            raise AssertionError("decode run planned past the free KV memory")
         for req in batch.requests:
-            if k > 1:
-                self.kv.append(req.request_id, k - 1)
-                req.computed_tokens += k - 1
+            req.computed_tokens += k - 1
             req.generated_tokens += k
             if self.record_token_times:
                 req.token_times_s.extend(step_ends_s)  # type: ignore[union-attr]

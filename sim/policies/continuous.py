@@ -71,6 +71,11 @@ class ContinuousPolicy(Policy):
         back (latest admitted first) when memory runs out. Victims always
         come from behind the cursor, so no sequence loses a slot it got."""
         kv = self.kv
+        running = self._running
+        if kv.append_all([req.request_id for req in running], 1):   # the usual case
+            for req in running:
+                req.computed_tokens += 1
+            return list(running), 0
         decodes: list[Request] = []
         swapped_tokens = 0
         i = 0

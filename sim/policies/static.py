@@ -79,7 +79,10 @@ class StaticPolicy(Policy):
     def _decode_step(self) -> Batch:
         kv = self.kv
         active = self._running
-        i = 0
+        i = len(active) if kv.append_all([req.request_id for req in active], 1) else 0
+        if i:
+            for req in active:
+                req.computed_tokens += 1
         while i < len(active):
             req = active[i]
             if kv.can_append(req.request_id, 1):
