@@ -84,24 +84,27 @@ def test_preemptions_happen_in_the_equivalence_scenario():
 
 def test_static_batch_of_one_is_an_md1_queue():
     """Poisson arrivals, deterministic service: mean wait is Pollaczek-Khinchine's
-    W = rho * S / (2 (1 - rho))."""
+    W = rho * S / (2 (1 - rho)). Three independent replications of 20k requests
+    at rho = 0.5 (one replication's mean wait has a ~2% standard error, the
+    pooled mean ~1.2%), compared within 5%."""
     prompt, output = 32, 9
     cost = LinearCostModel(base_s=0.002, per_prefill_token_s=1e-4, per_decode_seq_s=1e-3,
                            per_context_token_s=0.0)
     service_s = (0.002 + prompt * 1e-4) + (output - 1) * (0.002 + 1e-3)
-    rho = 0.7
-    n = 40_000
-    rng = np.random.default_rng(2024)
-    arrivals = np.cumsum(rng.exponential(service_s / rho, n))
-    reqs = [Request(i, float(a), prompt, output) for i, a in enumerate(arrivals)]
-    kv = PagedKVManager(num_blocks=64, block_size=16, watermark_frac=0.0)
-    pol = make_policy("static", kv, max_batch_size=1)
-    simulate(reqs, [pol], [cost], RoundRobinRouter())
-    waits = np.array([r.schedule_s - r.arrival_s for r in reqs[n // 10:]])   # drop warm-up
+    rho, n = 0.5, 20_000
+    waits = []
+    for seed in (11, 12, 13):
+        rng = np.random.default_rng(seed)
+        arrivals = np.cumsum(rng.exponential(service_s / rho, n))
+        reqs = [Request(i, float(a), prompt, output) for i, a in enumerate(arrivals)]
+        pol = make_policy("static", PagedKVManager(num_blocks=64, block_size=16, watermark_frac=0.0),
+                          max_batch_size=1)
+        simulate(reqs, [pol], [cost], RoundRobinRouter())
+        waits += [r.schedule_s - r.arrival_s for r in reqs[n // 10:]]     # drop warm-up
+        e2e = np.array([r.finish_s - r.schedule_s for r in reqs])
+        np.testing.assert_allclose(e2e, service_s, rtol=1e-9)   # service really is deterministic
     expected = rho * service_s / (2 * (1 - rho))
-    assert abs(waits.mean() / expected - 1) < 0.05
-    e2e = np.array([r.finish_s - r.schedule_s for r in reqs])
-    np.testing.assert_allclose(e2e, service_s, rtol=1e-9)       # service really is deterministic
+    assert abs(np.mean(waits) / expected - 1) < 0.05
 
 
 def test_horizon_leaves_unfinished_requests_accounted_for():
