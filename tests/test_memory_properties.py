@@ -52,6 +52,23 @@ class _ManagerMachine(RuleBasedStateMachine):
         else:
             self._refused(self.kv.append, rid, num_tokens)
 
+    @rule(num_tokens=st.integers(0, 12))
+    def append_all(self, num_tokens):
+        """The bulk form grows every GPU-resident sequence or none of them,
+        and agrees with checking each growth on its own would-be total."""
+        rids = sorted(r for r in self.tokens if not self.kv.is_swapped(r))
+        before = self._snapshot()
+        if self.kv.append_all(rids, num_tokens):
+            for rid in rids:
+                self.tokens[rid] += num_tokens
+        else:
+            assert self._snapshot() == before
+            if self.kv.layout == "paged":   # each may fit alone, but not all together
+                need = sum(self.kv.blocks_needed_to_grow(r, num_tokens) for r in rids)
+                assert need > self.kv.num_free_blocks
+            else:
+                assert not all(self.kv.can_append(r, num_tokens) for r in rids)
+
     @rule(index=PICK)
     def free(self, index):
         rid = self._pick(index, swapped=None)

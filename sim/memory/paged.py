@@ -192,10 +192,23 @@ class PagedKVManager:
             need += -(-(tokens + num_tokens) // bs) - len(table)
             if tokens % bs and ref[table[-1]] > 1:
                 need += 1                      # copy-on-write of a shared last block
-        if need > len(self._free):
+        free = self._free
+        if need > len(free):
             return False
+        grown = 0
         for rid in request_ids:
-            self.append(rid, num_tokens)
+            tokens = token_counts[rid]
+            table = tables[rid]
+            if tokens % bs and ref[table[-1]] > 1:
+                self.append(rid, num_tokens)       # copy-on-write path keeps its own count
+                continue
+            for _ in range(-(-(tokens + num_tokens) // bs) - len(table)):
+                block = free.popleft()
+                ref[block] = 1
+                table.append(block)
+            token_counts[rid] = tokens + num_tokens
+            grown += 1
+        self._real_slots += num_tokens * grown
         return True
 
     def shrink(self, request_id: int, num_tokens: int = 1) -> None:
