@@ -6,7 +6,6 @@ line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -67,6 +66,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                             "kv_utilization_mean", "mean_batch_size"] if c in table.columns]
         cols = list(dict.fromkeys(cols))
         print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        if args.slo:
+            from experiments.analysis import capacity
+
+            cap = capacity(table, args.x_key, args.slo)
+            print(f"\nhighest {args.x_key} meeting {' and '.join(f'{s.metric}<={s.limit:g}' for s in args.slo)}:")
+            print(cap.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         print(f"wrote {args.out}/sweep.csv, {args.out}/points/, {args.out}/plots/")
     return 0
 
@@ -84,6 +89,15 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     for p in paths:
         print(p)
     return 0
+
+
+def _slo(text: str):
+    from experiments.analysis import SLO
+
+    try:
+        return SLO.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parallel processes (default: number of CPU cores)")
     p.add_argument("--x-key", default="workload.arrival.rate_rps", metavar="PATH",
                    help="swept key on the plots' x axis (default: workload.arrival.rate_rps)")
+    p.add_argument("--slo", action="append", default=[], type=_slo, metavar="METRIC<=VALUE",
+                   help="service-level objective on a sweep.csv column (repeatable), e.g. "
+                        "ttft_s_p99<=1.0: prints, per configuration, the highest x that meets all")
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
     p.set_defaults(func=_cmd_sweep)

@@ -1,0 +1,52 @@
+"""Reading sweep tables: the highest load each configuration sustains within
+service-level objectives (capacity at equal latency)."""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import pandas as pd
+
+_SLO = re.compile(r"^\s*([A-Za-z0-9_.]+)\s*<=\s*([0-9.eE+-]+)\s*$")
+
+
+@dataclass(frozen=True)
+class SLO:
+    metric: str        # a sweep.csv column, e.g. ttft_s_p99
+    limit: float
+
+    @classmethod
+    def parse(cls, text: str) -> SLO:
+        m = _SLO.match(text)
+        if not m:
+            raise ValueError(f"--slo {text!r}: expected METRIC<=VALUE, e.g. ttft_s_p99<=1.0")
+        return cls(m.group(1), float(m.group(2)))
+
+
+def capacity(table: pd.DataFrame, x_key: str, slos: list[SLO]) -> pd.DataFrame:
+    """Per configuration: the highest ``x_key`` value whose point meets every
+    SLO, the lowest that misses one, and a linear interpolation of the
+    crossing between them (the ``x`` at which the worst SLO ratio reaches 1).
+    ``at_least`` is true when even the highest swept value meets them."""
+    for col in [x_key, "config_label"] + [s.metric for s in slos]:
+        if col not in table.columns:
+            raise ValueError(f"sweep table has no column {col!r}")
+    rows = []
+    for label, group in table.groupby("config_label", sort=False):
+        g = group.sort_values(x_key)
+        ratio = pd.concat([g[s.metric] / s.limit for s in slos], axis=1).max(axis=1).fillna(math.inf)
+        ok = ratio <= 1.0
+        passing = g[x_key][ok]
+        best = float(passing.max()) if len(passing) else None
+        later = g[x_key][(~ok) & (g[x_key] > (best if best is not None else -math.inf))]
+        first_miss = float(later.min()) if len(later) else None
+        crossing = best
+        if best is not None and first_miss is not None:
+            r0 = float(ratio[g[x_key] == best].iloc[0])
+            r1 = float(ratio[g[x_key] == first_miss].iloc[0])
+            if math.isfinite(r1) and r1 > r0:
+                crossing = best + (first_miss - best) * (1.0 - r0) / (r1 - r0)
+        rows.append({"config_label": label, "max_passing": best, "first_failing": first_miss,
+                     "interpolated": crossing, "at_least": first_miss is None and best is not None})
+    return pd.DataFrame(rows)

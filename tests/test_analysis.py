@@ -1,0 +1,41 @@
+"""Capacity at equal latency from a sweep table, exactly."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from experiments.analysis import SLO, capacity
+
+
+def table():
+    return pd.DataFrame({
+        "config_label": ["a"] * 3 + ["b"] * 3 + ["c"] * 2,
+        "rate": [1, 2, 4, 1, 2, 4, 1, 2],
+        "lat": [0.1, 0.3, 0.9, 0.1, 0.2, 0.4, 0.6, 0.8],
+        "ttft": [1.0, 1.0, 1.0, 1.0, 3.0, 1.0, 1.0, 1.0],
+    })
+
+
+def test_crossing_is_interpolated_between_last_pass_and_first_miss():
+    cap = capacity(table(), "rate", [SLO("lat", 0.5)]).set_index("config_label")
+    # a: passes at 2 (ratio 0.6), misses at 4 (ratio 1.8): 2 + 2 * (1 - 0.6) / (1.8 - 0.6)
+    assert cap.loc["a", "max_passing"] == 2 and cap.loc["a", "first_failing"] == 4
+    assert math.isclose(cap.loc["a", "interpolated"], 2 + 2 * 0.4 / 1.2)
+    assert cap.loc["b", "max_passing"] == 4 and bool(cap.loc["b", "at_least"])
+    assert math.isnan(cap.loc["c", "max_passing"]) and cap.loc["c", "first_failing"] == 1
+
+
+def test_every_slo_must_hold():
+    cap = capacity(table(), "rate", [SLO("lat", 0.5), SLO("ttft", 2.0)]).set_index("config_label")
+    assert cap.loc["b", "max_passing"] == 4      # b's ttft miss at 2 is below its last pass
+    assert cap.loc["a", "max_passing"] == 2
+
+
+def test_slo_parsing_and_errors():
+    assert SLO.parse("ttft_s_p99<=1.5") == SLO("ttft_s_p99", 1.5)
+    with pytest.raises(ValueError, match="METRIC<=VALUE"):
+        SLO.parse("ttft_s_p99<1")
+    with pytest.raises(ValueError, match="no column 'nope'"):
+        capacity(table(), "rate", [SLO("nope", 1.0)])
