@@ -16,13 +16,12 @@ import json
 import os
 import platform
 import resource
-import statistics
 import sys
-import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
+from experiments.atomic import atomic_path
 from experiments.config import load_config
 from experiments.runner import run_experiment
 
@@ -80,10 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_mb": round(peak_mb, 1), "results": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=args.out.parent, prefix=f".{args.out.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(tmp, args.out)
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
 

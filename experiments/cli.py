@@ -100,8 +100,17 @@ def _slo(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one line (no usage dump), exit 2, like every other
+    bad input."""
+
+    def error(self, message: str):  # type: ignore[override]
+        where = self.prog.removeprefix("pagesim").strip()
+        self.exit(EXIT_BAD_INPUT, f"pagesim: error: {where + ': ' if where else ''}{message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pagesim",
         description="Simulate LLM serving: batching policies x KV-cache layouts, "
                     "with a clock calibrated from real GPU kernels.")
@@ -155,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "jobs", None) is not None and args.jobs < 1:
-        parser.error(f"--jobs must be >= 1 (got {args.jobs})")
+        parser.error(f"--jobs must be >= 1 (got {args.jobs})")   # one line, exit 2
     try:
         return int(args.func(args) or 0)
     except ValidationError as exc:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PositiveFloat, PositiveInt, Tag,
+                      ValidationError, field_validator)
 
 from sim.cost.spec import AutoCostSpec, CostModelSpec
 from sim.memory.capacity import MemorySpec
@@ -34,13 +35,25 @@ class EngineSpec(BaseModel):
     router: Literal["round_robin", "least_outstanding"] = "round_robin"
 
 
+def _preset_or_inline(value: Any) -> str:
+    return "name" if isinstance(value, str) else "inline"
+
+
+# A preset name or an inline spec; the branch is chosen by type so an error in
+# an inline spec names its bad field instead of "not a valid string".
+ModelField = Annotated[Union[Annotated[str, Tag("name")], Annotated[ModelSpec, Tag("inline")]],
+                       Discriminator(_preset_or_inline)]
+HardwareField = Annotated[Union[Annotated[str, Tag("name")], Annotated[HardwareSpec, Tag("inline")]],
+                          Discriminator(_preset_or_inline)]
+
+
 class ExperimentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = "experiment"
     seed: int = Field(0, ge=0)
-    model: str | ModelSpec = "llama-2-7b"
-    hardware: str | HardwareSpec = "h100-sxm"
+    model: ModelField = "llama-2-7b"
+    hardware: HardwareField = "h100-sxm"
     workload: WorkloadSpec
     engine: EngineSpec = Field(default_factory=EngineSpec)
     horizon_s: PositiveFloat | None = None
@@ -86,14 +99,76 @@ class ExperimentConfig(BaseModel):
         return label
 
 
-def format_validation_error(err: ValidationError, prefix: str = "") -> str:
-    """The first error as ``path: message (got value)``, one line."""
+def format_validation_error(err: ValidationError, prefix: str = "", raw: Any = None) -> str:
+    """The first error as ``dotted.path: message (got value)``, one line.
+
+    Pydantic puts union branch tags (``poisson``, ``linear``, ``inline``) into
+    error locations; walking the raw input along the location keeps only the
+    keys the user actually wrote, so the path is one ``--set`` accepts. An
+    unknown key's message lists the keys allowed there."""
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
+    path = _user_path(first["loc"], raw)
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        allowed = _allowed_keys(err.title, first["loc"])
+        if allowed:
+            msg = f"unknown key; allowed: {', '.join(allowed)}"
     got = first.get("input")
-    got_txt = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+    got_txt = "" if isinstance(got, (dict, list)) or got is None or first["type"] == "extra_forbidden" \
+        else f" (got {got!r})"
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{prefix}{loc}: {first['msg']}{got_txt}{more}"
+    return f"{prefix}{path}: {msg}{got_txt}{more}"
+
+
+def _user_path(loc: tuple, raw: Any) -> str:
+    if raw is None:
+        return ".".join(str(p) for p in loc if not str(p).startswith("function-"))
+    keep, node = [], raw
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            keep.append(str(part))
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            keep.append(str(part))
+            node = node[part]
+        elif not isinstance(node, (dict, list)):
+            break
+        elif isinstance(node, dict) and part not in node and not _is_tag(part, node):
+            keep.append(str(part))           # a missing or unknown key: name it
+            break
+    return ".".join(keep) or "config"
+
+
+def _is_tag(part: Any, node: dict) -> bool:
+    """A union branch tag: the value of a discriminator key, or our own
+    ``name``/``inline`` tags for preset-or-inline fields."""
+    return part in ("inline", "name", "str") or part in node.values()
+
+
+def _allowed_keys(title: str, loc: tuple) -> list[str]:
+    """Field names of the model that owns an unknown key (best effort: walks
+    the config's model classes along the error location; a union branch tag
+    in the location picks the branch whose ``Literal`` field holds it)."""
+    if title != "ExperimentConfig":
+        return []
+    candidates: list[type[BaseModel]] = [ExperimentConfig]
+    for part in loc[:-1]:
+        owner = next((c for c in candidates if part in c.model_fields), None)
+        if owner is not None:
+            candidates = _models_in(owner.model_fields[part].annotation)
+        else:
+            candidates = [c for c in candidates if any(
+                get_origin(f.annotation) is Literal and part in get_args(f.annotation)
+                for f in c.model_fields.values())]
+        if not candidates:
+            return []
+    return sorted(candidates[0].model_fields) if len(candidates) == 1 else []
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for a in get_args(annotation) for m in _models_in(a)]
 
 
 def set_path(tree: dict, dotted: str, value: Any) -> None:
@@ -126,7 +201,7 @@ def validate(raw: dict, source: str = "config") -> ExperimentConfig:
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, f"{source}: ")) from None
+        raise ConfigError(format_validation_error(exc, f"{source}: ", raw)) from None
     for key, values in (cfg.sweep or {}).items():
         for value in values:      # every sweep point must be a valid config too
             point = copy.deepcopy(raw)
@@ -135,7 +210,7 @@ def validate(raw: dict, source: str = "config") -> ExperimentConfig:
             try:
                 ExperimentConfig.model_validate(point)
             except ValidationError as exc:
-                raise ConfigError(format_validation_error(exc, f"{source}: sweep {key}={value!r}: ")) from None
+                raise ConfigError(format_validation_error(exc, f"{source}: sweep {key}={value!r}: ", point)) from None
     return cfg
 
 

@@ -17,8 +17,6 @@ and a run of millions of steps plots in well under a second.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +29,8 @@ import pyarrow.parquet as pq
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+from experiments.atomic import atomic_path
 
 MAX_TIMELINE_BINS = 1000
 CDF_POINTS = 2000  # quantiles drawn per latency CDF
@@ -212,16 +212,10 @@ def series_colours(names: Sequence[str]) -> dict[str, tuple]:
 
 
 def save_figure(fig: Figure, path: Path) -> Path:
-    """Write ``fig`` as PNG to ``path`` atomically (temporary file in the same
-    directory, then ``os.replace``); never leaves the temporary file behind."""
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        fig.savefig(temp_name, format="png", dpi=DPI)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    """Write ``fig`` as PNG to ``path`` atomically; never leaves the temporary
+    file behind."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
     return path
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from experiments.atomic import umask
 from experiments.config import ExperimentConfig, resolved_dict
 from sim.cost import build_cost_model
 from sim.driver import SimResult, simulate
@@ -87,6 +88,7 @@ def write_outputs(out: RunOutput, out_dir: Path, csv: bool = False, plots: bool 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    os.chmod(tmp, 0o777 & ~umask())       # mkdtemp makes it private; results are not
     try:
         (tmp / "config.yaml").write_text(yaml.safe_dump(resolved_dict(out.config), sort_keys=False))
         out.requests.to_parquet(tmp / "requests.parquet", index=False)

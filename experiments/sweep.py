@@ -14,14 +14,15 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from experiments.atomic import atomic_path
 from experiments.config import ExperimentConfig, resolved_dict, set_path, validate
 from sim.metrics import flatten
 
@@ -62,6 +63,17 @@ def run_sweep(raw: dict, cfg: ExperimentConfig, out_dir: Path, jobs: int | None 
               progress: bool = True) -> pd.DataFrame:
     out_dir = Path(out_dir)
     points = sweep_points(raw, cfg)
+    existed = out_dir.exists()
+    try:
+        return _run_points(points, cfg, out_dir, jobs, x_key, plots, progress)
+    except BaseException:
+        if not existed:            # a failed first run leaves nothing behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+
+def _run_points(points, cfg: ExperimentConfig, out_dir: Path, jobs: int | None, x_key: str,
+                plots: bool, progress: bool) -> pd.DataFrame:
     (out_dir / "points").mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict] = {}
     todo = []
@@ -99,11 +111,5 @@ def run_sweep(raw: dict, cfg: ExperimentConfig, out_dir: Path, jobs: int | None 
 
 
 def _write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

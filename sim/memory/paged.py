@@ -183,9 +183,11 @@ class PagedKVManager:
         """Grow every listed sequence by ``num_tokens`` if all of that growth
         fits at once; otherwise change nothing and return False. The bulk
         form of ``can_append``/``append`` for the simulator's hot path."""
+        if num_tokens == 0:
+            return True
         bs = self.block_size
         tables, token_counts, ref = self._tables, self._tokens, self._ref
-        need = 0
+        need = 0       # counts a copy per sharer of a shared last block: may refuse early, never late
         for rid in request_ids:
             tokens = token_counts[rid]
             table = tables[rid]

@@ -1,0 +1,135 @@
+"""One config and seed give one result (DESIGN.md rule 5).
+
+Each run goes through ``pagesim run`` in this process, so state leaking from
+one run into the next (module-level counters, a shared generator) would show
+up as a difference. ``summary.json`` must match byte for byte once the
+wall-time lines are dropped; the request and timeline tables must be equal
+value for value.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from experiments.cli import main
+from sim.metrics import WALL_TIME_FIELDS
+
+POISSON = {
+    "name": "determinism-poisson",
+    "seed": 0,
+    "model": "llama-2-7b",
+    "hardware": "h100-sxm",
+    "workload": {
+        "num_requests": 60,
+        "arrival": {"process": "poisson", "rate_rps": 6.0},
+        "lengths": {"preset": "sharegpt"},
+    },
+    "engine": {
+        "batching": {"policy": "continuous", "max_batch_size": 16},
+        "memory": {"layout": "paged", "block_size": 16, "num_blocks": 256},
+        "cost_model": {"kind": "roofline"},
+    },
+}
+
+# The first 300 rows of the embedded Azure conversation trace, replayed as recorded.
+TRACE = {
+    "name": "determinism-trace",
+    "seed": 0,
+    "model": "llama-2-7b",
+    "hardware": "h100-sxm",
+    "workload": {"trace": {"path": "azure_conv_2023", "limit": 300}},
+    "engine": {
+        "batching": {"policy": "continuous", "max_batch_size": 64},
+        "memory": {"layout": "paged", "block_size": 16},
+        "cost_model": {"kind": "roofline"},
+    },
+}
+
+WORKLOADS = [pytest.param(POISSON, id="poisson"), pytest.param(TRACE, id="azure-trace")]
+
+
+def with_seed(config: dict, seed: int) -> dict:
+    changed = copy.deepcopy(config)
+    changed["seed"] = seed
+    return changed
+
+
+def run(config: dict, out_dir: Path) -> Path:
+    """``pagesim run`` on ``config``; returns the run directory."""
+    config_path = out_dir.with_suffix(".yaml")
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["run", str(config_path), "--out", str(out_dir), "--quiet", "--no-plots"]) == 0
+    return out_dir
+
+
+def summary_bytes(run_dir: Path) -> bytes:
+    """summary.json as written, without its wall-time lines (one line each)."""
+    lines = (run_dir / "summary.json").read_bytes().splitlines(keepends=True)
+    wall = tuple(f'  "{name}":'.encode() for name in WALL_TIME_FIELDS)
+    kept = [line for line in lines if not line.startswith(wall)]
+    assert len(lines) - len(kept) == len(WALL_TIME_FIELDS), "a wall-time field is missing or nested"
+    return b"".join(kept)
+
+
+def summary_without_wall(run_dir: Path) -> dict:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for name in WALL_TIME_FIELDS:
+        del summary[name]
+    return summary
+
+
+@pytest.mark.parametrize("config", WORKLOADS)
+def test_same_config_and_seed_give_identical_outputs(tmp_path, config):
+    first, second = run(config, tmp_path / "first"), run(config, tmp_path / "second")
+    assert summary_bytes(first) == summary_bytes(second)
+    for table in ("requests.parquet", "timeline.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(first / table), pd.read_parquet(second / table),
+                                      check_exact=True)
+    assert summary_without_wall(first)["counts"]["finished"] > 0
+
+
+def test_poisson_summary_depends_on_the_seed(tmp_path):
+    seed0 = run(with_seed(POISSON, 0), tmp_path / "seed0")
+    seed1 = run(with_seed(POISSON, 1), tmp_path / "seed1")
+    assert summary_without_wall(seed0) != summary_without_wall(seed1)
+    arrivals0 = pd.read_parquet(seed0 / "requests.parquet")["arrival_s"]
+    arrivals1 = pd.read_parquet(seed1 / "requests.parquet")["arrival_s"]
+    assert not arrivals0.equals(arrivals1)
+
+
+def test_trace_replay_draws_nothing_so_the_seed_does_not_matter(tmp_path):
+    """Arrival times and lengths both come from the trace: no random draw is left."""
+    seed0 = run(with_seed(TRACE, 0), tmp_path / "seed0")
+    seed1 = run(with_seed(TRACE, 1), tmp_path / "seed1")
+    assert summary_bytes(seed0) == summary_bytes(seed1)
+
+
+def test_trace_lengths_with_poisson_arrivals_depend_on_the_seed(tmp_path):
+    config = copy.deepcopy(TRACE)
+    config["workload"]["arrival"] = {"process": "poisson", "rate_rps": 5.0}
+    seed0 = run(with_seed(config, 0), tmp_path / "seed0")
+    seed1 = run(with_seed(config, 1), tmp_path / "seed1")
+    requests0 = pd.read_parquet(seed0 / "requests.parquet")
+    requests1 = pd.read_parquet(seed1 / "requests.parquet")
+    assert requests0["prompt_tokens"].equals(requests1["prompt_tokens"])   # from the trace
+    assert not requests0["arrival_s"].equals(requests1["arrival_s"])       # drawn from the seed
+    assert summary_without_wall(seed0) != summary_without_wall(seed1)
+
+
+def test_sweep_points_in_worker_processes_match_direct_runs(tmp_path):
+    """A sweep point run in a pool process writes the summary a direct run writes."""
+    config = copy.deepcopy(POISSON)
+    config["sweep"] = {"seed": [0, 1]}
+    config_path = tmp_path / "sweep.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    sweep_dir = tmp_path / "sweep"
+    assert main(["sweep", str(config_path), "--out", str(sweep_dir), "--jobs", "2", "--quiet", "--no-plots"]) == 0
+    points = sorted((sweep_dir / "points").iterdir())
+    assert [p.name[:4] for p in points] == ["000-", "001-"]
+    for seed, point in enumerate(points):
+        assert summary_bytes(point) == summary_bytes(run(with_seed(POISSON, seed), tmp_path / f"seed{seed}"))
