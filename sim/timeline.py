@@ -47,44 +47,65 @@ class Timeline:
     def record_run(self, starts_s: np.ndarray, replica: int, steps_s: np.ndarray,
                    policy: Policy, batch: Batch) -> None:
         """Rows of a decode run whose first step's slots are reserved now;
-        step j (0-based) has every sequence ``j`` tokens longer."""
-        k = len(starts_s)
+        step j (0-based) has every sequence ``j`` tokens longer. Only what
+        stays constant over the run is kept here; ``to_frame`` expands all
+        runs' KV columns at once."""
         kv: KVManager = policy.kv
         u = kv.usage()
-        j = np.arange(k, dtype=np.int64)
-        n = len(batch.requests)
-        real = u.real + n * j
+        block_hist = None
         if kv.layout == "paged":
             bs = kv.block_size  # type: ignore[attr-defined]
-            tokens = np.fromiter((r.computed_tokens for r in batch.requests), np.int64, n)
-            held = -(-(tokens[None, :] + j[:, None]) // bs) * bs      # slots per sequence
-            allocated = held.sum(axis=1) + (u.real + u.internal - int(tokens.sum())
-                                           - int((-(-tokens // bs) * bs - tokens).sum()))
-            internal = allocated - real
-            reserved = np.zeros(k, np.int64)
-            free = u.total - allocated
-        else:
-            internal = np.zeros(k, np.int64)
-            reserved = u.reserved - n * j
-            free = np.full(k, u.free, np.int64)
-        # one tuple per run, columns in COLUMNS order: arrays or scalars
+            block_hist = [0] * bs          # sequences by (tokens - 1) % block_size
+            for req in batch.requests:
+                block_hist[(req.computed_tokens - 1) % bs] += 1
         self._runs.append((
-            starts_s, replica, steps_s, len(policy.running), len(policy.waiting),
-            len(policy.swapped), n, batch.num_seqs, batch.num_tokens, 0, batch.num_decode_seqs,
-            real, internal + reserved, internal, reserved, external_slots(policy), free, u.total,
+            starts_s, steps_s, replica, len(policy.running), len(policy.waiting),
+            len(policy.swapped), len(batch.requests), batch.num_seqs, batch.num_tokens,
+            batch.num_decode_seqs, external_slots(policy), u.real, u.real + u.internal,
+            u.reserved, u.free, u.total, block_hist,
         ))
+
+    def _expand_runs(self) -> dict[str, np.ndarray]:
+        """KV columns of every run row. A sequence holding t tokens takes
+        ``floor((j + (t - 1) % bs) / bs)`` new blocks over the next j steps, so
+        a run's allocation at step j only needs its histogram of
+        ``(t - 1) % bs``; contiguous reservations and free space are fixed."""
+        runs = self._runs
+        lengths = np.array([len(r[0]) for r in runs], np.int64)
+        rep = lambda c: np.repeat(np.array([r[c] for r in runs], np.int64), lengths)  # noqa: E731
+        j = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        n = rep(6)
+        real = rep(11) + n * j
+        used0 = rep(12)                       # real + internal (+ reserved) at the run's first step
+        reserved = rep(13)
+        free = rep(14)
+        paged = np.repeat(np.array([r[16] is not None for r in runs]), lengths)
+        # contiguous: every token lands in its own reservation
+        reserved = np.where(paged, reserved, reserved - n * j)
+        internal = np.where(paged, used0 - real, 0)
+        if paged.any():
+            bs = len(next(r[16] for r in runs if r[16] is not None))
+            hist = np.array([r[16] if r[16] is not None else [0] * bs for r in runs], np.int64)
+            new_blocks = np.zeros_like(j)
+            for q in np.flatnonzero(hist.any(axis=0)):
+                new_blocks += np.repeat(hist[:, q], lengths) * ((j + q) // bs)
+            internal = np.where(paged, internal + bs * new_blocks, internal)
+            free = np.where(paged, free - bs * new_blocks, free)
+        cols = {
+            "t_s": np.concatenate([r[0] for r in runs]), "step_s": np.concatenate([r[1] for r in runs]),
+            "replica": rep(2), "running": rep(3), "waiting": rep(4), "swapped": rep(5),
+            "batch_seqs": n, "batch_rows": rep(7), "batch_tokens": rep(8),
+            "prefill_tokens": np.zeros_like(n), "decode_seqs": rep(9),
+            "kv_token_slots_used": real, "kv_internal_slots": internal, "kv_reserved_slots": reserved,
+            "kv_token_slots_reserved": internal + reserved, "kv_external_slots": rep(10),
+            "kv_free_slots": free, "kv_total_slots": rep(15),
+        }
+        return cols
 
     def to_frame(self) -> pd.DataFrame:
         steps = pd.DataFrame(self._rows, columns=list(COLUMNS))
-        lengths = np.fromiter((len(run[0]) for run in self._runs), np.int64, len(self._runs))
-        columns: dict[str, np.ndarray] = {}
-        for c, name in enumerate(COLUMNS):
-            values = [run[c] for run in self._runs]
-            if values and np.ndim(values[0]) == 0:       # one value per run
-                from_runs = np.repeat(np.asarray(values), lengths)
-            else:
-                from_runs = np.concatenate(values) if values else np.empty(0)
-            dtype = np.float64 if name in ("t_s", "step_s") else np.int64
-            columns[name] = np.concatenate([steps[name].to_numpy(), from_runs]).astype(dtype)
-        df = pd.DataFrame(columns)
+        if self._runs:
+            runs = self._expand_runs()
+            steps = pd.concat([steps, pd.DataFrame({c: runs[c] for c in COLUMNS})], ignore_index=True)
+        df = steps.astype({c: ("float64" if c in ("t_s", "step_s") else "int64") for c in COLUMNS})
         return df.sort_values(["replica", "t_s"], kind="stable").reset_index(drop=True)
