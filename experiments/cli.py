@@ -26,9 +26,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from experiments.runner import run_experiment, write_outputs
 
     cfg, _ = load_config(args.config, args.overrides)
-    out = run_experiment(cfg, progress=not args.quiet)
-    for note in out.notes:
-        print(note, file=sys.stderr)
+    out = run_experiment(cfg, progress=not args.quiet,
+                         log=None if args.quiet else lambda note: print(note, file=sys.stderr))
     write_outputs(out, Path(args.out), csv=args.csv, plots=not args.no_plots)
     s = out.summary
     if not args.quiet:

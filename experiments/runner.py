@@ -7,6 +7,7 @@ import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,10 @@ def make_requests(cfg: ExperimentConfig) -> list[Request]:
     ]
 
 
-def run_experiment(cfg: ExperimentConfig, progress: bool = False) -> RunOutput:
+def run_experiment(cfg: ExperimentConfig, progress: bool = False,
+                   log: Callable[[str], None] | None = None) -> RunOutput:
+    """Build and simulate ``cfg``. ``log`` receives one-line notes (which cost
+    model is in use, rejected requests) as soon as they are known."""
     model = resolve_model(cfg.model)
     hardware = resolve_hardware(cfg.hardware)
     requests = make_requests(cfg)
@@ -59,6 +63,8 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = False) -> RunOutput:
         cost, note = build_cost_model(engine.cost_model, model, hardware)
         costs.append(cost)
     notes.append(note)
+    if log:
+        log(note)
     bar = _progress_bar(len(requests), cfg.name) if progress else None
     result = simulate(
         requests, policies, costs, ROUTERS[engine.router](), horizon_s=cfg.horizon_s,
@@ -67,6 +73,13 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = False) -> RunOutput:
     if bar:
         bar.close()
     req_df = requests_frame(result)
+    rejected = req_df[req_df["status"] == "rejected"]
+    if len(rejected):
+        first = rejected.iloc[0]
+        notes.append(f"{len(rejected)} of {len(req_df)} requests rejected (see requests.parquet); "
+                     f"e.g. request {first['request_id']}: {first['reason']}")
+        if log:
+            log(notes[-1])
     timeline = result.timeline.to_frame()
     summary = summarize(result, req_df, timeline, cfg.label())
     summary["cost_model"] = costs[0].name
