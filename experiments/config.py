@@ -64,18 +64,13 @@ class ExperimentConfig(BaseModel):
     sweep: dict[str, list[Any]] | None = None
     """Dotted config paths -> values; ``pagesim sweep`` runs the cartesian product."""
 
-    @field_validator("model")
+    @field_validator("model", "hardware")
     @classmethod
-    def _known_model(cls, v):
-        if isinstance(v, str) and v not in MODELS:
-            raise ValueError(f"unknown model {v!r}; presets: {', '.join(MODELS)} (or an inline geometry)")
-        return v
-
-    @field_validator("hardware")
-    @classmethod
-    def _known_hardware(cls, v):
-        if isinstance(v, str) and v not in HARDWARE:
-            raise ValueError(f"unknown hardware {v!r}; presets: {', '.join(HARDWARE)} (or an inline spec)")
+    def _known_preset(cls, v, info):
+        presets = MODELS if info.field_name == "model" else HARDWARE
+        if isinstance(v, str) and v not in presets:
+            raise ValueError(f"unknown {info.field_name} {v!r}; presets: {', '.join(presets)} "
+                             f"(or an inline spec)")
         return v
 
     @field_validator("sweep")

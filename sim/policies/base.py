@@ -161,6 +161,24 @@ class Policy:
                 keep.append(req)
         self._running = keep
 
+    def _try_admit_head(self, now: float, token_budget: int | None = None) -> Request | None:
+        """Move the oldest waiting request into ``running`` if its (re-)prefill
+        fits ``token_budget`` and the KV manager can allocate it; None if not."""
+        req = self.waiting[0]
+        n = prefill_length(req)
+        if token_budget is not None and n > token_budget:
+            return None
+        if not self.kv.can_allocate(req.request_id, n, req.final_tokens):
+            return None
+        self.waiting.popleft()
+        self.kv.allocate(req.request_id, n, req.final_tokens)
+        req.computed_tokens = n
+        req.status = Status.RUNNING
+        if req.schedule_s is None:
+            req.schedule_s = now
+        self._running.append(req)
+        return req
+
     def _reject_head(self, why: str) -> None:
         req = self.waiting.popleft()
         req.status, req.reason = Status.REJECTED, why

@@ -20,7 +20,7 @@ never fails for it and it never preempts.
 from __future__ import annotations
 
 from sim.batch import Batch
-from sim.policies.base import Policy, prefill_length
+from sim.policies.base import Policy
 from sim.request import Request, Status
 
 
@@ -39,13 +39,13 @@ class ContinuousPolicy(Policy):
         decodes: list[Request] = []
         swap_in_tokens = swap_out_tokens = 0
         if not self.spec.mixed_prefill_decode and not self.swapped:
-            prefills = self._admit(0)          # a step with admissions is prefill-only
+            prefills = self._admit(now, 0)          # a step with admissions is prefill-only
         if not prefills:
             decodes, swap_out_tokens = self._reserve_decode_slots()
             if swap_out_tokens == 0 and len(decodes) == len(self._running):
                 swap_in_tokens = self._swap_in()
                 if self.spec.mixed_prefill_decode:
-                    prefills = self._admit(len(decodes))
+                    prefills = self._admit(now, len(decodes))
         if not prefills and not decodes and not swap_in_tokens and not swap_out_tokens:
             if self.waiting and not self._running and not self.swapped:
                 # Memory is empty, yet the oldest request cannot be admitted:
@@ -53,9 +53,6 @@ class ContinuousPolicy(Policy):
                 self._reject_head("does not fit in the empty KV cache")
                 return self.schedule(now)
             return None
-        for req in prefills:
-            if req.schedule_s is None:
-                req.schedule_s = now
         return Batch(
             prefill_new_tokens=tuple(req.computed_tokens for req in prefills),
             prefill_context_tokens=(0,) * len(prefills),
@@ -116,22 +113,14 @@ class ContinuousPolicy(Policy):
             # it rejoins as a decode next step; this step only copies it back
         return moved
 
-    def _admit(self, num_decodes: int) -> list[Request]:
+    def _admit(self, now: float, num_decodes: int) -> list[Request]:
         budget = self.spec.max_batch_tokens - num_decodes
         admitted: list[Request] = []
-        kv = self.kv
         while self.waiting and len(self._running) < self.spec.max_batch_size:
-            req = self.waiting[0]
-            n = prefill_length(req)
-            if n > budget and (admitted or num_decodes):
+            # a lone prefill may exceed the budget (a recompute of a long context)
+            req = self._try_admit_head(now, budget if admitted or num_decodes else None)
+            if req is None:
                 break
-            if not kv.can_allocate(req.request_id, n, req.final_tokens):
-                break
-            self.waiting.popleft()
-            kv.allocate(req.request_id, n, req.final_tokens)
-            req.computed_tokens = n
-            req.status = Status.RUNNING
-            self._running.append(req)
             admitted.append(req)
-            budget -= n
+            budget -= req.computed_tokens
         return admitted

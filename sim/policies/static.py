@@ -15,7 +15,7 @@ front and never preempts.
 from __future__ import annotations
 
 from sim.batch import Batch
-from sim.policies.base import Policy, prefill_length
+from sim.policies.base import Policy
 from sim.request import Request, Status
 
 
@@ -45,19 +45,11 @@ class StaticPolicy(Policy):
         return self._form_batch(now)
 
     def _form_batch(self, now: float) -> Batch:
-        kv = self.kv
         batch: list[Request] = []
         while self.waiting and len(batch) < self.spec.max_batch_size:
-            req = self.waiting[0]
-            n = prefill_length(req)
-            if not kv.can_allocate(req.request_id, n, req.final_tokens):
+            req = self._try_admit_head(now)
+            if req is None:
                 break
-            self.waiting.popleft()
-            kv.allocate(req.request_id, n, req.final_tokens)
-            req.computed_tokens = n
-            req.status = Status.RUNNING
-            if req.schedule_s is None:
-                req.schedule_s = now
             batch.append(req)
         if not batch:
             # The engine is idle and memory is empty, yet the oldest request
@@ -65,7 +57,6 @@ class StaticPolicy(Policy):
             # rather than deadlock.
             self._reject_head("does not fit in the empty KV cache")
             return self.schedule(now)  # type: ignore[return-value]
-        self._running = batch
         self._rows = len(batch)
         self._padded_prompt = max(r.computed_tokens for r in batch)
         self._decode_steps = 0
