@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import TINY_MODEL, make_policy
+from factories import TINY_MODEL, make_policy
 
 from sim.cost.linear import LinearCostModel
 from sim.cost.roofline import RooflineCostModel

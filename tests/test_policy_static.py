@@ -1,7 +1,7 @@
 """Static batching: batch formation, padding, and the batch's lifetime."""
 from __future__ import annotations
 
-from conftest import make_policy, make_requests
+from factories import make_policy, make_requests
 
 from sim.memory.paged import PagedKVManager
 from sim.request import Status
