@@ -1,0 +1,429 @@
+"""The ``profiled`` cost model: a step's time summed from operator timings
+measured on a GPU by ``pagesim calibrate`` (kernels/profile.py).
+
+A step is priced as the sum of what the real step runs (kernels/model.py):
+
+* **token operators** -- the QKV, output, MLP GEMMs, norms, rotary, activation,
+  residual adds, KV write (per layer, times ``num_layers``) and the embedding
+  (once), each a function of the step's rows ``T`` (prefill tokens + decode
+  sequences, padding included). Each operator's measurements over a
+  log-spaced grid of ``T`` are interpolated **linearly in T** between grid
+  points, **extrapolated linearly** above the largest point with the last
+  segment's slope, and **clamped** below the smallest; the per-layout sum of
+  all of them is precomputed into one table.
+* **sequence operators** -- LM head, final norm, greedy sampling, over the
+  number of sequences ``S`` (one logit row each); same rules. Each operator's
+  points are first made non-decreasing in the count (a point above a larger
+  count's time is lowered to it).
+* **decode attention**, per layer and layout, from each sequence's own
+  context: ``U(B, c)`` is the measured time of a *uniform* batch of ``B``
+  sequences of context ``c``, interpolated bilinearly over the (B, c) grid
+  (same extrapolation and clamping rules per axis). A batch of contexts
+  ``c_i`` costs ``U(B, mean) + s(B) * (U(B, max) - U(B, mean))``, where the
+  skew weight ``s(B)`` in [0, 1] is fitted on the profiled *skewed* batches
+  (0: only the mean matters, the GPU balances the work; 1: the longest
+  sequence sets the time, one wave of split-K programs). So a skewed batch
+  costs at least what a uniform batch of the same mean costs.
+* **prefill attention**, per layer and layout: a non-negative least-squares
+  fit (relative error) of the profiled prompt mixes on the features of
+  ``prefill_features`` -- programs, keys streamed (causal and cached
+  context), and a wave term ``max(longest sequence, keys per SM)``.
+* a fixed per-step term: the CUDA-graph launch (``overhead.csv``) plus the
+  median residual (measured - summed operators) of the profile's
+  *calibration* steps in ``steps.csv`` -- kernel-to-kernel transitions that
+  no operator timed alone contains; the *held-out* steps are never read;
+* swap traffic over PCIe (``tokens x kv_bytes_per_token / pcie_bandwidth_Bps``).
+
+Static batches need nothing special: their ``Batch`` already carries padded
+shapes. ``paged_attention_overhead``, if given, replaces the measured paged
+kernels by the contiguous ones times that ratio (decode attention, and the
+cached-context term of prefill attention). Details: docs/calibration.md.
+"""
+from __future__ import annotations
+
+import json
+from bisect import bisect_right
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sim.batch import Batch
+from sim.cost.base import decode_run_times_by_steps
+from sim.presets import HardwareSpec, ModelSpec
+
+REQUIRED_FILES = ("gemm.csv", "elementwise.csv", "decode_attention.csv", "prefill_attention.csv",
+                  "overhead.csv", "provenance.json")
+LAYOUTS = ("paged", "contiguous")
+OPERATOR_COLUMNS = ("op", "scope", "axis", "layout", "calls", "count", "seconds")
+GEOMETRY_FIELDS = ("hidden_size", "num_heads", "num_kv_heads", "head_dim", "ffn_size", "vocab_size", "mlp")
+FIXED_OVERHEADS = ("graph_launch_s",)
+
+
+def default_profile_dir(hardware_name: str, model_name: str) -> Path:
+    """The committed ``kernels/profiles/<hardware>/<model>/`` of the installed package."""
+    import kernels  # its __init__ imports neither torch nor triton
+
+    return Path(kernels.__file__).parent / "profiles" / hardware_name / model_name
+
+
+def has_profiles(path: str | Path) -> bool:
+    return all((Path(path) / name).is_file() for name in REQUIRED_FILES)
+
+
+# ---- interpolation ---------------------------------------------------------
+class PiecewiseLinear:
+    """Through sorted points: linear between them, the last segment's slope
+    above the last (or flat if ``extrapolate`` is false), flat below the first."""
+
+    __slots__ = ("xs", "ys", "slopes", "x0", "y0", "top")
+
+    def __init__(self, xs, ys, extrapolate: bool = True) -> None:
+        order = np.argsort(xs)
+        self.xs = [float(x) for x in np.asarray(xs, dtype=float)[order]]
+        self.ys = [float(y) for y in np.asarray(ys, dtype=float)[order]]
+        if len(set(self.xs)) != len(self.xs):
+            raise ValueError(f"duplicate grid points {self.xs}")
+        self.slopes = [(self.ys[i + 1] - self.ys[i]) / (self.xs[i + 1] - self.xs[i])
+                       for i in range(len(self.xs) - 1)]
+        if not extrapolate and self.slopes:
+            self.xs.append(self.xs[-1] + 1.0)
+            self.ys.append(self.ys[-1])
+            self.slopes.append(0.0)
+        self.x0, self.y0, self.top = self.xs[0], self.ys[0], len(self.slopes) - 1
+
+    def __call__(self, x: float) -> float:
+        if x <= self.x0 or self.top < 0:
+            return self.y0
+        i = min(bisect_right(self.xs, x) - 1, self.top)
+        return self.ys[i] + self.slopes[i] * (x - self.xs[i])
+
+    def many(self, x: np.ndarray) -> np.ndarray:
+        if self.top < 0:
+            return np.full(len(x), self.y0)
+        i = np.minimum(np.searchsorted(self.xs, x, side="right") - 1, self.top).clip(0)
+        ys, slopes, xs = (np.asarray(a)[i] for a in (self.ys, self.slopes, self.xs))
+        return np.where(x <= self.x0, self.y0, ys + slopes * (x - xs))
+
+
+def _axis(grid: list[float], x: float) -> tuple[int, float]:
+    """Cell index and fraction along one axis: clamped below, extrapolated above."""
+    if x <= grid[0]:
+        return 0, 0.0
+    i = min(bisect_right(grid, x) - 1, len(grid) - 2)
+    return i, (x - grid[i]) / (grid[i + 1] - grid[i])
+
+
+class Bilinear:
+    """``U(b, c)`` on a full grid, with ``_axis``'s rules on each axis."""
+
+    def __init__(self, bs: list[float], cs: list[float], values: np.ndarray) -> None:
+        self.bs, self.cs, self.v = bs, cs, [[float(x) for x in row] for row in values]
+        self.arr = np.asarray(values, dtype=float)
+
+    def __call__(self, b: float, c: float) -> float:
+        i, tb = _axis(self.bs, b)
+        j, tc = _axis(self.cs, c)
+        lo, hi = self.v[i], self.v[i + 1]
+        return ((1 - tb) * ((1 - tc) * lo[j] + tc * lo[j + 1])
+                + tb * ((1 - tc) * hi[j] + tc * hi[j + 1]))
+
+    def many(self, b: float, c: np.ndarray) -> np.ndarray:
+        i, tb = _axis(self.bs, b)
+        j = np.minimum(np.searchsorted(self.cs, c, side="right") - 1, len(self.cs) - 2).clip(0)
+        tc = np.where(c <= self.cs[0], 0.0, (c - np.asarray(self.cs)[j]) / np.diff(self.cs)[j])
+        lo, hi = self.arr[i], self.arr[i + 1]
+        return ((1 - tb) * ((1 - tc) * lo[j] + tc * lo[j + 1])
+                + tb * ((1 - tc) * hi[j] + tc * hi[j + 1]))
+
+
+@dataclass(frozen=True)
+class DecodeAttention:
+    uniform: Bilinear
+    skew: PiecewiseLinear        # s(B) in [0, 1]
+    scale: float = 1.0
+
+    def __call__(self, b: int, total_context: int, max_context: int) -> float:
+        um = self.uniform(b, total_context / b)
+        return self.scale * (um + self.skew(b) * (self.uniform(b, max_context) - um))
+
+    def many(self, b: int, total_context: np.ndarray, max_context: np.ndarray) -> np.ndarray:
+        um = self.uniform.many(b, total_context / b)
+        return self.scale * (um + self.skew(b) * (self.uniform.many(b, max_context) - um))
+
+
+@dataclass(frozen=True)
+class PrefillAttention:
+    """``coef . prefill_features(...)``."""
+
+    coef: tuple[float, ...]
+    block_m: int
+    num_heads: int
+    num_sms: int
+
+    def __call__(self, new_tokens, context_tokens) -> float:
+        c0, c1, c2, c3, c4 = self.coef
+        _, tiles, causal, context, wave = _features(new_tokens, context_tokens, self.block_m, self.num_heads,
+                                                    self.num_sms)
+        return c0 + c1 * tiles + c2 * causal + c3 * context + c4 * wave
+
+
+def _features(new_tokens, context_tokens, block_m: int, num_heads: int, num_sms: int) -> tuple[float, ...]:
+    tiles = causal = context = longest = 0
+    for n, c in zip(new_tokens, context_tokens):
+        t = -(-n // block_m)
+        tiles += t
+        causal += block_m * t * (t + 1) // 2 - (t * block_m - n)
+        context += t * c
+        longest = max(longest, n + c)
+    h = num_heads
+    return 1.0, float(h * tiles), float(h * causal), float(h * context), max(longest, h * (causal + context) / num_sms)
+
+
+def prefill_features(new_tokens, context_tokens, block_m: int, num_heads: int, num_sms: int) -> np.ndarray:
+    """Work of the prefill kernel, which runs one program per (query tile of
+    ``block_m`` tokens, head), each streaming its keys (cached context, then
+    new tokens up to the tile's end): a constant; programs; causal keys and
+    context keys streamed by all programs; and the wave term ``max(longest
+    sequence, all keys / SMs)`` -- the longest program's keys when the grid
+    is small, the per-SM share when it is full."""
+    return np.array(_features(new_tokens, context_tokens, block_m, num_heads, num_sms))
+
+
+# ---- loading -----------------------------------------------------------------
+def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    if not path.is_file():
+        raise ValueError(f"{path}: missing profile file (run `pagesim calibrate` on the GPU)")
+    try:
+        df = pd.read_csv(path, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable CSV ({exc})") from exc
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(columns)}")
+    if df.empty:
+        raise ValueError(f"{path}: no rows")
+    seconds = pd.to_numeric(df["seconds"], errors="coerce") if "seconds" in df else None
+    if seconds is not None:
+        bad = np.flatnonzero(~np.isfinite(seconds.to_numpy(dtype=float)) | (seconds.to_numpy(dtype=float) < 0))
+        if len(bad):
+            raise ValueError(f"{path}: row {bad[0] + 2}: seconds must be a finite number >= 0, "
+                             f"got {df['seconds'].iloc[bad[0]]!r}")
+        df["seconds"] = seconds.astype(float)
+    return df
+
+
+def _json_lists(df: pd.DataFrame, column: str, path: Path) -> list[list[int]]:
+    out = []
+    for i, text in enumerate(df[column]):
+        try:
+            value = json.loads(text)
+            if not isinstance(value, list) or not all(isinstance(v, int) and v >= 0 for v in value):
+                raise ValueError("not a list of non-negative integers")
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path}: row {i + 2}: {column} must be a JSON list of token counts, "
+                             f"got {text!r} ({exc})") from exc
+        out.append(value)
+    return out
+
+
+def _check_enum(df: pd.DataFrame, column: str, allowed: tuple[str, ...], path: Path) -> None:
+    bad = ~df[column].isin(allowed)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{path}: row {i + 2}: {column} {df[column].iloc[i]!r}; allowed: {', '.join(allowed)}")
+
+
+def _operator_tables(frames: list[tuple[pd.DataFrame, Path]], num_layers: int):
+    """Per layout: summed token table; and the summed sequence table."""
+    tokens: dict[str, list[tuple[PiecewiseLinear, float]]] = {lay: [] for lay in LAYOUTS}
+    seqs: list[tuple[PiecewiseLinear, float]] = []
+    for df, path in frames:
+        for col, allowed in (("scope", ("layer", "step")), ("axis", ("tokens", "seqs")),
+                             ("layout", ("any", *LAYOUTS))):
+            _check_enum(df, col, allowed, path)
+        for (op, scope, axis, layout), g in df.groupby(["op", "scope", "axis", "layout"], sort=True):
+            if g["count"].duplicated().any():
+                raise ValueError(f"{path}: operator {op} ({layout}) has duplicate counts")
+            g = g.sort_values("count")
+            # non-decreasing: a grid count where cuBLAS picked a slow kernel is
+            # lowered to the next larger count's time instead of spreading to
+            # its neighbours (docs/calibration.md)
+            envelope = np.minimum.accumulate(g["seconds"].to_numpy(float)[::-1])[::-1]
+            curve = PiecewiseLinear(g["count"].to_numpy(float), envelope)
+            weight = float(g["calls"].iloc[0]) * (num_layers if scope == "layer" else 1)
+            if axis == "seqs":
+                seqs.append((curve, weight))
+            else:
+                for lay in (LAYOUTS if layout == "any" else (layout,)):
+                    tokens[lay].append((curve, weight))
+    return {lay: _summed(parts) for lay, parts in tokens.items()}, _summed(seqs)
+
+
+def _summed(parts: list[tuple[PiecewiseLinear, float]]) -> PiecewiseLinear:
+    """The weighted sum of piecewise-linear curves, exact on the union grid."""
+    if not parts:
+        return PiecewiseLinear([1.0], [0.0])
+    grid = np.unique(np.concatenate([c.xs for c, _ in parts]))
+    return PiecewiseLinear(grid, sum(w * c.many(grid) for c, w in parts))
+
+
+def _decode_attention(df: pd.DataFrame, path: Path, layout: str, scale: float) -> DecodeAttention:
+    """Uniform (B, c) table and fitted skew weights of one layout."""
+    rows = df[df["layout"] == layout]
+    uni, skewed = rows[rows["kind"] == "uniform"], rows[rows["kind"] == "skewed"]
+    bs = sorted(float(b) for b in uni["batch"].unique())
+    cs = sorted(float(c) for c in uni["mean_context_tokens"].unique())
+    if len(bs) < 2 or len(cs) < 2 or skewed.empty:
+        raise ValueError(f"{path}: layout {layout} needs uniform rows over >= 2 batch sizes and >= 2 "
+                         f"contexts, and skewed rows")
+    values = np.empty((len(bs), len(cs)))
+    for i, b in enumerate(bs):
+        r = uni[uni["batch"] == b]
+        if len(r) < 2:
+            raise ValueError(f"{path}: layout {layout}, batch {b:g} has {len(r)} uniform context(s); needs >= 2")
+        values[i] = PiecewiseLinear(r["mean_context_tokens"], r["seconds"]).many(np.asarray(cs))
+    uniform = Bilinear(bs, cs, values)
+    weights: dict[float, list[float]] = {}
+    for b, mean, top, sec in skewed[["batch", "mean_context_tokens", "max_context_tokens", "seconds"]].itertuples(
+            index=False):
+        um, ux = uniform(b, mean), uniform(b, top)
+        if ux - um > 1e-3 * um:
+            weights.setdefault(float(b), []).append((sec - um) / (ux - um))
+    if not weights:
+        raise ValueError(f"{path}: layout {layout}: no skewed row has max context above its mean")
+    keys = sorted(weights)
+    skew = PiecewiseLinear(keys, [float(np.clip(np.median(weights[k]), 0, 1)) for k in keys], extrapolate=False)
+    return DecodeAttention(uniform, skew, scale)
+
+
+def _fit_prefill(df: pd.DataFrame, path: Path, layout: str, shape: tuple[int, int, int]) -> tuple[float, ...]:
+    """Non-negative least squares on relative error (drop the most negative
+    feature until none is negative)."""
+    rows = df[df["layout"].isin(("any", layout))]
+    new, ctx = _json_lists(rows, "new_tokens", path), _json_lists(rows, "context_tokens", path)
+    if len(rows) < 5 or any(len(n) != len(c) or not n for n, c in zip(new, ctx)):
+        raise ValueError(f"{path}: layout {layout} needs >= 5 prompt mixes (layout 'any' or '{layout}') "
+                         f"with as many context counts as prompts")
+    x = np.array([prefill_features(n, c, *shape) for n, c in zip(new, ctx)])
+    y = rows["seconds"].to_numpy(float)
+    a = x / np.maximum(y, 1e-12)[:, None]
+    norm = np.where(np.abs(a).max(axis=0) > 0, np.abs(a).max(axis=0), 1.0)
+    active = [j for j in range(x.shape[1]) if np.abs(x[:, j]).max() > 0]
+    while True:
+        sol = np.linalg.lstsq(a[:, active] / norm[active], np.ones(len(y)), rcond=None)[0]
+        if (sol >= 0).all() or len(active) == 1:
+            break
+        active.pop(int(np.argmin(sol)))
+    coef = np.zeros(x.shape[1])
+    coef[active] = np.maximum(sol, 0) / norm[active]
+    return tuple(float(c) for c in coef)
+
+
+def _calibration_residual_s(path: Path, cost: "ProfiledCostModel") -> float:
+    """Median of (measured - summed operators) over the profile's calibration
+    steps: what a whole step costs beyond its operators timed alone (kernel
+    transitions). 0 without ``steps.csv``. Held-out rows are never read."""
+    if not path.is_file():
+        return 0.0
+    steps = _read_csv(path, ("split", "layout", "prefill_new_tokens", "prefill_context_tokens",
+                             "decode_context_tokens", "measured_s"))
+    calib = steps[steps["split"] == "calibration"]
+    if calib.empty:
+        return 0.0
+    _check_enum(calib, "layout", LAYOUTS, path)
+    lists = [_json_lists(calib, c, path) for c in ("prefill_new_tokens", "prefill_context_tokens",
+                                                    "decode_context_tokens")]
+    predicted = [cost.step_time(Batch(tuple(n), tuple(c), tuple(d), kv_layout=lay))
+                 for n, c, d, lay in zip(*lists, calib["layout"])]
+    return float(np.median(pd.to_numeric(calib["measured_s"], errors="raise").to_numpy(float) - predicted))
+
+
+def _read_provenance(path: Path, model: ModelSpec) -> dict:
+    try:
+        prov = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ValueError(f"{path}: missing profile file (run `pagesim calibrate` on the GPU)") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(prov, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    geometry = prov.get("geometry", {})
+    for field in GEOMETRY_FIELDS:
+        if field in geometry and geometry[field] != getattr(model, field):
+            raise ValueError(f"{path}: profiled {prov.get('model', '?')} has {field} {geometry[field]!r}, "
+                             f"model {model.name} has {getattr(model, field)!r}")
+    return prov
+
+
+# ---- the model ---------------------------------------------------------------
+class ProfiledCostModel:
+    """Step time summed from GPU-profiled operators; see the module docstring."""
+
+    name = "profiled"
+
+    def __init__(self, *, num_layers: int, tokens: dict[str, PiecewiseLinear], seqs: PiecewiseLinear,
+                 decode: dict[str, DecodeAttention], prefill: dict[str, PrefillAttention],
+                 fixed_s: float, swap_s_per_token: float, source: str = "") -> None:
+        self.num_layers, self.tokens, self.seqs = num_layers, tokens, seqs
+        self.decode, self.prefill = decode, prefill
+        self.fixed_s, self.swap_s_per_token, self.source = fixed_s, swap_s_per_token, source
+
+    @classmethod
+    def from_dir(cls, path: str | Path, model: ModelSpec, hardware: HardwareSpec,
+                 paged_attention_overhead: float | None = None) -> "ProfiledCostModel":
+        """Read ``path`` (a ``kernels/profiles/<hw>/<model>/`` folder). With
+        ``paged_attention_overhead`` set, paged attention is the contiguous
+        kernel's time times that ratio instead of the measured paged kernel's."""
+        path = Path(path)
+        ratio = paged_attention_overhead
+        if ratio is not None and not (np.isfinite(ratio) and ratio > 0):
+            raise ValueError(f"paged_attention_overhead must be a positive number or None, got {ratio!r}")
+        prov = _read_provenance(path / "provenance.json", model)
+        frames = [(_read_csv(path / f, OPERATOR_COLUMNS), path / f) for f in ("gemm.csv", "elementwise.csv")]
+        tokens, seqs = _operator_tables(frames, model.num_layers)
+        dec_path, pre_path = path / "decode_attention.csv", path / "prefill_attention.csv"
+        dec = _read_csv(dec_path, ("layout", "kind", "batch", "mean_context_tokens", "max_context_tokens",
+                                   "seconds"))
+        _check_enum(dec, "kind", ("uniform", "skewed"), dec_path)
+        pre = _read_csv(pre_path, ("layout", "new_tokens", "context_tokens", "seconds"))
+        _check_enum(pre, "layout", ("any", *LAYOUTS), pre_path)
+        shape = (int(prov.get("prefill_block_m", 128)), model.num_heads, int(prov.get("num_sms", hardware.num_sms)))
+        prefill = {lay: PrefillAttention(_fit_prefill(pre, pre_path, lay, shape), *shape) for lay in LAYOUTS}
+        decode = {lay: _decode_attention(dec, dec_path, lay, 1.0) for lay in LAYOUTS}
+        overhead = _read_csv(path / "overhead.csv", ("name", "seconds"))
+        cost = cls(num_layers=model.num_layers, tokens=tokens, seqs=seqs, decode=decode, prefill=prefill,
+                   fixed_s=float(overhead.loc[overhead["name"].isin(FIXED_OVERHEADS), "seconds"].sum()),
+                   swap_s_per_token=model.kv_bytes_per_token / hardware.pcie_bandwidth_Bps, source=str(path))
+        cost.fixed_s += _calibration_residual_s(path / "steps.csv", cost)
+        if ratio is not None:
+            c = prefill["contiguous"].coef
+            prefill["paged"] = PrefillAttention((*c[:3], c[3] * ratio, c[4]), *shape)
+            decode["paged"] = _decode_attention(dec, dec_path, "contiguous", float(ratio))
+        return cost
+
+    def step_time(self, batch: Batch) -> float:
+        t = (batch.swap_in_tokens + batch.swap_out_tokens) * self.swap_s_per_token
+        new, dec = batch.prefill_new_tokens, batch.decode_context_tokens
+        rows = sum(new) + len(dec)
+        if rows == 0:
+            return t
+        layout = batch.kv_layout
+        t += self.tokens[layout](rows) + self.seqs(len(new) + len(dec)) + self.fixed_s
+        if dec:
+            t += self.num_layers * self.decode[layout](len(dec), sum(dec), max(dec))
+        if new:
+            t += self.num_layers * self.prefill[layout](new, batch.prefill_context_tokens)
+        return t
+
+    def decode_run_times(self, batch: Batch, num_steps: int) -> np.ndarray:
+        """Vectorised over the run for a pure decode batch; the same numbers as
+        ``decode_run_times_by_steps`` (which any other batch falls back to)."""
+        dec = batch.decode_context_tokens
+        if batch.prefill_new_tokens or not dec or batch.swap_in_tokens or batch.swap_out_tokens:
+            return decode_run_times_by_steps(self, batch, num_steps)
+        b, layout = len(dec), batch.kv_layout
+        step = np.arange(num_steps, dtype=np.int64)
+        base = 0.0 + (self.tokens[layout](b) + self.seqs(b) + self.fixed_s)
+        return base + self.num_layers * self.decode[layout].many(b, sum(dec) + b * step, max(dec) + step)
