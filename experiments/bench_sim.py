@@ -47,6 +47,16 @@ def measure(fast_forward: bool, cost_model: str, limit: int | None) -> dict:
     }
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.bench_sim", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident memory: {peak_mb:.0f} MB")
     record = {
-        "date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
+        "date": date.today().isoformat(), "machine": _cpu_model(),
         "cpus_allowed": len(os.sched_getaffinity(0)), "python": sys.version.split()[0],
         "command": "python -m experiments.bench_sim " + " ".join(argv if argv is not None else sys.argv[1:]),
         "peak_rss_mb": round(peak_mb, 1), "results": rows,
