@@ -73,7 +73,7 @@ def pick_tiles(head_dim: int) -> DecodeTiles:
     if interpreting():
         return DecodeTiles(block_n=16, num_warps=4, num_stages=1)
     if head_dim <= 128:
-        return DecodeTiles(block_n=64, num_warps=4, num_stages=3)
+        return DecodeTiles(block_n=64, num_warps=4, num_stages=2)
     return DecodeTiles(block_n=32, num_warps=4, num_stages=2)
 
 
