@@ -121,6 +121,9 @@ class Bilinear:
     def __init__(self, bs: list[float], cs: list[float], values: np.ndarray) -> None:
         self.bs, self.cs, self.v = bs, cs, [[float(x) for x in row] for row in values]
         self.arr = np.asarray(values, dtype=float)
+        self._cs = np.asarray(cs, dtype=float)          # for ``many``: no per-call conversions
+        self._dcs = np.diff(self._cs)
+        self._top = len(cs) - 2
 
     def __call__(self, b: float, c: float) -> float:
         i, tb = _axis(self.bs, b)
@@ -131,8 +134,11 @@ class Bilinear:
 
     def many(self, b: float, c: np.ndarray) -> np.ndarray:
         i, tb = _axis(self.bs, b)
-        j = np.minimum(np.searchsorted(self.cs, c, side="right") - 1, len(self.cs) - 2).clip(0)
-        tc = np.where(c <= self.cs[0], 0.0, (c - np.asarray(self.cs)[j]) / np.diff(self.cs)[j])
+        j = np.searchsorted(self._cs, c, side="right") - 1
+        np.minimum(j, self._top, out=j)
+        np.maximum(j, 0, out=j)
+        tc = (c - self._cs[j]) / self._dcs[j]
+        tc[c <= self.cs[0]] = 0.0
         lo, hi = self.arr[i], self.arr[i + 1]
         return ((1 - tb) * ((1 - tc) * lo[j] + tc * lo[j + 1])
                 + tb * ((1 - tc) * hi[j] + tc * hi[j + 1]))
