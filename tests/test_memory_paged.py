@@ -191,17 +191,6 @@ def test_shared_full_blocks_are_not_copied():
     assert kv.usage().real == 33
 
 
-def test_shrink_gives_back_tokens_and_empty_blocks():
-    kv = make_cache()
-    kv.allocate(1, 17, 40)    # [0, 1]
-    kv.shrink(1, 1)
-    assert (kv.block_table(1), kv.num_tokens(1), kv.num_free_blocks) == ([0], 16, 10)
-    assert kv.usage().real == 16
-    kv.fork(1, 2)
-    with pytest.raises(MemoryError_, match="shared block"):
-        kv.shrink(2, 1)
-
-
 def test_misuse_raises():
     kv = make_cache()
     kv.allocate(1, 20, 40)

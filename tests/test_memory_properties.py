@@ -138,21 +138,6 @@ class PagedMachine(_ManagerMachine):
             self.tokens[child] = self.tokens[parent]
             assert self.kv.block_table(child) == self.kv.block_table(parent)
 
-    @rule(index=PICK, num_tokens=st.integers(0, 20))
-    def shrink(self, index, num_tokens):
-        rid = self._pick(index)
-        if rid is None:
-            return
-        if num_tokens > self.tokens[rid]:
-            self._refused(self.kv.shrink, rid, num_tokens)
-            return
-        before = self._snapshot()
-        try:
-            self.kv.shrink(rid, num_tokens)
-            self.tokens[rid] -= num_tokens
-        except MemoryError_ as err:     # allowed only for a block shared with a fork
-            assert "shared block" in str(err) and self._snapshot() == before
-
     @rule(index=PICK)
     def swap_in(self, index):
         rid = self._pick(index, swapped=True)

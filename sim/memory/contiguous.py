@@ -20,7 +20,7 @@ sequences' ranges tile ``[0, total_tokens)`` exactly.
 
 Complexity with H holes: first-fit ``can_allocate``/``allocate`` O(H);
 ``free`` finds its neighbours by ``bisect`` in O(log H) and edits the lists in
-O(H) (a memmove); ``append``, ``shrink`` and ``num_tokens`` are O(1).
+O(H) (a memmove); ``append`` and ``num_tokens`` are O(1).
 """
 from __future__ import annotations
 
@@ -148,14 +148,6 @@ class ContiguousKVManager:
             tokens[rid] += num_tokens
         self._real_slots += num_tokens * len(request_ids)
         return True
-
-    def shrink(self, request_id: int, num_tokens: int = 1) -> None:
-        """Give back the last ``num_tokens`` tokens; the reservation stays."""
-        tokens = self.num_tokens(request_id)
-        if not 0 <= num_tokens <= tokens:
-            raise MemoryError_(f"shrink({request_id}, {num_tokens}): it holds {tokens} tokens")
-        self._tokens[request_id] = tokens - num_tokens
-        self._real_slots -= num_tokens
 
     def free(self, request_id: int) -> None:
         """Return the range to the holes, merged with the holes it touches."""

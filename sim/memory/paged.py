@@ -213,24 +213,6 @@ class PagedKVManager:
         self._real_slots += num_tokens * grown
         return True
 
-    def shrink(self, request_id: int, num_tokens: int = 1) -> None:
-        """Give back the last ``num_tokens`` tokens (undo an ``append``);
-        blocks left empty are released. Refused when a block shared with
-        another sequence would lose tokens."""
-        table = self._gpu_table(request_id)
-        tokens = self._tokens[request_id]
-        if not 0 <= num_tokens <= tokens:
-            raise MemoryError_(f"shrink({request_id}, {num_tokens}): it holds {tokens} tokens")
-        new_tokens = tokens - num_tokens
-        keep = _ceil_div(new_tokens, self.block_size)
-        kept_end = min(tokens, keep * self.block_size)   # tokens in the kept blocks before
-        if kept_end > new_tokens and self._ref[table[keep - 1]] > 1:
-            raise MemoryError_(f"shrink({request_id}, {num_tokens}) would cut into a shared block")
-        freed_real = self._release_gpu(table[keep:], tokens - keep * self.block_size)
-        del table[keep:]
-        self._tokens[request_id] = new_tokens
-        self._real_slots -= (kept_end - new_tokens) + freed_real
-
     def free(self, request_id: int) -> None:
         """Release a sequence's GPU or CPU blocks; a GPU block goes back to the
         free queue only when no other table holds it."""
