@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from sim.batch import Batch
 from sim.policies.base import Policy
-from sim.request import Request, Status
+from sim.request import Request
 
 
 class StaticPolicy(Policy):
