@@ -24,16 +24,19 @@ class SLO:
         return cls(m.group(1), float(m.group(2)))
 
 
-def capacity(table: pd.DataFrame, x_key: str, slos: list[SLO]) -> pd.DataFrame:
-    """Per configuration: the highest ``x_key`` value whose point meets every
+def capacity(table: pd.DataFrame, x_key: str, slos: list[SLO],
+             group_keys: list[str] | None = None) -> pd.DataFrame:
+    """Per configuration (``config_label`` plus any ``group_keys``, e.g. other
+    swept keys such as ``engine.replicas``): the highest ``x_key`` value whose point meets every
     SLO, the lowest that misses one, and a linear interpolation of the
     crossing between them (the ``x`` at which the worst SLO ratio reaches 1).
     ``at_least`` is true when even the highest swept value meets them."""
-    for col in [x_key, "config_label"] + [s.metric for s in slos]:
+    keys = ["config_label"] + [k for k in (group_keys or []) if k not in ("config_label", x_key)]
+    for col in [x_key, *keys] + [s.metric for s in slos]:
         if col not in table.columns:
             raise ValueError(f"sweep table has no column {col!r}")
     rows = []
-    for label, group in table.groupby("config_label", sort=False):
+    for label, group in table.groupby(keys, sort=False):
         g = group.sort_values(x_key)
         ratio = pd.concat([g[s.metric] / s.limit for s in slos], axis=1).max(axis=1).fillna(math.inf)
         ok = ratio <= 1.0
@@ -47,6 +50,6 @@ def capacity(table: pd.DataFrame, x_key: str, slos: list[SLO]) -> pd.DataFrame:
             r1 = float(ratio[g[x_key] == first_miss].iloc[0])
             if math.isfinite(r1) and r1 > r0:
                 crossing = best + (first_miss - best) * (1.0 - r0) / (r1 - r0)
-        rows.append({"config_label": label, "max_passing": best, "first_failing": first_miss,
+        rows.append({**dict(zip(keys, label)), "max_passing": best, "first_failing": first_miss,
                      "interpolated": crossing, "at_least": first_miss is None and best is not None})
     return pd.DataFrame(rows)

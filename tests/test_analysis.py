@@ -39,3 +39,11 @@ def test_slo_parsing_and_errors():
         SLO.parse("ttft_s_p99<1")
     with pytest.raises(ValueError, match="no column 'nope'"):
         capacity(table(), "rate", [SLO("nope", 1.0)])
+
+
+def test_other_swept_keys_split_a_configuration():
+    t = pd.DataFrame({"config_label": ["p"] * 4, "replicas": [1, 1, 2, 2], "rate": [10, 20, 10, 20],
+                      "ttft": [0.5, 3.0, 0.2, 0.6]})
+    cap = capacity(t, "rate", [SLO("ttft", 1.0)], group_keys=["replicas", "rate"]).set_index("replicas")
+    assert cap.loc[1, "max_passing"] == 10 and cap.loc[1, "first_failing"] == 20
+    assert cap.loc[2, "max_passing"] == 20 and bool(cap.loc[2, "at_least"])
