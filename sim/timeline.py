@@ -6,6 +6,8 @@ as the same rows stepping would give, computed in bulk.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 
@@ -29,10 +31,32 @@ def external_slots(policy: Policy) -> int:
     return policy.kv.free_unusable(policy.waiting[0].final_tokens)
 
 
+class _Run(NamedTuple):
+    """What stays constant over a decode run (KV figures at its first step)."""
+
+    starts_s: np.ndarray
+    steps_s: np.ndarray
+    replica: int
+    running: int
+    waiting: int
+    swapped: int
+    batch_seqs: int
+    batch_rows: int
+    batch_tokens: int
+    decode_seqs: int
+    external: int
+    real: int
+    used: int                      # real + internal
+    reserved: int
+    free: int
+    total: int
+    block_hist: list[int] | None   # paged: sequences by (tokens - 1) % block_size
+
+
 class Timeline:
     def __init__(self) -> None:
         self._rows: list[tuple] = []
-        self._runs: list[tuple] = []
+        self._runs: list[_Run] = []
 
     def record_step(self, t_s: float, replica: int, step_s: float, policy: Policy,
                     batch: Batch) -> None:
@@ -58,7 +82,7 @@ class Timeline:
             block_hist = [0] * bs          # sequences by (tokens - 1) % block_size
             for req in batch.requests:
                 block_hist[(req.computed_tokens - 1) % bs] += 1
-        self._runs.append((
+        self._runs.append(_Run(
             starts_s, steps_s, replica, len(policy.running), len(policy.waiting),
             len(policy.swapped), len(batch.requests), batch.num_seqs, batch.num_tokens,
             batch.num_decode_seqs, external_slots(policy), u.real, u.real + u.internal,
@@ -71,34 +95,36 @@ class Timeline:
         a run's allocation at step j only needs its histogram of
         ``(t - 1) % bs``; contiguous reservations and free space are fixed."""
         runs = self._runs
-        lengths = np.array([len(r[0]) for r in runs], np.int64)
-        rep = lambda c: np.repeat(np.array([r[c] for r in runs], np.int64), lengths)  # noqa: E731
+        lengths = np.array([len(r.starts_s) for r in runs], np.int64)
+
+        def rep(field: str) -> np.ndarray:     # a per-run constant, one value per row
+            return np.repeat(np.array([getattr(r, field) for r in runs], np.int64), lengths)
+
         j = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        n = rep(6)
-        real = rep(11) + n * j
-        used0 = rep(12)                       # real + internal (+ reserved) at the run's first step
-        reserved = rep(13)
-        free = rep(14)
-        paged = np.repeat(np.array([r[16] is not None for r in runs]), lengths)
-        # contiguous: every token lands in its own reservation
-        reserved = np.where(paged, reserved, reserved - n * j)
-        internal = np.where(paged, used0 - real, 0)
+        n = rep("batch_seqs")
+        real = rep("real") + n * j
+        paged = np.repeat(np.array([r.block_hist is not None for r in runs]), lengths)
+        # contiguous: every token lands in its own reservation; paged: no reservations
+        reserved = np.where(paged, rep("reserved"), rep("reserved") - n * j)
+        internal = np.where(paged, rep("used") - real, 0)
+        free = rep("free")
         if paged.any():
-            bs = len(next(r[16] for r in runs if r[16] is not None))
-            hist = np.array([r[16] if r[16] is not None else [0] * bs for r in runs], np.int64)
+            bs = len(next(r.block_hist for r in runs if r.block_hist is not None))
+            hist = np.array([r.block_hist or [0] * bs for r in runs], np.int64)
             new_blocks = np.zeros_like(j)
             for q in np.flatnonzero(hist.any(axis=0)):
                 new_blocks += np.repeat(hist[:, q], lengths) * ((j + q) // bs)
             internal = np.where(paged, internal + bs * new_blocks, internal)
             free = np.where(paged, free - bs * new_blocks, free)
         cols = {
-            "t_s": np.concatenate([r[0] for r in runs]), "step_s": np.concatenate([r[1] for r in runs]),
-            "replica": rep(2), "running": rep(3), "waiting": rep(4), "swapped": rep(5),
-            "batch_seqs": n, "batch_rows": rep(7), "batch_tokens": rep(8),
-            "prefill_tokens": np.zeros_like(n), "decode_seqs": rep(9),
+            "t_s": np.concatenate([r.starts_s for r in runs]),
+            "step_s": np.concatenate([r.steps_s for r in runs]),
+            **{name: rep(name) for name in ("replica", "running", "waiting", "swapped",
+                                            "batch_rows", "batch_tokens", "decode_seqs")},
+            "batch_seqs": n, "prefill_tokens": np.zeros_like(n),
             "kv_token_slots_used": real, "kv_internal_slots": internal, "kv_reserved_slots": reserved,
-            "kv_token_slots_reserved": internal + reserved, "kv_external_slots": rep(10),
-            "kv_free_slots": free, "kv_total_slots": rep(15),
+            "kv_token_slots_reserved": internal + reserved, "kv_external_slots": rep("external"),
+            "kv_free_slots": free, "kv_total_slots": rep("total"),
         }
         return cols
 
