@@ -42,7 +42,6 @@ cached-context term of prefill attention). Details: docs/calibration.md.
 from __future__ import annotations
 
 import json
-from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +50,7 @@ import pandas as pd
 
 from sim.batch import Batch
 from sim.cost.base import decode_run_times_by_steps
+from sim.cost.interpolation import Bilinear, PiecewiseLinear, _summed
 from sim.presets import HardwareSpec, ModelSpec
 
 REQUIRED_FILES = ("gemm.csv", "elementwise.csv", "decode_attention.csv", "prefill_attention.csv",
@@ -70,78 +70,6 @@ def default_profile_dir(hardware_name: str, model_name: str) -> Path:
 
 def has_profiles(path: str | Path) -> bool:
     return all((Path(path) / name).is_file() for name in REQUIRED_FILES)
-
-
-# ---- interpolation ---------------------------------------------------------
-class PiecewiseLinear:
-    """Through sorted points: linear between them, the last segment's slope
-    above the last (or flat if ``extrapolate`` is false), flat below the first."""
-
-    __slots__ = ("xs", "ys", "slopes", "x0", "y0", "top")
-
-    def __init__(self, xs, ys, extrapolate: bool = True) -> None:
-        order = np.argsort(xs)
-        self.xs = [float(x) for x in np.asarray(xs, dtype=float)[order]]
-        self.ys = [float(y) for y in np.asarray(ys, dtype=float)[order]]
-        if len(set(self.xs)) != len(self.xs):
-            raise ValueError(f"duplicate grid points {self.xs}")
-        self.slopes = [(self.ys[i + 1] - self.ys[i]) / (self.xs[i + 1] - self.xs[i])
-                       for i in range(len(self.xs) - 1)]
-        if not extrapolate and self.slopes:
-            self.xs.append(self.xs[-1] + 1.0)
-            self.ys.append(self.ys[-1])
-            self.slopes.append(0.0)
-        self.x0, self.y0, self.top = self.xs[0], self.ys[0], len(self.slopes) - 1
-
-    def __call__(self, x: float) -> float:
-        if x <= self.x0 or self.top < 0:
-            return self.y0
-        i = min(bisect_right(self.xs, x) - 1, self.top)
-        return self.ys[i] + self.slopes[i] * (x - self.xs[i])
-
-    def many(self, x: np.ndarray) -> np.ndarray:
-        if self.top < 0:
-            return np.full(len(x), self.y0)
-        i = np.minimum(np.searchsorted(self.xs, x, side="right") - 1, self.top).clip(0)
-        ys, slopes, xs = (np.asarray(a)[i] for a in (self.ys, self.slopes, self.xs))
-        return np.where(x <= self.x0, self.y0, ys + slopes * (x - xs))
-
-
-def _axis(grid: list[float], x: float) -> tuple[int, float]:
-    """Cell index and fraction along one axis: clamped below, extrapolated above."""
-    if x <= grid[0]:
-        return 0, 0.0
-    i = min(bisect_right(grid, x) - 1, len(grid) - 2)
-    return i, (x - grid[i]) / (grid[i + 1] - grid[i])
-
-
-class Bilinear:
-    """``U(b, c)`` on a full grid, with ``_axis``'s rules on each axis."""
-
-    def __init__(self, bs: list[float], cs: list[float], values: np.ndarray) -> None:
-        self.bs, self.cs, self.v = bs, cs, [[float(x) for x in row] for row in values]
-        self.arr = np.asarray(values, dtype=float)
-        self._cs = np.asarray(cs, dtype=float)          # for ``many``: no per-call conversions
-        self._dcs = np.diff(self._cs)
-        self._top = len(cs) - 2
-
-    def __call__(self, b: float, c: float) -> float:
-        i, tb = _axis(self.bs, b)
-        j, tc = _axis(self.cs, c)
-        lo, hi = self.v[i], self.v[i + 1]
-        return ((1 - tb) * ((1 - tc) * lo[j] + tc * lo[j + 1])
-                + tb * ((1 - tc) * hi[j] + tc * hi[j + 1]))
-
-    def many(self, b: float, c: np.ndarray) -> np.ndarray:
-        i, tb = _axis(self.bs, b)
-        j = np.searchsorted(self._cs, c, side="right") - 1
-        np.minimum(j, self._top, out=j)
-        np.maximum(j, 0, out=j)
-        tc = (c - self._cs[j]) / self._dcs[j]
-        tc[c <= self.cs[0]] = 0.0
-        lo, hi = self.arr[i], self.arr[i + 1]
-        return ((1 - tb) * ((1 - tc) * lo[j] + tc * lo[j + 1])
-                + tb * ((1 - tc) * hi[j] + tc * hi[j + 1]))
 
 
 @dataclass(frozen=True)
@@ -265,14 +193,6 @@ def _operator_tables(frames: list[tuple[pd.DataFrame, Path]], num_layers: int):
                 for lay in (LAYOUTS if layout == "any" else (layout,)):
                     tokens[lay].append((curve, weight))
     return {lay: _summed(parts) for lay, parts in tokens.items()}, _summed(seqs)
-
-
-def _summed(parts: list[tuple[PiecewiseLinear, float]]) -> PiecewiseLinear:
-    """The weighted sum of piecewise-linear curves, exact on the union grid."""
-    if not parts:
-        return PiecewiseLinear([1.0], [0.0])
-    grid = np.unique(np.concatenate([c.xs for c, _ in parts]))
-    return PiecewiseLinear(grid, sum(w * c.many(grid) for c, w in parts))
 
 
 def _decode_attention(df: pd.DataFrame, path: Path, layout: str, scale: float) -> DecodeAttention:

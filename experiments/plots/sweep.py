@@ -1,0 +1,241 @@
+"""Figures of a sweep: throughput and latency against the swept key, and KV
+memory and batch size over time at one chosen value of it."""
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from experiments.plots.common import (
+    FREE_LAYER,
+    KV_LAYERS,
+    _no_data,
+    _plots_dir,
+    bin_timeline,
+    draw_kv_area,
+    draw_timeline_lines,
+    kv_fractions,
+    read_parquet_columns,
+    require_columns,
+    save_figure,
+    series_colours,
+)
+
+DEFAULT_X_KEY = "workload.arrival.rate_rps"
+SWEEP_COLUMNS = ("point_id", "config_label", "throughput_rps", "throughput_tokens_per_s",
+                 "normalized_latency_s_per_token_mean", "ttft_s_p50", "ttft_s_p99",
+                 "tpot_s_p50", "tpot_s_p99")
+# A swept key is a dotted config path or one of these top-level config fields;
+# every other column of sweep.csv comes from the summary.
+TOP_LEVEL_CONFIG_KEYS = frozenset({"name", "seed", "model", "hardware", "horizon_s",
+                                   "fast_forward"})
+SWEEP_TIMELINE_COLUMNS = ("t_s", "replica", "step_s", "batch_seqs", *KV_LAYERS, "kv_total_slots")
+# One panel: y label and its lines as (column, line style, legend suffix).
+LinePanel = tuple[str, tuple[tuple[str, str, str], ...]]
+THROUGHPUT_PANELS: tuple[LinePanel, ...] = (
+    ("throughput (requests/s)", (("throughput_rps", "-", ""),)),
+    ("throughput (output tokens/s)", (("throughput_tokens_per_s", "-", ""),)),
+)
+NORMALIZED_LATENCY_PANELS: tuple[LinePanel, ...] = (
+    ("mean normalized latency (s/token)", (("normalized_latency_s_per_token_mean", "-", ""),)),
+)
+TTFT_TPOT_PANELS: tuple[LinePanel, ...] = (
+    ("TTFT (s)", (("ttft_s_p50", "-", " p50"), ("ttft_s_p99", "--", " p99"))),
+    ("TPOT (s/token)", (("tpot_s_p50", "-", " p50"), ("tpot_s_p99", "--", " p99"))),
+)
+
+
+@dataclass(frozen=True)
+class SweepAxis:
+    """The swept key on the x axis: its numeric values, or, when any value is
+    not a number, categories placed at 0, 1, 2... in the order the sweep lists
+    them."""
+
+    key: str
+    categories: tuple[str, ...] = ()
+
+    def label(self, x: float) -> str:
+        return self.categories[int(x)] if self.categories else f"{x:g}"
+
+    def decorate(self, ax: Axes) -> None:
+        ax.set_xlabel(self.key)
+        if self.categories:
+            ax.set_xticks(range(len(self.categories)), self.categories)
+
+
+def read_sweep(sweep_dir: Path, x_key: str) -> tuple[pd.DataFrame, SweepAxis]:
+    """``sweep.csv`` as one row per (series, x): a series is a
+    ``config_label`` plus the value of every other swept key that varies."""
+    path = sweep_dir / "sweep.csv"
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found")
+    try:
+        sweep = pd.read_csv(path, dtype={"point_id": str, "config_label": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable CSV file ({exc})") from exc
+    require_columns(list(sweep.columns), (*SWEEP_COLUMNS, x_key), path)
+    x, categories = _x_positions(sweep[x_key])
+    table = sweep[list(SWEEP_COLUMNS)].copy()
+    for column in SWEEP_COLUMNS[2:]:
+        table[column] = pd.to_numeric(table[column], errors="coerce")
+    table["series"] = _series_names(sweep, x_key)
+    table["x"] = x
+    table = table.dropna(subset=["x"]).drop_duplicates(["series", "x"])
+    if table.empty:
+        raise ValueError(f"{path}: no row has a value in column {x_key!r}")
+    return table, SweepAxis(x_key, categories)
+
+
+def _x_positions(values: pd.Series) -> tuple[np.ndarray, tuple[str, ...]]:
+    if values.dtype != bool:
+        numeric = pd.to_numeric(values, errors="coerce")
+        if numeric.notna().sum() == values.notna().sum():
+            return numeric.to_numpy(float), ()
+    categories = tuple(dict.fromkeys(str(v) for v in values.dropna()))
+    positions = {name: float(i) for i, name in enumerate(categories)}
+    return np.array([positions[str(v)] if pd.notna(v) else np.nan for v in values]), categories
+
+
+def _series_names(sweep: pd.DataFrame, x_key: str) -> pd.Series:
+    """``config_label``, extended by ``key=value`` for each other swept key
+    that takes several values under one name so far (keys that only restate
+    the label, such as the batching policy, add nothing)."""
+    names = sweep["config_label"].fillna("?").astype(str)
+    for column in sweep.columns:
+        swept = column != x_key and ("." in column or column in TOP_LEVEL_CONFIG_KEYS)
+        if swept and sweep.groupby(names)[column].nunique(dropna=False).max() > 1:
+            names = names + f", {column.rsplit('.', 1)[-1]}=" + sweep[column].astype(str)
+    return names
+
+
+def choose_x(table: pd.DataFrame, sweep_dir: Path) -> tuple[float | None, list[str]]:
+    """The highest x at which every series has a point with a timeline (or,
+    if no x has all, the highest covered by the most series), and the series
+    lacking one there. ``None`` if no point has a timeline."""
+    has_timeline = table["point_id"].map(
+        lambda pid: isinstance(pid, str) and _timeline_path(sweep_dir, pid).is_file())
+    covered = table[has_timeline]
+    if covered.empty:
+        return None, sorted(table["series"].unique())
+    count = covered.groupby("x")["series"].nunique()
+    chosen_x = float(count[count == count.max()].index.max())
+    present = set(covered.loc[covered["x"] == chosen_x, "series"])
+    return chosen_x, sorted(set(table["series"]) - present)
+
+
+def _timeline_path(sweep_dir: Path, point_id: str) -> Path:
+    return sweep_dir / "points" / point_id / "timeline.parquet"
+
+
+def plot_sweep(sweep_dir: Path, x_key: str = DEFAULT_X_KEY, *,
+               log_latency: bool = False) -> list[Path]:
+    """Draw a sweep's figures into ``sweep_dir/plots/`` and return their paths:
+    ``throughput.png``, ``normalized_latency.png`` (log y if ``log_latency``),
+    ``ttft_tpot.png``, ``kv_waste.png``, ``timelines.png``."""
+    sweep_dir = Path(sweep_dir)
+    table, axis = read_sweep(sweep_dir, x_key)
+    names = sorted(table["series"].unique())
+    colours = series_colours(names)
+    plots = _plots_dir(sweep_dir)
+    written = [
+        save_figure(_line_figure(table, axis, colours, THROUGHPUT_PANELS, "Throughput"),
+                    plots / "throughput.png"),
+        save_figure(_line_figure(table, axis, colours, NORMALIZED_LATENCY_PANELS,
+                                 "Normalized latency", log_y=log_latency),
+                    plots / "normalized_latency.png"),
+        save_figure(_line_figure(table, axis, colours, TTFT_TPOT_PANELS,
+                                 "TTFT and TPOT (solid p50, dashed p99)"),
+                    plots / "ttft_tpot.png"),
+    ]
+    chosen_x, missing = choose_x(table, sweep_dir)
+    timelines = {} if chosen_x is None else {
+        row.series: read_parquet_columns(_timeline_path(sweep_dir, row.point_id),
+                                         SWEEP_TIMELINE_COLUMNS)
+        for row in table[table["x"] == chosen_x].itertuples() if row.series not in missing}
+    where = _chosen_x_note(axis, chosen_x, missing)
+    written.append(save_figure(_kv_waste_figure(names, timelines, where), plots / "kv_waste.png"))
+    written.append(save_figure(_timelines_figure(names, colours, timelines, where),
+                               plots / "timelines.png"))
+    return written
+
+
+def _chosen_x_note(axis: SweepAxis, chosen_x: float | None, missing: list[str]) -> str:
+    if chosen_x is None:
+        return "no point has a timeline"
+    where = f"{axis.key} = {axis.label(chosen_x)}"
+    if not missing:
+        return f"{where}\n(highest value with data for every configuration)"
+    note = f"(highest value with the most data; missing: {', '.join(missing)})"
+    return f"{where}\n{textwrap.fill(note, width=70)}"
+
+
+def _line_figure(table: pd.DataFrame, axis: SweepAxis, colours: dict[str, tuple],
+                 panels: Sequence[LinePanel], title: str, log_y: bool = False) -> Figure:
+    fig = Figure(figsize=(5.5 * len(panels), 4.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (ylabel, lines) in zip(axes, panels):
+        for name, rows in table.sort_values("x").groupby("series"):
+            for column, linestyle, suffix in lines:
+                points = rows.dropna(subset=[column])
+                ax.plot(points["x"], points[column], linestyle=linestyle, marker="o",
+                        markersize=4, color=colours[name], label=f"{name}{suffix}")
+        axis.decorate(ax)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if log_y:
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(bottom=0)
+    axes[0].legend(fontsize="x-small")
+    fig.suptitle(f"{title} vs {axis.key}")
+    return fig
+
+
+def _kv_waste_figure(names: list[str], timelines: dict[str, pd.DataFrame], where: str) -> Figure:
+    fractions = {name: kv_fractions(timeline) for name, timeline in timelines.items()}
+    fig = Figure(figsize=(max(7.0, 1.2 * len(names) + 4), 4.8), layout="constrained")
+    ax = fig.subplots()
+    positions = np.arange(len(names))
+    bottom = np.zeros(len(names))
+    for column, (label, colour) in {**KV_LAYERS, "free": FREE_LAYER}.items():
+        heights = np.array([fractions.get(name, {}).get(column, 0.0) for name in names])
+        ax.bar(positions, heights, bottom=bottom, color=colour, label=label)
+        bottom += heights
+    for position, name in zip(positions, names):
+        real = fractions.get(name, {}).get("kv_token_slots_used")
+        text = "no data" if real is None else f"{real:.0%} real"
+        ax.text(position, 1.01, text, ha="center", va="bottom", fontsize="small")
+    ax.set_xticks(positions, names, rotation=15, ha="right")
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("time-weighted fraction of KV slots")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
+    fig.suptitle(f"Where KV memory goes, at {where}", fontsize="medium")
+    return fig
+
+
+def _timelines_figure(names: list[str], colours: dict[str, tuple],
+                      timelines: dict[str, pd.DataFrame], where: str) -> Figure:
+    fig = Figure(figsize=(12, 1.0 + 2.4 * len(names)), layout="constrained")
+    axes = fig.subplots(len(names), 2, squeeze=False, sharex="row")
+    legend_row = next((row for row, name in enumerate(names) if name in timelines), None)
+    for row, name in enumerate(names):
+        batch_ax, kv_ax = axes[row]
+        batch_ax.set_title(name, loc="left", fontsize="small")
+        if name not in timelines:
+            _no_data(batch_ax, "no point with a timeline here")
+            _no_data(kv_ax, "no point with a timeline here")
+            continue
+        edges_s, binned = bin_timeline(timelines[name])
+        draw_timeline_lines(batch_ax, edges_s, binned, ["batch_seqs"], "sequences in batch",
+                            colours[name])
+        draw_kv_area(kv_ax, edges_s, binned, legend=row == legend_row)
+    for ax in axes[-1]:
+        ax.set_xlabel("simulated time (s)")
+    fig.suptitle(f"Batch size and KV memory over time, at {where}", fontsize="medium")
+    return fig
