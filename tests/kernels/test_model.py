@@ -49,33 +49,12 @@ def _two_steps(model, cache, prompts, backend_rng):
     return logits1, next1, logits2, next2
 
 
-@pytest.fixture
-def interpreter_loop_bounds():
-    """triton 3.6's interpreter turns a scalar loop bound into an int with int()
-    on a 1-element array, which numpy >= 2.4 refuses; squeeze it first (the
-    upstream fix) while a test runs."""
-    interpreter = pytest.importorskip("triton.runtime.interpreter")
-    original = interpreter._patch_lang_tensor
-    if getattr(original, "squeezes_index", False):
-        yield
-        return
-
-    def patched(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
-
-    patched.squeezes_index = True
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(interpreter, "_patch_lang_tensor", patched)
-        yield
-
-
 @pytest.mark.parametrize("geom", [TINY_LLAMA, TINY_OPT], ids=lambda g: g.name)
 def test_paged_contiguous_and_dense_agree(geom):
     _check_against_dense(geom, "reference")
 
 
-def test_triton_kernels_in_the_step_agree_with_dense(interpreter_loop_bounds):
+def test_triton_kernels_in_the_step_agree_with_dense():  # loop-bound patch: conftest.py
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("needs the Triton CPU interpreter")
     _check_against_dense(TINY_LLAMA, "triton")

@@ -19,28 +19,6 @@ from kernels.reference import prefill_ref  # noqa: E402
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _interpreter_loop_bounds():
-    """triton 3.6's interpreter turns a scalar loop bound into an int with int() on a
-    1-element array, which numpy >= 2.4 refuses (triton-lang/triton#9171, fixed
-    upstream by squeezing first). Apply the same squeeze while these tests run."""
-    from triton.runtime import interpreter
-
-    original = interpreter._patch_lang_tensor
-    if getattr(original, "squeezes_index", False):
-        yield
-        return
-
-    def patched(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
-
-    patched.squeezes_index = True
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(interpreter, "_patch_lang_tensor", patched)
-        yield
-
-
 def _packed(lengths, num_heads, num_kv_heads, head_dim, dtype, gen):
     total = sum(lengths)
     q = torch.randn(total, num_heads, head_dim, generator=gen).to(dtype)
