@@ -57,6 +57,7 @@ class Policy:
         self.finished: list[Request] = []
         self.rejected: list[Request] = []
         self._running: list[Request] = []   # hold KV on the GPU, admission order
+        self._repeatable = True   # the last schedule() would decide the same way next step
         self.num_preemptions = 0
 
     # ---- arrivals -----------------------------------------------------
@@ -92,8 +93,9 @@ class Policy:
         memory growth fits. Whatever admission or swap-in failed on its first
         step cannot succeed later in the run: decode steps only consume
         memory, and the batch size does not change."""
-        if (batch.prefill_new_tokens or batch.swap_in_tokens or batch.swap_out_tokens
-                or not batch.requests or len(batch.requests) != len(self._running)):
+        if (not self._repeatable or batch.prefill_new_tokens or batch.swap_in_tokens
+                or batch.swap_out_tokens or not batch.requests
+                or len(batch.requests) != len(self._running)):
             return 1
         max_steps = min(r.output_tokens - r.generated_tokens for r in batch.requests)
         if max_steps <= 1:

@@ -41,8 +41,11 @@ class ContinuousPolicy(Policy):
         if not self.spec.mixed_prefill_decode and not self.swapped:
             prefills = self._admit(now, 0)          # a step with admissions is prefill-only
         if not prefills:
-            decodes, swap_out_tokens = self._reserve_decode_slots()
-            if swap_out_tokens == 0 and len(decodes) == len(self._running):
+            decodes, swap_out_tokens, num_evicted = self._reserve_decode_slots()
+            # A step that preempts admits nothing; the next one may, so it
+            # cannot start a run of identical steps.
+            self._repeatable = num_evicted == 0
+            if num_evicted == 0:
                 swap_in_tokens = self._swap_in()
                 if self.spec.mixed_prefill_decode:
                     prefills = self._admit(now, len(decodes))
@@ -63,18 +66,20 @@ class ContinuousPolicy(Policy):
             requests=tuple(prefills) + tuple(decodes),
         )
 
-    def _reserve_decode_slots(self) -> tuple[list[Request], int]:
+    def _reserve_decode_slots(self) -> tuple[list[Request], int, int]:
         """Append one KV slot for every running sequence, preempting from the
         back (latest admitted first) when memory runs out. Victims always
-        come from behind the cursor, so no sequence loses a slot it got."""
+        come from behind the cursor, so no sequence loses a slot it got.
+        Returns the decoding sequences, the KV tokens swapped out and the
+        number of sequences preempted."""
         kv = self.kv
         running = self._running
         if kv.append_all([req.request_id for req in running], 1):   # the usual case
             for req in running:
                 req.computed_tokens += 1
-            return list(running), 0
+            return list(running), 0, 0
         decodes: list[Request] = []
-        swapped_tokens = 0
+        swapped_tokens = num_evicted = 0
         i = 0
         while i < len(self._running):
             req = self._running[i]
@@ -85,7 +90,8 @@ class ContinuousPolicy(Policy):
                 i += 1
             else:
                 swapped_tokens += self._evict(self._running.pop())
-        return decodes, swapped_tokens
+                num_evicted += 1
+        return decodes, swapped_tokens, num_evicted
 
     def _evict(self, req: Request) -> int:
         """Preempt ``req``; returns KV tokens moved to swap space."""
