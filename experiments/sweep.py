@@ -50,7 +50,8 @@ def _run_point(point_raw: dict, point_dir: str) -> dict:
     cfg = validate(point_raw)
     out = run_experiment(cfg, progress=False)
     write_outputs(out, Path(point_dir), plots=False)
-    return out.summary
+    # the written file, as a resumed sweep reads it: one column order either way
+    return json.loads((Path(point_dir) / "summary.json").read_text())
 
 
 def _row(point_id: str, swept: dict, summary: dict) -> dict:
