@@ -135,11 +135,10 @@ def test_sweep_points_in_worker_processes_match_direct_runs(tmp_path):
         assert summary_bytes(point) == summary_bytes(run(with_seed(POISSON, seed), tmp_path / f"seed{seed}"))
 
 
-def test_sweep_resumes_finished_points_and_reruns_changed_ones(tmp_path, monkeypatch):
-    """A second run skips points already written with the same config; a point
-    whose config changed gets a new id and is computed."""
-    import experiments.sweep as sweep_module
-
+def test_sweep_resumes_finished_points_and_reruns_changed_ones(tmp_path):
+    """A second run skips points already written with the same config (their
+    files are not rewritten); a point whose config changed gets a new id and
+    is computed."""
     config = copy.deepcopy(POISSON)
     config["sweep"] = {"seed": [0, 1]}
     config_path = tmp_path / "sweep.yaml"
@@ -149,15 +148,19 @@ def test_sweep_resumes_finished_points_and_reruns_changed_ones(tmp_path, monkeyp
     assert main(args) == 0
     first = (sweep_dir / "sweep.csv").read_text()
 
-    ran: list[str] = []
-    real_run_point = sweep_module._run_point
-    monkeypatch.setattr(sweep_module, "_run_point",
-                        lambda raw, point_dir: ran.append(Path(point_dir).name) or real_run_point(raw, point_dir))
+    def written():
+        return {p.name: p.stat().st_mtime_ns for p in (sweep_dir / "points").iterdir()}
+
+    before = written()
     assert main(args) == 0
-    assert ran == [] and (sweep_dir / "sweep.csv").read_text() == first
+    assert written() == before and (sweep_dir / "sweep.csv").read_text() == first
 
     config["sweep"] = {"seed": [0, 2]}
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     assert main(args) == 0
-    assert len(ran) == 1 and ran[0].startswith("001-")
+    after = written()
+    new = set(after) - set(before)
+    assert len(new) == 1 and next(iter(new)).startswith("001-")
+    seed0 = next(name for name in before if name.startswith("000-"))
+    assert after[seed0] == before[seed0]                       # not recomputed
     assert len(pd.read_csv(sweep_dir / "sweep.csv")) == 2
