@@ -83,8 +83,10 @@ class DecodeAttention:
         return self.scale * (um + self.skew(b) * (self.uniform(b, max_context) - um))
 
     def many(self, b: int, total_context: np.ndarray, max_context: np.ndarray) -> np.ndarray:
-        um = self.uniform.many(b, total_context / b)
-        return self.scale * (um + self.skew(b) * (self.uniform.many(b, max_context) - um))
+        n = len(total_context)      # one interpolation call for both context axes
+        both = self.uniform.many(b, np.concatenate((total_context / b, max_context)))
+        um, longest = both[:n], both[n:]
+        return self.scale * (um + self.skew(b) * (longest - um))
 
 
 @dataclass(frozen=True)
