@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -56,11 +56,11 @@ class _Replica:
 
 @dataclass
 class _State:
+    on_progress: Callable[[int], None]
     next_arrival: int = 0          # index of the next request to arrive
     arrivals_done: bool = False
     events: int = 0
     steps: int = 0
-    on_progress: Callable[[int], None] = field(default=lambda n: None)
 
 
 def simulate(requests: Sequence[Request], policies: Sequence[Policy],
