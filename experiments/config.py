@@ -7,6 +7,8 @@ field and what is allowed; the CLI prints it and exits 2.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -19,6 +21,9 @@ from sim.memory.capacity import MemorySpec
 from sim.policies import BatchingSpec
 from sim.presets import HARDWARE, MODELS, HardwareSpec, ModelSpec
 from workloads.spec import WorkloadSpec
+
+
+_FIELD_VALUE_ERROR = re.compile(r"^Value error, ([A-Za-z_][A-Za-z0-9_]*): (.*)$")
 
 
 class ConfigError(ValueError):
@@ -104,12 +109,16 @@ def format_validation_error(err: ValidationError, prefix: str = "", raw: Any = N
     first = err.errors()[0]
     path = _user_path(first["loc"], raw)
     msg = first["msg"]
-    if first["type"] == "extra_forbidden":
+    named = _FIELD_VALUE_ERROR.match(msg)
+    if named:       # a spec's own check that names its field: "Value error, num_layers: ..."
+        path, msg = f"{path}.{named.group(1)}", named.group(2)
+    unknown_key = first["type"] in ("extra_forbidden", "unexpected_keyword_argument")
+    if unknown_key:
         allowed = _allowed_keys(err.title, first["loc"])
         if allowed:
             msg = f"unknown key; allowed: {', '.join(allowed)}"
     got = first.get("input")
-    got_txt = "" if isinstance(got, (dict, list)) or got is None or first["type"] == "extra_forbidden" \
+    got_txt = "" if isinstance(got, (dict, list)) or got is None or unknown_key \
         else f" (got {got!r})"
     more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
     return f"{prefix}{path}: {msg}{got_txt}{more}"
@@ -146,22 +155,33 @@ def _allowed_keys(title: str, loc: tuple) -> list[str]:
     in the location picks the branch whose ``Literal`` field holds it)."""
     if title != "ExperimentConfig":
         return []
-    candidates: list[type[BaseModel]] = [ExperimentConfig]
+    candidates: list[type] = [ExperimentConfig]
     for part in loc[:-1]:
-        owner = next((c for c in candidates if part in c.model_fields), None)
+        if part in ("inline", "name"):
+            continue               # our preset-or-inline tags
+        owner = next((c for c in candidates if part in _field_names(c)), None)
         if owner is not None:
+            if dataclasses.is_dataclass(owner):
+                return []          # presets have no nested sections
             candidates = _models_in(owner.model_fields[part].annotation)
         else:
             candidates = [c for c in candidates if any(
                 get_origin(f.annotation) is Literal and part in get_args(f.annotation)
-                for f in c.model_fields.values())]
+                for f in getattr(c, "model_fields", {}).values())]
         if not candidates:
             return []
-    return sorted(candidates[0].model_fields) if len(candidates) == 1 else []
+    return sorted(_field_names(candidates[0])) if len(candidates) == 1 else []
 
 
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+def _field_names(spec_type: type) -> list[str]:
+    """Keys a config section accepts: a pydantic model's fields or a preset dataclass's."""
+    if dataclasses.is_dataclass(spec_type):
+        return [f.name for f in dataclasses.fields(spec_type)]
+    return list(spec_type.model_fields)
+
+
+def _models_in(annotation: Any) -> list[type]:
+    if isinstance(annotation, type) and (issubclass(annotation, BaseModel) or dataclasses.is_dataclass(annotation)):
         return [annotation]
     return [m for a in get_args(annotation) for m in _models_in(a)]
 

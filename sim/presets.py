@@ -2,33 +2,63 @@
 
 Numbers come from DESIGN.md ("Facts to build on") and the public model cards.
 A custom model or device is an inline mapping with the same fields.
+
+The specs are plain frozen dataclasses with no dependency beyond the standard
+library, so the GPU side (the profiler and the real engine) imports exactly
+these presets. Each checks its own fields on construction; the config edge
+(``experiments/config.py``) turns a failed check into one line naming the
+field.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1}
 Dtype = Literal["fp32", "fp16", "bf16", "fp8"]
+MLPS = ("gated_silu", "relu")
 
 
-class ModelSpec(BaseModel):
+def _require_positive(spec, names: tuple[str, ...], kind: type) -> None:
+    for name in names:
+        value = getattr(spec, name)
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+              and (kind is float or float(value).is_integer()) and math.isfinite(value) and value > 0)
+        if not ok:
+            what = "integer" if kind is int else "number"
+            raise ValueError(f"{name}: must be a positive {what} (got {value!r})")
+
+
+def _require_choice(value, name: str, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}: must be one of {', '.join(allowed)} (got {value!r})")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
     """Decoder-only transformer geometry."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    ffn_size: int
+    vocab_size: int
     name: str = "custom"
-    num_layers: PositiveInt
-    hidden_size: PositiveInt
-    num_heads: PositiveInt
-    num_kv_heads: PositiveInt
-    head_dim: PositiveInt
-    ffn_size: PositiveInt
-    vocab_size: PositiveInt
-    max_context_tokens: PositiveInt = 4096
+    max_context_tokens: int = 4096
     mlp: Literal["gated_silu", "relu"] = "gated_silu"
     dtype: Dtype = "fp16"
+
+    def __post_init__(self) -> None:
+        _require_positive(self, ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
+                                 "ffn_size", "vocab_size", "max_context_tokens"), int)
+        _require_choice(self.mlp, "mlp", MLPS)
+        _require_choice(self.dtype, "dtype", tuple(DTYPE_BYTES))
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_kv_heads: must divide num_heads={self.num_heads} "
+                             f"(got {self.num_kv_heads})")
 
     @property
     def dtype_bytes(self) -> int:
@@ -63,22 +93,27 @@ class ModelSpec(BaseModel):
         return 2 * self.num_layers * self.kv_size * self.dtype_bytes
 
 
-class HardwareSpec(BaseModel):
+@dataclass(frozen=True)
+class HardwareSpec:
     """One accelerator. Bandwidths in bytes/s, FLOP/s dense (no sparsity)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+    memory_bytes: int
+    peak_flops: float                      # dense 16-bit tensor-core FLOP/s
+    mem_bandwidth_Bps: float               # spec HBM bandwidth
     name: str = "custom"
-    memory_bytes: PositiveInt
-    peak_flops: PositiveFloat              # dense 16-bit tensor-core FLOP/s
-    mem_bandwidth_Bps: PositiveFloat       # spec HBM bandwidth
-    achievable_bandwidth_frac: float = Field(0.9, gt=0, le=1)
-    achievable_flops_frac: float = Field(0.8, gt=0, le=1)
-    pcie_bandwidth_Bps: PositiveFloat = 25e9   # host<->device, one direction, achieved
-    num_sms: PositiveInt = 132
+    achievable_bandwidth_frac: float = 0.9
+    achievable_flops_frac: float = 0.8
+    pcie_bandwidth_Bps: float = 25e9       # host<->device, one direction, achieved
+    num_sms: int = 132
 
+    def __post_init__(self) -> None:
+        _require_positive(self, ("memory_bytes", "num_sms"), int)
+        _require_positive(self, ("peak_flops", "mem_bandwidth_Bps", "pcie_bandwidth_Bps",
+                                 "achievable_bandwidth_frac", "achievable_flops_frac"), float)
+        for name in ("achievable_bandwidth_frac", "achievable_flops_frac"):
+            if getattr(self, name) > 1:
+                raise ValueError(f"{name}: must be in (0, 1] (got {getattr(self, name)!r})")
 
-GiB = 1024**3
 
 MODELS: dict[str, ModelSpec] = {
     m.name: m

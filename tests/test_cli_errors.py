@@ -199,7 +199,7 @@ def test_error_path_is_the_dotted_config_path(capsys, workdir):
 def test_inline_model_error_names_the_bad_field(capsys, workdir):
     write_inputs(variant({"model": {**TINY_MODEL, "num_layers": 0}}), {})
     result = run_cli(capsys, ["run", "exp.yaml", "--out", "out", "--quiet"])
-    assert_one_error_line(result, "model.num_layers: Input should be greater than 0")
+    assert_one_error_line(result, "model.num_layers: must be a positive integer (got 0)")
 
 
 def test_sweep_point_failing_at_run_time_leaves_no_output(capsys, workdir):

@@ -24,6 +24,7 @@ every part can be written out by hand:
 """
 from __future__ import annotations
 
+from dataclasses import replace
 import sys
 import types
 from pathlib import Path
@@ -51,7 +52,7 @@ TINY = ModelSpec(name="tiny", num_layers=2, hidden_size=8, num_heads=2, num_kv_h
 TOY = HardwareSpec(name="toy", memory_bytes=10**6, peak_flops=1000.0, mem_bandwidth_Bps=1000.0,
                    achievable_bandwidth_frac=1.0, achievable_flops_frac=1.0, pcie_bandwidth_Bps=16.0)
 # Reading a key (0.016 s) is cheaper than multiplying it (0.064 s): decode is compute-bound.
-TOY_FAST_MEMORY = TOY.model_copy(update={"name": "toy-fast-memory", "mem_bandwidth_Bps": 4000.0})
+TOY_FAST_MEMORY = replace(TOY, name="toy-fast-memory", mem_bandwidth_Bps=4000.0)
 
 
 def tiny_cost(overhead: float = 1.1, step_overhead_s: float = 0.0) -> RooflineCostModel:
