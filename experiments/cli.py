@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sweep only: swept key on the x axis")
     p.set_defaults(func=_cmd_plot)
 
-    for module in ("workloads.cli", "kernels.cli", "kernels.calibrate_cli"):
+    for module in ("workloads.cli", "kernels.harness.cli", "kernels.calibration.cli"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ImportError:

@@ -1,6 +1,12 @@
-"""Triton attention kernels, their torch references, the validation and
-benchmark harnesses, and the GPU profiler that calibrates pagesim's clock.
+"""The GPU side of pagesim, one room per concern:
 
-Importing this package does not import torch or triton; each kernel module
-does, so the simulator runs without them.
+* ``kernels.ops`` -- the Triton kernels and their torch references;
+* ``kernels.harness`` -- validation and benchmarks of those kernels;
+* ``kernels.calibration`` -- the real transformer step, the profiler and
+  ``pagesim calibrate``; profiles are committed under ``kernels/profiles/``;
+* ``kernels.engine`` -- the real serving engine, which drives the simulator's
+  own policy and KV-manager objects against wall-clock time on the GPU.
+
+Importing this package does not import torch or triton; the modules that
+need them do, so the simulator runs without them.
 """

@@ -250,7 +250,7 @@ def test_step_time_is_fast(cost):
 
 def test_check_reports_held_out_errors_and_fits_only_calibration_steps(tmp_path, capsys):
     from experiments.cli import main
-    from kernels.calibrate_cli import check
+    from kernels.calibration.cli import check
 
     folder = write_profile(tmp_path / "h100-sxm" / "llama-2-7b")
     prov = json.loads((folder / "provenance.json").read_text())

@@ -1,7 +1,7 @@
 """The ``profiled`` cost model: a step's time summed from operator timings
-measured on a GPU by ``pagesim calibrate`` (kernels/profile.py).
+measured on a GPU by ``pagesim calibrate`` (kernels/calibration/profile.py).
 
-A step is priced as the sum of what the real step runs (kernels/model.py):
+A step is priced as the sum of what the real step runs (kernels/calibration/model.py):
 
 * **token operators** -- the QKV, output, MLP GEMMs, norms, rotary, activation,
   residual adds, KV write (per layer, times ``num_layers``) and the embedding

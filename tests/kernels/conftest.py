@@ -13,10 +13,10 @@ else:
     @pytest.fixture(autouse=True, scope="session")
     def _interpreter_loop_bounds():
         """Runtime loop bounds under triton 3.6's interpreter with numpy >= 2.4
-        (see kernels.validate.interpreter_loop_bounds_patch)."""
+        (see kernels.harness.validate.interpreter_loop_bounds_patch)."""
         from triton.runtime import interpreter
 
-        from kernels.validate import interpreter_loop_bounds_patch
+        from kernels.harness.validate import interpreter_loop_bounds_patch
 
         patched = interpreter_loop_bounds_patch()
         if patched is None:

@@ -4,9 +4,9 @@ import re
 import pytest
 import torch
 
-from kernels.cache_write import write_contiguous_kv, write_paged_kv
-from kernels.paged_decode import paged_decode_attention
-from kernels.reference import paged_decode_ref, write_contiguous_ref, write_paged_ref
+from kernels.ops.cache_write import write_paged_kv
+from kernels.ops.paged_decode import paged_decode_attention
+from kernels.ops.reference import paged_decode_ref, write_paged_ref
 
 
 def _same(a, b):
@@ -37,16 +37,20 @@ def test_paged_write_matches_reference_and_skips_padding(dtype):
     assert int((~kc.isnan()).sum()) == 4 * 2 * 16   # exactly the 4 real tokens written
 
 
-def test_contiguous_write_matches_reference_with_int32_and_int64_indices():
+def test_contiguous_buffer_is_written_as_one_token_pages():
+    """A linear buffer of 24 slots viewed as [24, 1, Hkv, D]: three reservations
+    starting at slots 0, 8 and 16; token (sequence s, position p) goes to
+    slot start[s] + p."""
     k, v = _kv(5, heads=3, dim=32)
-    seq_ids = torch.tensor([2, 0, 1, 2, 0], dtype=torch.int32)
-    positions = torch.tensor([0, 6, 3, 7, 0], dtype=torch.int64)
-    kc, vc = _nan_cache((3, 8, 3, 32))
+    starts = torch.tensor([0, 8, 16])
+    seqs, positions = torch.tensor([2, 0, 1, 2, 0]), torch.tensor([0, 6, 3, 7, 0])
+    slots = (starts[seqs] + positions).to(torch.int64)
+    kc, vc = _nan_cache((24, 1, 3, 32))
     want_k, want_v = kc.clone(), vc.clone()
-    write_contiguous_kv(k, v, kc, vc, seq_ids, positions)
-    write_contiguous_ref(k, v, want_k, want_v, seq_ids, positions)
+    write_paged_kv(k, v, kc, vc, slots)
+    write_paged_ref(k, v, want_k, want_v, slots)
     assert _same(kc, want_k) and _same(vc, want_v)
-    assert torch.equal(vc[2, 7], v[3])
+    assert torch.equal(vc.view(3, 8, 3, 32)[2, 7], v[3])
 
 
 def test_more_heads_than_one_program_takes():
@@ -64,10 +68,6 @@ def test_destinations_outside_the_cache_are_skipped():
     write_paged_kv(k, v, kc, vc, torch.tensor([8, 100, 7], dtype=torch.int64))   # 8 slots
     assert torch.equal(kc[1, 3], k[2])
     assert int((~kc.isnan()).sum()) == 2 * 16
-    cc, cv = _nan_cache((2, 4, 2, 16))
-    write_contiguous_kv(k, v, cc, cv, torch.tensor([2, 0, 1]), torch.tensor([0, 4, 3]))
-    assert torch.equal(cc[1, 3], k[2])
-    assert int((~cc.isnan()).sum()) == 2 * 16
 
 
 def test_no_tokens_is_a_no_op():
@@ -112,11 +112,3 @@ def test_paged_write_rejects_bad_input(override, message):
     args |= override
     with pytest.raises(ValueError, match="^write_paged_kv: .*" + re.escape(message)):
         write_paged_kv(**args)
-
-
-def test_contiguous_write_rejects_float_positions():
-    k, v = _kv(2)
-    kc, vc = _nan_cache((2, 4, 2, 16))
-    with pytest.raises(ValueError, match=r"write_contiguous_kv: positions must be a 1-d int32 or "
-                                         r"int64 tensor"):
-        write_contiguous_kv(k, v, kc, vc, torch.tensor([0, 1]), torch.tensor([0.0, 1.0]))

@@ -5,12 +5,12 @@ import re
 import pytest
 import torch
 
-from kernels._decode_common import DecodeTiles, choose_num_splits
-from kernels.contiguous_decode import contiguous_decode_attention, contiguous_decode_with_tiles
-from kernels.paged_decode import paged_decode_attention, paged_decode_with_tiles
-from kernels.reference import paged_decode_ref
-from kernels.validate import TOLERANCE, relative_error
-from kernels.validate_cases import DecodeCase, build_decode_inputs
+from kernels.ops.decode_common import DecodeTiles, choose_num_splits
+from kernels.ops.contiguous_decode import contiguous_decode_attention, contiguous_decode_with_tiles
+from kernels.ops.paged_decode import paged_decode_attention, paged_decode_with_tiles
+from kernels.ops.reference import contiguous_decode_ref, paged_decode_ref
+from kernels.harness.validate import TOLERANCE, relative_error
+from kernels.harness.validate_cases import DecodeCase, build_decode_inputs
 
 
 def _nan_like(t):
@@ -166,6 +166,40 @@ def test_contiguous_wrapper_rejects_cache_of_other_batch():
     with pytest.raises(ValueError, match=r"contiguous_decode_attention: k_cache \(3, 16, 2, 32\) "
                                          r"must be \[2, max_len"):
         contiguous_decode_attention(x["q"], caches, caches, x["context_lens"])
+
+
+def test_linear_buffer_at_reservation_offsets_matches_reference():
+    """The engine's contiguous layout: one buffer of 40 token slots, three
+    reservations at slots 21, 0 and 9 (not in batch order), every unreserved or
+    unfilled slot NaN."""
+    gen = torch.Generator().manual_seed(7)
+    heads, kv_heads, dim = 4, 2, 32
+    q = torch.randn(3, heads, dim, generator=gen)
+    k = torch.full((40, kv_heads, dim), float("nan"))
+    v = torch.full_like(k, float("nan"))
+    starts, lens = [21, 0, 9], [17, 9, 12]
+    for s, n in zip(starts, lens):
+        k[s:s + n] = torch.randn(n, kv_heads, dim, generator=gen)
+        v[s:s + n] = torch.randn(n, kv_heads, dim, generator=gen)
+    seq_starts = torch.tensor(starts, dtype=torch.int64)
+    context_lens = torch.tensor(lens, dtype=torch.int32)
+    ref = contiguous_decode_ref(q, k, v, context_lens, seq_starts=seq_starts)
+    for splits in (1, 3):
+        out = contiguous_decode_attention(q, k, v, context_lens, num_splits=splits, out=_nan_like(q),
+                                          seq_starts=seq_starts, max_context_tokens=64)
+        assert not out.isnan().any()
+        assert relative_error(out, ref) < 1e-5
+    # the same sequences as slabs: identical to the linear buffer
+    slabs = torch.stack([k[s:s + 17] for s in starts]), torch.stack([v[s:s + 17] for s in starts])
+    slab_ref = contiguous_decode_ref(q, *slabs, context_lens)
+    assert relative_error(slab_ref, ref) < 1e-6
+
+
+def test_linear_buffer_needs_a_context_bound():
+    q, k = torch.randn(1, 4, 32), torch.zeros(8, 2, 32)
+    with pytest.raises(ValueError, match="max_context_tokens must be an int >= 1"):
+        contiguous_decode_attention(q, k, k, torch.ones(1, dtype=torch.int32),
+                                    seq_starts=torch.zeros(1, dtype=torch.int64))
 
 
 def test_cpu_tensors_rejected_without_the_interpreter(monkeypatch):

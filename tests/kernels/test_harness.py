@@ -7,15 +7,15 @@ import sys
 import pytest
 import torch
 
-from kernels import bench_report
-from kernels.bench_timing import gpu_slug
-from kernels.validate import CaseResult, check_decode, format_table, relative_error
-from kernels.validate_cases import decode_cases
+from kernels.harness import bench_report
+from kernels.harness.bench_timing import gpu_slug
+from kernels.harness.validate import CaseResult, check_decode, format_table, relative_error
+from kernels.harness.validate_cases import decode_cases
 
 
 def test_cli_module_imports_no_torch_and_registers_both_actions():
-    code = ("import argparse, sys, kernels.cli; p = argparse.ArgumentParser(); "
-            "kernels.cli.register(p.add_subparsers()); "
+    code = ("import argparse, sys, kernels.harness.cli; p = argparse.ArgumentParser(); "
+            "kernels.harness.cli.register(p.add_subparsers()); "
             "a = p.parse_args(['kernels', 'validate', '--device', 'cpu', '--quick']); "
             "b = p.parse_args(['kernels', 'bench', '--quick', '--out', 'x']); "
             "print('torch' in sys.modules, 'triton' in sys.modules, a.device, a.quick, b.out)")
@@ -24,7 +24,7 @@ def test_cli_module_imports_no_torch_and_registers_both_actions():
 
 
 def test_cli_rejects_unknown_device():
-    from kernels.cli import register
+    from kernels.harness.cli import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())

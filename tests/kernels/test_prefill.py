@@ -8,13 +8,13 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
-from kernels.prefill import (  # noqa: E402
+from kernels.ops.prefill import (  # noqa: E402
     PrefillTiles,
     pick_tiles,
     prefill_attention,
     prefill_with_tiles,
 )
-from kernels.reference import prefill_ref  # noqa: E402
+from kernels.ops.reference import prefill_ref  # noqa: E402
 
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3}
 

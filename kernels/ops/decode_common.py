@@ -15,7 +15,9 @@ The two layouts differ only in how a token's row is addressed (``PAGED``):
   blocks (small pages) or part of one (large pages). The ids of tile i + 1 are
   loaded during tile i, so no K/V load waits on a table load of its own
   iteration and the loop pipelines like the contiguous one;
-* contiguous: ``b * stride_seq + tok * stride_tok``.
+* contiguous: ``(first_slot[b] + tok) * stride_tok`` -- the cache is one
+  linear buffer of token slots and each sequence starts where its reservation
+  does (a ``[B, max_len]`` slab is the special case ``first_slot[b] = b * max_len``).
 
 Offsets that multiply a block id or a sequence index are int64: a pool of a
 few hundred thousand blocks already passes 2**31 elements.
@@ -139,8 +141,10 @@ def _split_kv_kernel(
     k_base = K + kv_head * stride_kh
     v_base = V + kv_head * stride_vh
     if not PAGED:
-        k_base += seq.to(tl.int64) * stride_k0
-        v_base += seq.to(tl.int64) * stride_v0
+        # contiguous: BLOCK_TABLES holds each sequence's first token slot
+        first = tl.load(BLOCK_TABLES + seq).to(tl.int64)
+        k_base += first * stride_k1
+        v_base += first * stride_v1
     table = BLOCK_TABLES + seq.to(tl.int64) * stride_bt
 
     m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
@@ -230,8 +234,10 @@ def _combine_splits_kernel(
 def launch_decode(q, k_cache, v_cache, context_lens, block_tables, *, paged: bool,
                   scale: float, num_splits: int, out, tiles: DecodeTiles):
     """Run the split kernel (and the combine kernel when ``num_splits > 1``).
-    Inputs are already checked by the layout's wrapper; ``block_tables`` is any
-    int32 tensor when not ``paged`` (it is never read)."""
+    Inputs are already checked by the layout's wrapper. Paged: ``k_cache`` is
+    ``[num_blocks, block_size, Hkv, D]`` and ``block_tables`` int32
+    ``[B, max_blocks]``. Contiguous: ``k_cache`` is ``[1, num_slots, Hkv, D]``
+    and ``block_tables`` holds each sequence's first slot (int64 ``[B]``)."""
     batch, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
     if batch == 0 or num_heads == 0:

@@ -20,8 +20,8 @@ causal masks. Prefill is compute-bound (each K/V byte fetched feeds
 next to each other (grid axis 0) and their repeated K/V reads come from L2.
 Heavy tiles (late in a prompt) launch first to shorten the tail.
 
-The torch reference is ``kernels.reference.prefill_ref``; run
-``python -m kernels.prefill --tune`` on a GPU to validate and time tile variants
+The torch reference is ``kernels.ops.reference.prefill_ref``; run
+``python -m kernels.ops.prefill --tune`` on a GPU to validate and time tile variants
 (``kernels/results/prefill_tuning.md`` holds the numbers behind ``pick_tiles``).
 """
 from __future__ import annotations
@@ -264,7 +264,7 @@ def prefill_with_tiles(q, k, v, cu_seqlens, max_seqlen, scale=None, k_cache=None
     return out
 
 
-# --- GPU validation and tile sweep: python -m kernels.prefill --tune ---------------
+# --- GPU validation and tile sweep: python -m kernels.ops.prefill --tune ---------------
 
 SWEEP = [PrefillTiles(*t) for t in [
     (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2),
@@ -307,7 +307,7 @@ def _rel_err(out, ref) -> float:
 
 
 def _validate() -> bool:
-    from kernels.reference import prefill_ref
+    from kernels.ops.reference import prefill_ref
 
     cases = [  # (dtype, lengths, contexts, Hq, Hkv, D, page)
         (torch.float16, [1, 127, 128, 129, 1000, 2048], None, 32, 8, 128, 16),
@@ -369,7 +369,7 @@ def _sweep(variants, head_dim, with_sdpa, batch=8, seqlen=2048, dev="cuda",
     """[(label, median ms, GFLOP)] per run at llama-3-8b heads."""
     from triton.testing import do_bench
 
-    from kernels.reference import prefill_ref
+    from kernels.ops.reference import prefill_ref
 
     def bench(fn):
         return do_bench(fn, warmup=50, rep=300, return_mode="median")

@@ -5,7 +5,10 @@ Shapes (the contract every kernel module follows):
 * paged cache ``[num_blocks, block_size, num_kv_heads, head_dim]`` for K and V;
   ``block_tables[b, j]`` (int32) is the j-th block of sequence b; ``context_lens[b]``
   (int32) the number of valid tokens of sequence b.
-* contiguous cache ``[batch, max_len, num_kv_heads, head_dim]``.
+* contiguous cache ``[batch, max_len, num_kv_heads, head_dim]`` (one slab per
+  sequence) or ``[num_slots, num_kv_heads, head_dim]`` with each sequence's
+  first slot in ``seq_starts``; KV writes go through flat slots for both
+  layouts (a linear buffer is a paged cache with one-token pages).
 * decode query ``[batch, num_heads, head_dim]``; prefill tokens packed
   ``[total_tokens, heads, head_dim]`` with ``cu_seqlens`` (int32, ``batch + 1``).
 * grouped-query attention: query head h reads KV head ``h // (num_heads // num_kv_heads)``.
@@ -60,14 +63,20 @@ def paged_decode_ref(q, k_cache, v_cache, block_tables, context_lens, scale=None
     return out
 
 
-def contiguous_decode_ref(q, k_cache, v_cache, context_lens, scale=None):
-    """q [B, H, D], caches [B, L, Hkv, D] -> out [B, H, D]."""
+def contiguous_decode_ref(q, k_cache, v_cache, context_lens, scale=None, seq_starts=None):
+    """q [B, H, D] -> out [B, H, D]; caches [B, L, Hkv, D] (one slab per
+    sequence), or [num_slots, Hkv, D] with each sequence's first slot in
+    ``seq_starts``."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     out = torch.empty_like(q)
     for b in range(q.shape[0]):
         n = int(context_lens[b])
-        k = _expand_kv(k_cache[b, :n].float(), q.shape[1])
-        v = _expand_kv(v_cache[b, :n].float(), q.shape[1])
+        if seq_starts is None:
+            k, v = k_cache[b, :n], v_cache[b, :n]
+        else:
+            first = int(seq_starts[b])
+            k, v = k_cache[first:first + n], v_cache[first:first + n]
+        k, v = _expand_kv(k.float(), q.shape[1]), _expand_kv(v.float(), q.shape[1])
         out[b] = _attend(q[b : b + 1].float(), k, v, scale, None)[0].to(q.dtype)
     return out
 
@@ -106,9 +115,3 @@ def write_paged_ref(k, v, k_cache, v_cache, slot_mapping):
         k_cache[slot // bs, slot % bs] = k[t]
         v_cache[slot // bs, slot % bs] = v[t]
 
-
-def write_contiguous_ref(k, v, k_cache, v_cache, seq_ids, positions):
-    """Scatter k/v [T, Hkv, D] into contiguous caches [B, L, Hkv, D]."""
-    for t in range(k.shape[0]):
-        k_cache[int(seq_ids[t]), int(positions[t])] = k[t]
-        v_cache[int(seq_ids[t]), int(positions[t])] = v[t]

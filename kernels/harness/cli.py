@@ -9,13 +9,13 @@ import argparse
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from kernels.validate import validate
+    from kernels.harness.validate import validate
 
     return validate(args.device, args.quick)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from kernels.bench import run
+    from kernels.harness.bench import run
 
     argv = [*(["--quick"] if args.quick else []), *(["--out", args.out] if args.out else []),
             *(["--sweep"] if args.sweep else [])]
@@ -25,7 +25,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     """Add ``kernels validate`` and ``kernels bench`` to an argparse subparsers
     object; each leaf sets ``func(args) -> exit code``."""
-    from kernels import bench, validate
+    from kernels.harness import bench, validate
 
     kernels = subparsers.add_parser(
         "kernels", help="validate or benchmark the Triton attention kernels",

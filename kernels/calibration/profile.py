@@ -1,8 +1,8 @@
 """The profiling run that calibrates pagesim's clock on a GPU.
 
-    python -m kernels.profile --model llama-2-7b --hardware h100-sxm [--quick] --out kernels/profiles
+    python -m kernels.calibration.profile --model llama-2-7b --hardware h100-sxm [--quick] --out kernels/profiles
 
-For each model it builds ``kernels.model.Transformer`` (random bf16 weights,
+For each model it builds ``kernels.calibration.model.Transformer`` (random bf16 weights,
 pagesim's Triton kernels) and writes under ``OUT/<hardware>/<model>/``:
 
 * ``gemm.csv``, ``elementwise.csv`` -- one row per (operator, token or
@@ -38,10 +38,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kernels.model import (
-    GEOMETRIES, Composition, ContiguousKVCache, Geometry, PagedKVCache, Transformer,
-    dense_logits, prepare_step, random_token_ids, random_weights,
+from kernels.calibration.model import (
+    Composition, ContiguousKVCache, PagedKVCache, Transformer, dense_logits, place, prepare_step,
+    random_token_ids, random_weights,
 )
+from sim.presets import MODELS, ModelSpec
 
 DEVICE = "cuda"
 BLOCK_SIZE = 16                 # paged KV block, tokens (vLLM's default)
@@ -50,7 +51,6 @@ L2_DEFEAT_BYTES = 256 << 20     # attention rotates over cache copies until this
 GEMM_RING_BYTES = 1 << 30       # GEMMs rotate over weight copies until this many bytes
 MAX_REPS = 200
 STEP_TOKEN_CAP = 131072         # cached + new tokens of one sampled step
-SLAB_TOKEN_CAP = 524288         # rows x max_len of one contiguous cache
 KINDS = ("decode", "prefill", "mixed", "skewed", "static")
 
 
@@ -132,7 +132,7 @@ def profile_gemms(model: Transformer, grid: Grid, timer: GraphTimer) -> list[dic
 
     Each grid count ``m`` is the median of the counts ``m - 1, m, m + 1``:
     cuBLAS picks other kernels at round counts (the grid's 640 ran ~20% slower
-    than the 633 of a real step, ``kernels/diagnose_step.py``), and real steps
+    than the 633 of a real step, ``kernels/calibration/diagnose_step.py``), and real steps
     see any count, so a lone round count would stand for its neighbours."""
     rows, sustained = [], dict(target_s=10e-3, warm_s=0.05)
     ops = {op: getattr(model.weights.layers[0], op) for op in ("qkv", "out", "up", "down")}
@@ -187,35 +187,41 @@ def profile_elementwise(model: Transformer, grid: Grid, timer: GraphTimer,
     return rows
 
 
-def _write_target(g: Geometry, layout: str, m: int, rng: np.random.Generator):
-    """A cache of two sets and the write indices of ``m`` scattered tokens."""
+def _write_target(g: ModelSpec, layout: str, m: int, rng: np.random.Generator):
+    """A cache of two sets and the write slots of ``m`` tokens: scattered over
+    the pool (paged), or one token for each of up to 64 sequences' ranges
+    (contiguous)."""
     if layout == "paged":
         num_blocks = -(-max(m, 4096) // BLOCK_SIZE)
         cache = PagedKVCache(g, num_blocks, block_size=BLOCK_SIZE, num_sets=2, device=DEVICE)
         slots = rng.choice(num_blocks * BLOCK_SIZE, m, replace=False).astype(np.int64)
-        return cache, SimpleNamespace(slot_mapping=torch.from_numpy(slots).to(DEVICE))
-    num_rows = min(m, 64)
-    cache = ContiguousKVCache(g, num_rows, -(-m // num_rows), block_size=BLOCK_SIZE, num_sets=2, device=DEVICE)
-    t = np.arange(m)
-    return cache, SimpleNamespace(seq_ids=torch.from_numpy(t % num_rows).to(DEVICE),
-                                  write_positions=torch.from_numpy(t // num_rows).to(DEVICE))
+    else:
+        num_seqs = min(m, 64)
+        per_seq = -(-m // num_seqs)
+        cache = ContiguousKVCache(g, num_seqs * per_seq, block_size=BLOCK_SIZE, num_sets=2, device=DEVICE)
+        t = np.arange(m)
+        slots = (t % num_seqs) * per_seq + t // num_seqs
+    return cache, SimpleNamespace(slot_mapping=torch.from_numpy(slots.astype(np.int64)).to(DEVICE))
 
 
 # ---- attention ---------------------------------------------------------------
-def fresh_cache(g: Geometry, layout: str, comp: Composition, rng: np.random.Generator, num_sets: int):
-    """A cache holding exactly ``comp``'s sequences, placed at random (paged)."""
+def fresh_cache(g: ModelSpec, layout: str, comp: Composition, rng: np.random.Generator, num_sets: int):
+    """A cache holding exactly ``comp``'s sequences plus the scratch page (block
+    id / slot 0) that the engine's padding reads, placed at random (paged) or
+    packed page-aligned (contiguous)."""
     cached, new = comp.spans()
     totals = (cached + new).tolist()
+    pages = 1 + sum(-(-t // BLOCK_SIZE) for t in totals)
     if layout == "paged":
-        blocks = sum(-(-t // BLOCK_SIZE) for t in totals)
-        cache = PagedKVCache(g, blocks, block_size=BLOCK_SIZE, num_sets=num_sets, device=DEVICE)
-        return cache, cache.place(totals, rng)
-    cache = ContiguousKVCache(g, len(totals), max(totals), block_size=BLOCK_SIZE, num_sets=num_sets,
-                              device=DEVICE)
-    return cache, cache.place(totals, num_decode=len(comp.decode_context_tokens))
+        cache = PagedKVCache(g, pages, block_size=BLOCK_SIZE, num_sets=num_sets, device=DEVICE)
+        ids = np.concatenate([[0], 1 + rng.permutation(pages - 1)]).astype(np.int32)
+        need = [-(-t // BLOCK_SIZE) for t in totals]
+        return cache, np.split(ids[1:], np.cumsum(need)[:-1])
+    cache = ContiguousKVCache(g, pages * BLOCK_SIZE, block_size=BLOCK_SIZE, num_sets=num_sets, device=DEVICE)
+    return cache, place(cache, [BLOCK_SIZE, *totals])[1:]
 
 
-def _sets_for(g: Geometry, tokens: int) -> int:
+def _sets_for(g: ModelSpec, tokens: int) -> int:
     set_bytes = max(tokens, 1) * g.num_kv_heads * g.head_dim * 2 * 2
     return int(min(8, max(1, -(-L2_DEFEAT_BYTES // set_bytes))))
 
@@ -225,8 +231,8 @@ def time_attention(model: Transformer, layout: str, comp: Composition, timer: Gr
     """One layer's attention call (prefill and/or decode) for ``comp``."""
     g = model.geom
     sets = _sets_for(g, int(sum(comp.spans()[0])) + comp.num_tokens)
-    cache, place = fresh_cache(g, layout, comp, rng, sets)
-    inp = prepare_step(comp, cache, place, random_token_ids(g, comp.num_tokens, rng), DEVICE)
+    cache, where = fresh_cache(g, layout, comp, rng, sets)
+    inp = prepare_step(comp, cache, where, random_token_ids(g, comp.num_tokens, rng), DEVICE, g)
     t = comp.num_tokens
     q, k, v = _randn(t, g.num_heads, g.head_dim), _randn(t, g.num_kv_heads, g.head_dim), _randn(
         t, g.num_kv_heads, g.head_dim)
@@ -255,7 +261,7 @@ def profile_decode(model: Transformer, grid: Grid, timer: GraphTimer, rng) -> li
     return rows
 
 
-def prefill_mixes(g: Geometry, quick: bool, rng) -> list[tuple[list[int], list[int]]]:
+def prefill_mixes(g: ModelSpec, quick: bool, rng) -> list[tuple[list[int], list[int]]]:
     """(new tokens, cached context) per prompt, for each profiled mix."""
     cap = g.max_context_tokens
     if quick:
@@ -294,7 +300,7 @@ def _logu(rng, lo: float, hi: float) -> int:
     return int(round(float(np.exp(rng.uniform(np.log(lo), np.log(max(hi, lo)))))))
 
 
-def _prompts(g: Geometry, rng, num: int, hi: int, ctx_prob: float):
+def _prompts(g: ModelSpec, rng, num: int, hi: int, ctx_prob: float):
     new = [min(_logu(rng, 16, hi), g.max_context_tokens) for _ in range(num)]
     ctx = [min(_logu(rng, 64, 2048), g.max_context_tokens - n) if rng.random() < ctx_prob else 0 for n in new]
     while sum(new) > 6144:
@@ -302,14 +308,14 @@ def _prompts(g: Geometry, rng, num: int, hi: int, ctx_prob: float):
     return tuple(new), tuple(ctx)
 
 
-def _fit(contexts, g: Geometry) -> tuple[int, ...]:
-    """Scale contexts down so the step's tokens and its contiguous slab fit."""
+def _fit(contexts, g: ModelSpec) -> tuple[int, ...]:
+    """Scale contexts down so the step's tokens fit."""
     c = np.clip(np.asarray(contexts, dtype=float), 2, g.max_context_tokens)
-    scale = min(1.0, STEP_TOKEN_CAP / c.sum(), SLAB_TOKEN_CAP / (len(c) * c.max()))
+    scale = min(1.0, STEP_TOKEN_CAP / c.sum())
     return tuple(int(x) for x in np.maximum(2, np.floor(c * scale)))
 
 
-def sample_composition(kind: str, g: Geometry, rng, index: int) -> Composition:
+def sample_composition(kind: str, g: ModelSpec, rng, index: int) -> Composition:
     top = g.max_context_tokens
     if kind == "decode":
         b = _logu(rng, 1, 256)
@@ -342,10 +348,9 @@ def time_step(model: Transformer, comp: Composition, layout: str, timer: GraphTi
     g = model.geom
     cached, new = comp.spans()
     totals = cached + new
-    slab = len(totals) * int(totals.max()) if layout == "contiguous" else int(totals.sum())
-    sets = 2 if slab * g.num_kv_heads * g.head_dim * 4 <= 4 << 30 else 1
-    cache, place = fresh_cache(g, layout, comp, rng, sets)
-    inp = prepare_step(comp, cache, place, random_token_ids(g, comp.num_tokens, rng), DEVICE)
+    sets = 2 if int(totals.sum()) * g.num_kv_heads * g.head_dim * 4 <= 4 << 30 else 1
+    cache, where = fresh_cache(g, layout, comp, rng, sets)
+    inp = prepare_step(comp, cache, where, random_token_ids(g, comp.num_tokens, rng), DEVICE, g)
     model.step(inp, cache)
     torch.cuda.synchronize()
     eager = float(np.median([_elapsed_s(lambda: model.step(inp, cache)) for _ in range(2)]))
@@ -386,8 +391,8 @@ def profile_overhead(model: Transformer, timer: GraphTimer, rng) -> list[dict]:
     graph.replay()
     launch = float(np.median([_elapsed_s(graph.replay) for _ in range(50)]))
     comp = Composition((), (), (128,))
-    cache, place = fresh_cache(model.geom, "paged", comp, rng, 1)
-    inp = prepare_step(comp, cache, place, random_token_ids(model.geom, 1, rng), DEVICE)
+    cache, where = fresh_cache(model.geom, "paged", comp, rng, 1)
+    inp = prepare_step(comp, cache, where, random_token_ids(model.geom, 1, rng), DEVICE, model.geom)
     model.step(inp, cache)
     torch.cuda.synchronize()
     host = []
@@ -402,7 +407,7 @@ def profile_overhead(model: Transformer, timer: GraphTimer, rng) -> list[dict]:
 
 
 # ---- checks ------------------------------------------------------------------
-def check_backends(g: Geometry) -> dict:
+def check_backends(g: ModelSpec) -> dict:
     """Triton vs torch-reference kernels (same weights, same cache contents) on
     a mixed step, and vs the cache-free dense forward on two fresh prompts, at
     the real geometry with 2 layers, bf16."""
@@ -427,13 +432,13 @@ def check_backends(g: Geometry) -> dict:
     return out
 
 
-def _run(model: Transformer, g: Geometry, layout: str, comp: Composition, ids):
-    cache, place = fresh_cache(g, layout, comp, np.random.default_rng(6), 2)
-    logits, tokens = model.step(prepare_step(comp, cache, place, ids, DEVICE), cache)
+def _run(model: Transformer, g: ModelSpec, layout: str, comp: Composition, ids):
+    cache, where = fresh_cache(g, layout, comp, np.random.default_rng(6), 2)
+    logits, tokens = model.step(prepare_step(comp, cache, where, ids, DEVICE, g), cache)
     return logits.float(), tokens
 
 
-def validate_ring(g: Geometry, timer: GraphTimer, rng) -> list[dict]:
+def validate_ring(g: ModelSpec, timer: GraphTimer, rng) -> list[dict]:
     """Whole steps with the weight/cache ring against all-distinct layers."""
     comps = [Composition((), (), (512,) * 8), Composition((), (), (1024,) * 64),
              Composition((1024,), (0,), ()), Composition((256,), (512,), (700,) * 16)]
@@ -441,8 +446,8 @@ def validate_ring(g: Geometry, timer: GraphTimer, rng) -> list[dict]:
     for sets in (WEIGHT_SETS, g.num_layers):
         model = Transformer(g, random_weights(g, num_sets=sets, device=DEVICE))
         for i, comp in enumerate(comps):
-            cache, place = fresh_cache(g, "paged", comp, rng, 2 if sets == WEIGHT_SETS else sets)
-            inp = prepare_step(comp, cache, place, random_token_ids(g, comp.num_tokens, rng), DEVICE)
+            cache, where = fresh_cache(g, "paged", comp, rng, 2 if sets == WEIGHT_SETS else sets)
+            inp = prepare_step(comp, cache, where, random_token_ids(g, comp.num_tokens, rng), DEVICE, g)
             sec = timer(lambda _: model.step(inp, cache), warm_s=0.1)
             rows.append(dict(composition=i, weight_sets=sets, cache_sets=len(cache.k), seconds=sec))
             del cache, inp
@@ -452,11 +457,11 @@ def validate_ring(g: Geometry, timer: GraphTimer, rng) -> list[dict]:
 
 
 # ---- the run -----------------------------------------------------------------
-def provenance(g: Geometry, hardware: str, quick: bool, checks: dict, wall_s: float) -> dict:
+def provenance(g: ModelSpec, hardware: str, quick: bool, checks: dict, wall_s: float) -> dict:
     import triton
 
-    from kernels._decode_common import pick_tiles as decode_tiles
-    from kernels.prefill import pick_tiles as prefill_tiles
+    from kernels.ops.decode_common import pick_tiles as decode_tiles
+    from kernels.ops.prefill import pick_tiles as prefill_tiles
     try:
         driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                                 capture_output=True, text=True, timeout=30).stdout.strip()
@@ -468,7 +473,7 @@ def provenance(g: Geometry, hardware: str, quick: bool, checks: dict, wall_s: fl
         "driver": driver, "torch": torch.__version__, "cuda": torch.version.cuda, "triton": triton.__version__,
         "python": platform.python_version(), "git_commit": os.environ.get("PAGESIM_COMMIT", "unknown"),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m kernels.profile " + " ".join(sys.argv[1:]),
+        "command": "python -m kernels.calibration.profile " + " ".join(sys.argv[1:]),
         "grid": "quick" if quick else "full", "kv_block_size": BLOCK_SIZE, "weight_sets": WEIGHT_SETS,
         "prefill_block_m": prefill_tiles(g.head_dim, False).block_m,
         "decode_block_n": decode_tiles(g.head_dim).block_n,
@@ -481,7 +486,7 @@ def provenance(g: Geometry, hardware: str, quick: bool, checks: dict, wall_s: fl
 
 
 def profile_model(name: str, hardware: str, out_dir: Path, quick: bool, seed: int, check: bool) -> Path:
-    g, grid = GEOMETRIES[name], QUICK if quick else FULL
+    g, grid = MODELS[name], QUICK if quick else FULL
     started, timer, rng = time.time(), GraphTimer(grid.replays), np.random.default_rng(seed)
     checks = check_backends(g) if check else {}
     print(f"[{name}] backend check: {checks}", flush=True)
@@ -510,7 +515,7 @@ DEFAULT_MODELS = ("llama-2-7b", "llama-3-8b", "llama-2-13b", "opt-13b")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m kernels.profile", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m kernels.calibration.profile", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True,
                    help=f"model preset, comma-separated list, or 'all' ({', '.join(DEFAULT_MODELS)})")
     p.add_argument("--hardware", required=True, help="hardware preset name the profiles are filed under")
@@ -525,10 +530,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def resolve_models(value: str) -> list[str]:
     names = list(DEFAULT_MODELS) if value == "all" else [v.strip() for v in value.split(",") if v.strip()]
-    unknown = [n for n in names if n not in GEOMETRIES]
+    unknown = [n for n in names if n not in MODELS]
     if unknown or not names:
         raise ValueError(f"--model: unknown model {', '.join(unknown) or value!r}; "
-                         f"allowed: all, {', '.join(GEOMETRIES)}")
+                         f"allowed: all, {', '.join(MODELS)}")
     return names
 
 
@@ -543,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for name in models:
         if args.validate_ring:
-            rows = validate_ring(GEOMETRIES[name], GraphTimer(7), np.random.default_rng(args.seed))
+            rows = validate_ring(MODELS[name], GraphTimer(7), np.random.default_rng(args.seed))
             dest = args.out / args.hardware / name
             dest.mkdir(parents=True, exist_ok=True)
             pd.DataFrame(rows).to_csv(dest / "ring_check.csv", index=False)

@@ -5,7 +5,7 @@ profiles against the held-out real steps measured with them.
     pagesim calibrate --check [--model NAME] [--hardware h100-sxm]       # anywhere
 
 Importing this module imports neither torch nor the simulator: the profiler
-(``kernels.profile``) and the cost models are loaded by the command that
+(``kernels.calibration.profile``) and the cost models are loaded by the command that
 needs them.
 """
 from __future__ import annotations
@@ -55,14 +55,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.model is None:
         raise ValueError("calibrate: --model is required to profile (or pass --check)")
-    from kernels.profile import main as profile_main
+    from kernels.calibration.profile import main as profile_main
 
     argv = ["--model", resolve_model(args.model).name, "--hardware", hardware.name, "--out", str(root)]
     return profile_main(argv + (["--quick"] if args.quick else []))
 
 
 def _installed_root() -> Path:
-    return Path(__file__).parent / "profiles"
+    return Path(__file__).parent.parent / "profiles"
 
 
 # ---- the check ---------------------------------------------------------------

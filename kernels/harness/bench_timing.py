@@ -94,7 +94,7 @@ def device_info(argv: list[str]) -> dict:
             "driver": driver, "torch": torch.__version__, "triton": triton.__version__,
             "cuda": torch.version.cuda, "commit": os.environ.get("PAGESIM_COMMIT", "unknown"),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": " ".join(["python -m kernels.bench", *argv])}
+            "command": " ".join(["python -m kernels.harness.bench", *argv])}
 
 
 def gpu_slug(name: str) -> str:

@@ -1,7 +1,7 @@
 """Validation harness: every kernel against its torch reference over a grid of
 hard cases, with a pass/fail table and a non-zero exit on any failure.
 
-    python -m kernels.validate [--device cuda|cpu] [--quick]
+    python -m kernels.harness.validate [--device cuda|cpu] [--quick]
 
 ``--device cpu`` runs the kernels under the Triton interpreter
 (``TRITON_INTERPRET=1``, fp32/fp16, small shapes). Every case draws fresh
@@ -11,7 +11,7 @@ and poisons the output with NaN before each launch: a NaN in the result means
 an unwritten output or a read of memory the kernel must not touch. The error
 is ``||out - ref|| / ||ref||`` per case, against ``TOLERANCE`` for its dtype.
 Decode cases also check split-K invariance: the output with ``n`` splits
-against the output with one split. The grid lives in ``kernels/validate_cases.py``.
+against the output with one split. The grid lives in ``kernels/harness/validate_cases.py``.
 """
 from __future__ import annotations
 
@@ -77,10 +77,10 @@ def _poisoned_out(like):
 
 
 def check_decode(case, device: str, seed: int) -> list[CaseResult]:
-    from kernels.contiguous_decode import contiguous_decode_attention
-    from kernels.paged_decode import paged_decode_attention
-    from kernels.reference import paged_decode_ref
-    from kernels.validate_cases import build_decode_inputs
+    from kernels.ops.contiguous_decode import contiguous_decode_attention
+    from kernels.ops.paged_decode import paged_decode_attention
+    from kernels.ops.reference import paged_decode_ref
+    from kernels.harness.validate_cases import build_decode_inputs
 
     x = build_decode_inputs(case, seed, device)
     ref = paged_decode_ref(x.q, x.k_pool, x.v_pool, x.block_tables, x.context_lens)
@@ -108,9 +108,9 @@ def check_decode(case, device: str, seed: int) -> list[CaseResult]:
 
 
 def check_cache_write(case, device: str, seed: int) -> list[CaseResult]:
-    from kernels.cache_write import write_contiguous_kv, write_paged_kv
-    from kernels.reference import write_contiguous_ref, write_paged_ref
-    from kernels.validate_cases import build_write_inputs
+    from kernels.ops.cache_write import write_paged_kv
+    from kernels.ops.reference import write_paged_ref
+    from kernels.harness.validate_cases import build_write_inputs
 
     x = build_write_inputs(case, seed, device)
     results = []
@@ -118,9 +118,9 @@ def check_cache_write(case, device: str, seed: int) -> list[CaseResult]:
         ("write_paged_kv", (x.k_pool, x.v_pool),
          lambda kc, vc: write_paged_kv(x.k, x.v, kc, vc, x.slot_mapping),
          lambda kc, vc: write_paged_ref(x.k, x.v, kc, vc, x.slot_mapping)),
-        ("write_contiguous_kv", (x.k_contig, x.v_contig),
-         lambda kc, vc: write_contiguous_kv(x.k, x.v, kc, vc, x.seq_ids, x.positions),
-         lambda kc, vc: write_contiguous_ref(x.k, x.v, kc, vc, x.seq_ids, x.positions)),
+        ("write_paged_kv contiguous", (x.k_contig, x.v_contig),
+         lambda kc, vc: write_paged_kv(x.k, x.v, kc, vc, x.contig_slots),
+         lambda kc, vc: write_paged_ref(x.k, x.v, kc, vc, x.contig_slots)),
     ):
         got = [c.clone() for c in caches]
         want = [c.clone() for c in caches]
@@ -137,9 +137,9 @@ def check_cache_write(case, device: str, seed: int) -> list[CaseResult]:
 
 
 def check_prefill(case, device: str, seed: int) -> list[CaseResult]:
-    from kernels.prefill import prefill_attention
-    from kernels.reference import prefill_ref
-    from kernels.validate_cases import build_prefill_inputs
+    from kernels.ops.prefill import prefill_attention
+    from kernels.ops.reference import prefill_ref
+    from kernels.harness.validate_cases import build_prefill_inputs
 
     x = build_prefill_inputs(case, seed, device)
     ref = prefill_ref(x.q, x.k, x.v, x.cu_seqlens, None, x.k_cache, x.v_cache,
@@ -166,14 +166,14 @@ def run_all(device: str, quick: bool, log=print) -> tuple[list[CaseResult], list
     """Run every check; returns the results and notes (e.g. skipped kernels)."""
     import importlib.util
 
-    from kernels import validate_cases
+    from kernels.harness import validate_cases
 
     results: list[CaseResult] = []
     notes: list[str] = []
     plan = [("decode", check_decode, validate_cases.decode_cases(device, quick)),
             ("cache_write", check_cache_write, validate_cases.write_cases(device, quick))]
-    if importlib.util.find_spec("kernels.prefill") is None:
-        notes.append("prefill: skipped: kernels.prefill not present")
+    if importlib.util.find_spec("kernels.ops.prefill") is None:
+        notes.append("prefill: skipped: kernels.ops.prefill not present")
     else:
         plan.append(("prefill", check_prefill, validate_cases.prefill_cases(device, quick)))
     for seed, (kernel, check, case) in enumerate(
@@ -203,7 +203,7 @@ def _prepare_device(device: str) -> None:
     if device == "cpu":
         if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
             raise ValueError("--device cpu: triton was imported before TRITON_INTERPRET=1 "
-                             "could be set; run `python -m kernels.validate --device cpu`")
+                             "could be set; run `python -m kernels.harness.validate --device cpu`")
         os.environ["TRITON_INTERPRET"] = "1"
         from triton.runtime import interpreter
 
@@ -241,13 +241,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kernels.validate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m kernels.harness.validate", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
         return validate(args.device, args.quick)
     except ValueError as exc:
-        print(f"kernels.validate: error: {exc}", file=sys.stderr)
+        print(f"kernels.harness.validate: error: {exc}", file=sys.stderr)
         return 2
 
 

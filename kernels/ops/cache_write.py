@@ -1,16 +1,15 @@
 """KV-cache write: scatter the K/V of a step's new tokens into the cache.
 
-* paged: token t goes to flat slot ``slot_mapping[t] = block * block_size + offset``
-  of ``[num_blocks, block_size, Hkv, D]`` caches; a negative slot is padding and
-  is skipped (vLLM's convention).
-* contiguous: token t goes to ``[seq_ids[t], positions[t]]`` of
-  ``[B, max_len, Hkv, D]`` caches.
+Token t goes to flat slot ``slot_mapping[t] = block * block_size + offset`` of
+``[num_blocks, block_size, Hkv, D]`` caches; a negative slot is padding and is
+skipped (vLLM's convention). A contiguous cache -- one linear buffer of token
+slots -- is written the same way, viewed as ``[num_slots, 1, Hkv, D]`` (pages of
+one token): its slot is the sequence's first slot plus the token's position.
 
 One program copies one token's ``[BLOCK_H, D]`` tile of heads for K and for V.
-Destinations outside the cache (slot >= num_blocks * block_size, a sequence or
-position out of range) are skipped rather than written out of bounds; the
-caller's scheduler is what guarantees they do not happen. Torch references:
-``kernels.reference.write_paged_ref`` / ``write_contiguous_ref``.
+Slots past the cache are skipped rather than written out of bounds; the
+caller's scheduler is what guarantees they do not happen. Torch reference:
+``kernels.ops.reference.write_paged_ref``.
 """
 from __future__ import annotations
 
@@ -18,38 +17,32 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._decode_common import SUPPORTED_DTYPES, interpreting, invalid
+from kernels.ops.decode_common import SUPPORTED_DTYPES, interpreting, invalid
 
 MAX_HEADS_PER_PROGRAM = 16
 
 
 @triton.jit
 def _write_kv_kernel(
-    K, V, K_CACHE, V_CACHE, INDEX_A, INDEX_B,
+    K, V, K_CACHE, V_CACHE, SLOTS,
     stride_kt, stride_kh, stride_vt, stride_vh,
     stride_kc0, stride_kc1, stride_kch, stride_vc0, stride_vc1, stride_vch,
-    num_kv_heads, limit0, limit1,
-    PAGED: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,
+    num_kv_heads, num_slots, page_size,
+    HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     token = tl.program_id(0)
     heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, HEAD_DIM)
-    if PAGED:
-        # limit1 is the block size, limit0 the number of slots
-        slot = tl.load(INDEX_A + token).to(tl.int64)
-        ok = (slot >= 0) & (slot < limit0)
-        index0 = slot // limit1
-        index1 = slot % limit1
-    else:
-        index0 = tl.load(INDEX_A + token).to(tl.int64)
-        index1 = tl.load(INDEX_B + token).to(tl.int64)
-        ok = (index0 >= 0) & (index0 < limit0) & (index1 >= 0) & (index1 < limit1)
+    slot = tl.load(SLOTS + token).to(tl.int64)
+    ok = (slot >= 0) & (slot < num_slots)
+    page = slot // page_size
+    offset = slot % page_size
     mask = (heads[:, None] < num_kv_heads) & ok
     src = token.to(tl.int64)
     k = tl.load(K + src * stride_kt + heads[:, None] * stride_kh + offs_d[None, :], mask=mask)
     v = tl.load(V + src * stride_vt + heads[:, None] * stride_vh + offs_d[None, :], mask=mask)
-    k_dst = K_CACHE + index0 * stride_kc0 + index1 * stride_kc1
-    v_dst = V_CACHE + index0 * stride_vc0 + index1 * stride_vc1
+    k_dst = K_CACHE + page * stride_kc0 + offset * stride_kc1
+    v_dst = V_CACHE + page * stride_vc0 + offset * stride_vc1
     tl.store(k_dst + heads[:, None] * stride_kch + offs_d[None, :], k, mask=mask)
     tl.store(v_dst + heads[:, None] * stride_vch + offs_d[None, :], v, mask=mask)
 
@@ -94,40 +87,22 @@ def _check_index(where: str, name: str, t, num_tokens: int, device, dtypes) -> N
         raise invalid(where, f"{name} must be contiguous and on k's device")
 
 
-def _launch(k, v, k_cache, v_cache, index_a, index_b, limit0, limit1, paged: bool) -> None:
+def write_paged_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
+    """Write ``k/v [T, Hkv, D]`` into caches ``[num_blocks, block_size, Hkv, D]``
+    at flat slots ``slot_mapping`` (int64 ``[T]``; negative = skip)."""
+    where = "write_paged_kv"
+    _check_tensors(where, k, v, k_cache, v_cache)
+    _check_index(where, "slot_mapping", slot_mapping, k.shape[0], k.device, (torch.int64,))
     num_tokens, num_kv_heads, head_dim = k.shape
     if num_tokens == 0 or num_kv_heads == 0:
         return
     block_h = min(MAX_HEADS_PER_PROGRAM, triton.next_power_of_2(num_kv_heads))
     grid = (num_tokens, triton.cdiv(num_kv_heads, block_h))
     _write_kv_kernel[grid](
-        k, v, k_cache, v_cache, index_a, index_b,
+        k, v, k_cache, v_cache, slot_mapping,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        num_kv_heads, limit0, limit1,
-        PAGED=paged, HEAD_DIM=head_dim, BLOCK_H=block_h, num_warps=4,
+        num_kv_heads, k_cache.shape[0] * k_cache.shape[1], k_cache.shape[1],
+        HEAD_DIM=head_dim, BLOCK_H=block_h, num_warps=4,
     )
-
-
-def write_paged_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
-    """Write ``k/v [T, Hkv, D]`` into paged caches ``[num_blocks, block_size, Hkv, D]``
-    at flat slots ``slot_mapping`` (int64 ``[T]``; negative = skip)."""
-    where = "write_paged_kv"
-    _check_tensors(where, k, v, k_cache, v_cache)
-    _check_index(where, "slot_mapping", slot_mapping, k.shape[0], k.device, (torch.int64,))
-    num_slots = k_cache.shape[0] * k_cache.shape[1]
-    _launch(k, v, k_cache, v_cache, slot_mapping, slot_mapping, num_slots, k_cache.shape[1],
-            paged=True)
-
-
-def write_contiguous_kv(k, v, k_cache, v_cache, seq_ids, positions) -> None:
-    """Write ``k/v [T, Hkv, D]`` into contiguous caches ``[B, max_len, Hkv, D]``:
-    token t to sequence ``seq_ids[t]`` at position ``positions[t]`` (int32 or
-    int64 ``[T]`` each)."""
-    where = "write_contiguous_kv"
-    _check_tensors(where, k, v, k_cache, v_cache)
-    for name, t in (("seq_ids", seq_ids), ("positions", positions)):
-        _check_index(where, name, t, k.shape[0], k.device, (torch.int32, torch.int64))
-    _launch(k, v, k_cache, v_cache, seq_ids, positions, k_cache.shape[0], k_cache.shape[1],
-            paged=False)

@@ -1,7 +1,7 @@
 """Benchmark harness: decode (paged, contiguous, SDPA), prefill and cache-write
 kernels on the GPU, against ceilings measured in the same run.
 
-    python -m kernels.bench [--quick] [--out DIR] [--sweep]
+    python -m kernels.harness.bench [--quick] [--out DIR] [--sweep]
 
 Writes ``decode.csv``, ``prefill.csv``, ``cache_write.csv`` and ``summary.md``
 into ``--out`` (default ``kernels/results/<gpu>/``); ``--sweep`` instead times
@@ -21,9 +21,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kernels.bench_timing import device_info, gpu_slug, host_us, measure_ceilings, time_ms
+from kernels.harness.bench_timing import device_info, gpu_slug, host_us, measure_ceilings, time_ms
+from sim.presets import MODELS
 
-GEOMETRIES = {"llama-2-7b": (32, 32, 128), "llama-3-8b": (32, 8, 128)}
+# attention heads of the benchmarked models: (query heads, KV heads, head dim)
+GEOMETRIES = {name: (MODELS[name].num_heads, MODELS[name].num_kv_heads, MODELS[name].head_dim)
+              for name in ("llama-2-7b", "llama-3-8b")}
 BATCHES = (1, 4, 16, 64, 256)
 CONTEXTS = (512, 2048, 4096, 8192, 32768)
 QUICK_BATCHES = (1, 16, 64)
@@ -119,9 +122,9 @@ def bench_decode_shape(shape: DecodeShape, block_sizes, ceilings: dict, gen, log
     """Contiguous, SDPA and paged (one row per block size) on the same tokens."""
     import torch.nn.functional as F
 
-    from kernels._decode_common import choose_num_splits, num_sms
-    from kernels.contiguous_decode import contiguous_decode_attention
-    from kernels.paged_decode import paged_decode_attention
+    from kernels.ops.decode_common import choose_num_splits, num_sms
+    from kernels.ops.contiguous_decode import contiguous_decode_attention
+    from kernels.ops.paged_decode import paged_decode_attention
 
     q, k, v, lens = decode_inputs(shape, gen)
     num_heads, num_kv_heads, _ = shape.heads
@@ -171,7 +174,7 @@ def bench_prefill(quick: bool, ceilings: dict, gen, log) -> list[dict]:
     import torch
     import torch.nn.functional as F
 
-    from kernels.prefill import prefill_attention
+    from kernels.ops.prefill import prefill_attention
 
     rows = []
     for geometry, (num_heads, num_kv_heads, head_dim) in GEOMETRIES.items():
@@ -204,7 +207,7 @@ def bench_prefill(quick: bool, ceilings: dict, gen, log) -> list[dict]:
 def bench_cache_write(ceilings: dict, gen, log) -> list[dict]:
     import torch
 
-    from kernels.cache_write import write_contiguous_kv, write_paged_kv
+    from kernels.ops.cache_write import write_paged_kv
 
     _, num_kv_heads, head_dim = GEOMETRIES["llama-3-8b"]
     rows = []
@@ -215,14 +218,14 @@ def bench_cache_write(ceilings: dict, gen, log) -> list[dict]:
         pool_shape = (max(4096, tokens), 16, num_kv_heads, head_dim)
         kc, vc = torch.zeros(pool_shape, **kw), torch.zeros(pool_shape, **kw)
         slots = torch.randperm(kc.shape[0] * 16, device="cuda", generator=gen)[:tokens]
-        seq_ids = torch.arange(tokens, device="cuda") % 256
-        positions = torch.arange(tokens, device="cuda") // 256
-        cc = torch.zeros(256, max(1, tokens // 256), num_kv_heads, head_dim, **kw)
+        # contiguous: one linear buffer seen as one-token pages, 256 sequences' ranges
+        cc = torch.zeros(256 * max(1, -(-tokens // 256)), 1, num_kv_heads, head_dim, **kw)
         vcc = torch.zeros_like(cc)
+        t = torch.arange(tokens, device="cuda")
+        contig_slots = (t % 256) * (cc.shape[0] // 256) + t // 256
         nbytes = 2 * 2 * k.numel() * k.element_size()
         for layout, fn in (("paged", lambda: write_paged_kv(k, v, kc, vc, slots)),
-                           ("contiguous", lambda: write_contiguous_kv(k, v, cc, vcc, seq_ids,
-                                                                      positions))):
+                           ("contiguous", lambda: write_paged_kv(k, v, cc, vcc, contig_slots))):
             ms = time_ms(fn)
             rows.append({"layout": layout, "tokens": tokens, "num_kv_heads": num_kv_heads,
                          "head_dim": head_dim, "time_us": ms * 1e3, "bytes": nbytes,
@@ -234,9 +237,9 @@ def bench_cache_write(ceilings: dict, gen, log) -> list[dict]:
 
 def sweep(ceilings: dict, gen, log) -> list[dict]:
     """Tile and split variants (``SWEEP_PLANS``), both layouts, same tokens."""
-    from kernels._decode_common import DecodeTiles
-    from kernels.contiguous_decode import contiguous_decode_with_tiles
-    from kernels.paged_decode import paged_decode_with_tiles
+    from kernels.ops.decode_common import DecodeTiles
+    from kernels.ops.contiguous_decode import contiguous_decode_with_tiles
+    from kernels.ops.paged_decode import paged_decode_with_tiles
 
     rows = []
     for geometry, batch, context, tile_options, split_options in SWEEP_PLANS:
@@ -265,13 +268,13 @@ def sweep(ceilings: dict, gen, log) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m kernels.harness.bench", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
         return run(args.quick, args.out, args.sweep, argv)
     except ValueError as exc:
-        print(f"kernels.bench: error: {exc}", file=sys.stderr)
+        print(f"kernels.harness.bench: error: {exc}", file=sys.stderr)
         return 2
 
 
@@ -286,12 +289,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(quick: bool, out: str | None, do_sweep: bool, argv: list[str], log=print) -> int:
     import torch
 
-    from kernels.bench_report import write_csv, write_summary
+    from kernels.harness.bench_report import write_csv, write_summary
 
     if not torch.cuda.is_available():
         raise ValueError("no CUDA device is visible; the benchmark needs a GPU")
     info = device_info(argv)
-    out_dir = Path(out) if out else Path(__file__).parent / "results" / gpu_slug(info["gpu"])
+    out_dir = Path(out) if out else Path(__file__).parent.parent / "results" / gpu_slug(info["gpu"])
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -305,8 +308,8 @@ def run(quick: bool, out: str | None, do_sweep: bool, argv: list[str], log=print
     write_csv(out_dir / "decode.csv", decode_rows)
     write_rows = bench_cache_write(ceilings, gen, log)
     write_csv(out_dir / "cache_write.csv", write_rows)
-    prefill_rows, prefill_note = [], "skipped: kernels.prefill not present"
-    if importlib.util.find_spec("kernels.prefill") is not None:
+    prefill_rows, prefill_note = [], "skipped: kernels.ops.prefill not present"
+    if importlib.util.find_spec("kernels.ops.prefill") is not None:
         prefill_rows, prefill_note = bench_prefill(quick, ceilings, gen, log), ""
         write_csv(out_dir / "prefill.csv", prefill_rows)
     info["wall_s"] = round(time.perf_counter() - started)

@@ -1,4 +1,4 @@
-"""The validation grid and its input builders (used by ``kernels.validate`` and
+"""The validation grid and its input builders (used by ``kernels.harness.validate`` and
 the kernel tests).
 
 Builders poison everything a kernel must not read or must overwrite: free
@@ -253,10 +253,9 @@ class WriteInputs:
     k_pool: torch.Tensor
     v_pool: torch.Tensor
     slot_mapping: torch.Tensor
-    k_contig: torch.Tensor
+    k_contig: torch.Tensor       # a linear buffer [batch * max_len, 1, Hkv, D]
     v_contig: torch.Tensor
-    seq_ids: torch.Tensor
-    positions: torch.Tensor
+    contig_slots: torch.Tensor   # sequence s, position p -> slot s * max_len + p
 
 
 def build_write_inputs(case: WriteCase, seed: int, device: str) -> WriteInputs:
@@ -273,7 +272,7 @@ def build_write_inputs(case: WriteCase, seed: int, device: str) -> WriteInputs:
     slots[::5] = -1
     flat = torch.randperm(case.batch * case.max_len, generator=perm_gen)[:t]
     shape = (case.num_blocks, case.block_size, case.num_kv_heads, case.head_dim)
-    cshape = (case.batch, case.max_len, case.num_kv_heads, case.head_dim)
+    cshape = (case.batch * case.max_len, 1, case.num_kv_heads, case.head_dim)
     nan = float("nan")
     return WriteInputs(
         k=_randn((t, case.num_kv_heads, case.head_dim), dtype, gen, device),
@@ -283,8 +282,7 @@ def build_write_inputs(case: WriteCase, seed: int, device: str) -> WriteInputs:
         slot_mapping=slots.to(device),
         k_contig=torch.full(cshape, nan, dtype=dtype, device=device),
         v_contig=torch.full(cshape, nan, dtype=dtype, device=device),
-        seq_ids=(flat // case.max_len).to(torch.int32).to(device),
-        positions=(flat % case.max_len).to(device),
+        contig_slots=flat.to(device),
     )
 
 

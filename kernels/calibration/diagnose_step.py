@@ -1,12 +1,12 @@
 """Where a whole step's time goes, against its operators timed alone.
 
-    python -m kernels.diagnose_step --model llama-2-7b \\
+    python -m kernels.calibration.diagnose_step --model llama-2-7b \\
         --steps kernels/profiles/h100-sxm/llama-2-7b/steps.csv --ids 52,50,40,44,48
 
 For each chosen row of a profile's ``steps.csv`` (on the GPU, paged layout):
 
 * ``step``: the whole step, graph-replayed after 0.1 s of warm-up, exactly as
-  ``kernels.profile`` times it;
+  ``kernels.calibration.profile`` times it;
 * ``no_gemm``: the same step with every GEMM replaced by an empty output of
   the right shape, so ``step - no_gemm`` is what the GEMMs cost inside it;
 * ``gemm_sustained`` / ``gemm_burst``: the step's layer GEMMs (QKV, output,
@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kernels.model import GEOMETRIES, Composition, Transformer, random_weights
-from kernels.profile import DEVICE, WEIGHT_SETS, GraphTimer, _copies, _randn, time_step
+from kernels.calibration.model import Composition, Transformer, random_weights
+from sim.presets import MODELS
+from kernels.calibration.profile import DEVICE, WEIGHT_SETS, GraphTimer, _copies, _randn, time_step
 
 LAYER_GEMMS = ("qkv", "out", "up", "down")
 
@@ -69,9 +70,9 @@ def diagnose(model: Transformer, row: pd.Series, timer: GraphTimer, rng) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kernels.diagnose_step", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m kernels.calibration.diagnose_step", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, choices=sorted(GEOMETRIES))
+    p.add_argument("--model", required=True, choices=sorted(MODELS))
     p.add_argument("--steps", required=True, type=Path, help="a profile's steps.csv")
     p.add_argument("--ids", required=True, help="comma-separated step_id values (paged rows)")
     p.add_argument("--out", type=Path, default=None, help="CSV of the table")
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = [i for i in ids if i not in steps.index]
     if missing:
         p.error(f"--ids: no step_id {missing} in {args.steps}")
-    g = GEOMETRIES[args.model]
+    g = MODELS[args.model]
     model = Transformer(g, random_weights(g, num_sets=WEIGHT_SETS, device=DEVICE, seed=0))
     timer, rng = GraphTimer(7), np.random.default_rng(0)
     rows = [diagnose(model, steps.loc[i], timer, rng) for i in ids]

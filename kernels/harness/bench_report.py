@@ -155,5 +155,5 @@ def write_summary(path: Path, info: dict, ceilings: dict, decode_rows, skipped, 
               "100 ms of repeats; the L2 cache is cleared before each repeat, so inputs come "
               "from HBM, and host overhead stays out (it is listed separately). Paged pools hold the same tokens as the contiguous cache in shuffled "
               "blocks. Split-K uses the default heuristic "
-              "(`kernels._decode_common.choose_num_splits`).", ""]
+              "(`kernels.ops.decode_common.choose_num_splits`).", ""]
     path.write_text("\n".join(lines))

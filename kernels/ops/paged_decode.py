@@ -1,16 +1,16 @@
 """Paged decode attention: one new query token per sequence against a KV cache
 stored in fixed-size blocks, gathered through a block table (vLLM's layout).
 
-The kernel body lives in ``kernels._decode_common`` and is shared with
-``kernels.contiguous_decode``; only the row addressing differs, so the
+The kernel body lives in ``kernels.ops.decode_common`` and is shared with
+``kernels.ops.contiguous_decode``; only the row addressing differs, so the
 paged/contiguous time ratio measures the cost of paging alone. The torch
-reference is ``kernels.reference.paged_decode_ref``.
+reference is ``kernels.ops.reference.paged_decode_ref``.
 """
 from __future__ import annotations
 
 import torch
 
-from kernels._decode_common import (
+from kernels.ops.decode_common import (
     DecodeTiles,
     check_decode_inputs,
     launch_decode,
@@ -46,7 +46,7 @@ def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scal
     ``block_tables [B, max_blocks_per_seq]`` (int32) lists each sequence's
     blocks in order and must cover ``context_lens[b]`` tokens (entries past that
     are never read). ``num_splits=None`` picks split-K from batch, heads and SM
-    count (``kernels._decode_common.choose_num_splits``). Returns ``out``
+    count (``kernels.ops.decode_common.choose_num_splits``). Returns ``out``
     (allocated if not given), dtype of q."""
     return paged_decode_with_tiles(q, k_cache, v_cache, block_tables, context_lens, scale,
                                    num_splits, out, tiles=None)

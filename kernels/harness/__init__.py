@@ -1,0 +1,2 @@
+"""Validation and benchmark harnesses for the kernels of ``kernels.ops``
+(``pagesim kernels validate|bench``)."""
