@@ -35,6 +35,10 @@ class Batch:
     swap_in_tokens: int = 0    # KV tokens copied CPU -> GPU before the step
     swap_out_tokens: int = 0   # KV tokens copied GPU -> CPU before the step
     requests: tuple["Request", ...] = field(default=(), compare=False, repr=False)
+    # The block copies behind the swap counts, for a real executor: it copies
+    # ``(gpu, cpu)`` pairs out, then ``(cpu, gpu)`` pairs in, before computing.
+    swap_out_blocks: tuple[tuple[int, int], ...] = field(default=(), compare=False, repr=False)
+    swap_in_blocks: tuple[tuple[int, int], ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.prefill_new_tokens) != len(self.prefill_context_tokens):

@@ -60,13 +60,21 @@ class Timeline:
 
     def record_step(self, t_s: float, replica: int, step_s: float, policy: Policy,
                     batch: Batch) -> None:
+        self.append(t_s, replica, step_s, self.snapshot(policy, batch))
+
+    @staticmethod
+    def snapshot(policy: Policy, batch: Batch) -> tuple:
+        """The state columns of a step that is about to run (after ``schedule``)."""
         u = policy.kv.usage()
-        self._rows.append((
-            t_s, replica, step_s, len(policy.running), len(policy.waiting), len(policy.swapped),
-            len(batch.requests), batch.num_seqs, batch.num_tokens, sum(batch.prefill_new_tokens),
-            batch.num_decode_seqs, u.real, u.internal + u.reserved, u.internal, u.reserved,
-            external_slots(policy), u.free, u.total,
-        ))
+        return (len(policy.running), len(policy.waiting), len(policy.swapped),
+                len(batch.requests), batch.num_seqs, batch.num_tokens, sum(batch.prefill_new_tokens),
+                batch.num_decode_seqs, u.real, u.internal + u.reserved, u.internal, u.reserved,
+                external_slots(policy), u.free, u.total)
+
+    def append(self, t_s: float, replica: int, step_s: float, snapshot: tuple) -> None:
+        """A step's row from a ``snapshot`` taken when it started (a real
+        executor learns ``step_s`` only once the step is over)."""
+        self._rows.append((t_s, replica, step_s, *snapshot))
 
     def record_run(self, starts_s: np.ndarray, replica: int, steps_s: np.ndarray,
                    policy: Policy, batch: Batch) -> None:

@@ -105,7 +105,7 @@ def test_swap_out_and_in_move_blocks_between_pools():
     kv.allocate(1, 20, 40)    # GPU [0, 1]
     kv.allocate(2, 40, 40)    # GPU [2, 3, 4]
     assert kv.can_swap_out(1)
-    assert kv.swap_out(1) == 20
+    assert kv.swap_out(1) == [(0, 0), (1, 1)]
     assert kv.is_swapped(1) and not kv.is_swapped(2)
     assert kv.cpu_block_table(1) == [0, 1]
     assert kv.num_tokens(1) == 20
@@ -115,10 +115,10 @@ def test_swap_out_and_in_move_blocks_between_pools():
     with pytest.raises(MemoryError_, match="needs 3 CPU blocks, 2 free"):
         kv.swap_out(2)
     assert kv.can_swap_in(1)
-    assert kv.swap_in(1) == 20
-    assert kv.block_table(1) == [5, 6]    # GPU queue was 5..10, 0, 1
-    assert kv.swap_out(2) == 40
-    assert kv.cpu_block_table(2) == [2, 3, 0]   # CPU queue was 2, 3, 0, 1
+    assert kv.swap_in(1) == [(0, 5), (1, 6)]    # GPU queue was 5..10, 0, 1
+    assert kv.block_table(1) == [5, 6]
+    assert kv.swap_out(2) == [(2, 2), (3, 3), (4, 0)]   # CPU queue was 2, 3, 0, 1
+    assert kv.cpu_block_table(2) == [2, 3, 0]
     kv.check_invariants()
 
 

@@ -89,7 +89,9 @@ class _ManagerMachine(RuleBasedStateMachine):
         if rid is None:
             return
         if self.kv.can_swap_out(rid):
-            assert self.kv.swap_out(rid) == self.tokens[rid]
+            gpu = self.kv.block_table(rid)
+            moves = self.kv.swap_out(rid)
+            assert [g for g, _ in moves] == gpu and [c for _, c in moves] == self.kv.cpu_block_table(rid)
             assert self.kv.is_swapped(rid)
         else:
             self._refused(self.kv.swap_out, rid)
@@ -144,7 +146,9 @@ class PagedMachine(_ManagerMachine):
         if rid is None:
             return
         if self.kv.can_swap_in(rid):
-            assert self.kv.swap_in(rid) == self.tokens[rid]
+            cpu = self.kv.cpu_block_table(rid)
+            moves = self.kv.swap_in(rid)
+            assert [c for c, _ in moves] == cpu and [g for _, g in moves] == self.kv.block_table(rid)
             assert not self.kv.is_swapped(rid)
         else:
             self._refused(self.kv.swap_in, rid)

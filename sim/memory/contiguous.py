@@ -177,13 +177,13 @@ class ContiguousKVManager:
         self._range(request_id)
         return False
 
-    def swap_out(self, request_id: int) -> int:
+    def swap_out(self, request_id: int) -> list[tuple[int, int]]:
         raise MemoryError_(f"swap_out({request_id}): contiguous KV has no swap space")
 
     def can_swap_in(self, request_id: int) -> bool:
         raise MemoryError_(f"request {request_id} is not swapped out (contiguous KV never swaps)")
 
-    def swap_in(self, request_id: int) -> int:
+    def swap_in(self, request_id: int) -> list[tuple[int, int]]:
         raise MemoryError_(f"request {request_id} is not swapped out (contiguous KV never swaps)")
 
     # ---- accounting --------------------------------------------------

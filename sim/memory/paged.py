@@ -239,17 +239,20 @@ class PagedKVManager:
     def can_swap_out(self, request_id: int) -> bool:
         return len(self._gpu_table(request_id)) <= len(self._cpu_free)
 
-    def swap_out(self, request_id: int) -> int:
+    def swap_out(self, request_id: int) -> list[tuple[int, int]]:
         """Copy a sequence's blocks to CPU blocks and release the GPU ones;
-        returns the tokens moved. Sharing is not kept across a swap."""
+        returns the copies ``(gpu block, cpu block)`` in token order, which a
+        real executor performs before the step's compute. Sharing is not kept
+        across a swap."""
         if not self.can_swap_out(request_id):
             raise MemoryError_(f"swap_out({request_id}): needs {len(self._tables[request_id])} "
                                f"CPU blocks, {len(self._cpu_free)} free")
         table = self._tables.pop(request_id)
         tokens = self._tokens[request_id]
         self._real_slots -= self._release_gpu(table, tokens)
-        self._cpu_tables[request_id] = [self._cpu_free.popleft() for _ in table]
-        return tokens
+        cpu_table = [self._cpu_free.popleft() for _ in table]
+        self._cpu_tables[request_id] = cpu_table
+        return list(zip(table, cpu_table))
 
     def can_swap_in(self, request_id: int) -> bool:
         """Only availability counts: a swapped sequence ignores the watermark."""
@@ -257,17 +260,18 @@ class PagedKVManager:
             raise MemoryError_(f"request {request_id} is not swapped out")
         return len(self._cpu_tables[request_id]) <= len(self._free)
 
-    def swap_in(self, request_id: int) -> int:
-        """Copy a swapped sequence back to fresh GPU blocks; returns tokens moved."""
+    def swap_in(self, request_id: int) -> list[tuple[int, int]]:
+        """Copy a swapped sequence back to fresh GPU blocks; returns the copies
+        ``(cpu block, gpu block)`` in token order."""
         if not self.can_swap_in(request_id):
             raise MemoryError_(f"swap_in({request_id}): needs {len(self._cpu_tables[request_id])} "
                                f"GPU blocks, {len(self._free)} free")
         cpu_table = self._cpu_tables.pop(request_id)
         self._cpu_free.extend(cpu_table)
-        tokens = self._tokens[request_id]
-        self._tables[request_id] = self._take(len(cpu_table))
-        self._real_slots += tokens
-        return tokens
+        table = self._take(len(cpu_table))
+        self._tables[request_id] = table
+        self._real_slots += self._tokens[request_id]
+        return list(zip(cpu_table, table))
 
     # ---- accounting --------------------------------------------------
     def usage(self) -> KVUsage:

@@ -37,16 +37,18 @@ class ContinuousPolicy(Policy):
     def schedule(self, now: float) -> Batch | None:
         prefills: list[Request] = []
         decodes: list[Request] = []
+        swap_in: list[tuple[int, int]] = []
+        swap_out: list[tuple[int, int]] = []
         swap_in_tokens = swap_out_tokens = 0
         if not self.spec.mixed_prefill_decode and not self.swapped:
             prefills = self._admit(now, 0)          # a step with admissions is prefill-only
         if not prefills:
-            decodes, swap_out_tokens, num_evicted = self._reserve_decode_slots()
+            decodes, swap_out_tokens, num_evicted = self._reserve_decode_slots(swap_out)
             # A step that preempts admits nothing; the next one may, so it
             # cannot start a run of identical steps.
             self._repeatable = num_evicted == 0
             if num_evicted == 0:
-                swap_in_tokens = self._swap_in()
+                swap_in_tokens = self._swap_in(swap_in)
                 if self.spec.mixed_prefill_decode:
                     prefills = self._admit(now, len(decodes))
         if not prefills and not decodes and not swap_in_tokens and not swap_out_tokens:
@@ -64,14 +66,16 @@ class ContinuousPolicy(Policy):
             swap_in_tokens=swap_in_tokens,
             swap_out_tokens=swap_out_tokens,
             requests=tuple(prefills) + tuple(decodes),
+            swap_out_blocks=tuple(swap_out),
+            swap_in_blocks=tuple(swap_in),
         )
 
-    def _reserve_decode_slots(self) -> tuple[list[Request], int, int]:
+    def _reserve_decode_slots(self, swap_out: list[tuple[int, int]]) -> tuple[list[Request], int, int]:
         """Append one KV slot for every running sequence, preempting from the
         back (latest admitted first) when memory runs out. Victims always
         come from behind the cursor, so no sequence loses a slot it got.
         Returns the decoding sequences, the KV tokens swapped out and the
-        number of sequences preempted."""
+        number of sequences preempted; the swap's block copies go to ``swap_out``."""
         kv = self.kv
         running = self._running
         if kv.append_all([req.request_id for req in running], 1):   # the usual case
@@ -89,14 +93,15 @@ class ContinuousPolicy(Policy):
                 decodes.append(req)
                 i += 1
             else:
-                swapped_tokens += self._evict(self._running.pop())
+                swapped_tokens += self._evict(self._running.pop(), swap_out)
                 num_evicted += 1
         return decodes, swapped_tokens, num_evicted
 
-    def _evict(self, req: Request) -> int:
+    def _evict(self, req: Request, swap_out: list[tuple[int, int]]) -> int:
         """Preempt ``req``; returns KV tokens moved to swap space."""
         if self.spec.preemption == "swap" and self.kv.can_swap_out(req.request_id):
-            moved = self.kv.swap_out(req.request_id)
+            moved = self.kv.num_tokens(req.request_id)
+            swap_out.extend(self.kv.swap_out(req.request_id))
             req.status = Status.SWAPPED
             req.preemptions += 1
             self.num_preemptions += 1
@@ -105,7 +110,7 @@ class ContinuousPolicy(Policy):
         self._preempt_recompute(req)
         return 0
 
-    def _swap_in(self) -> int:
+    def _swap_in(self, swap_in: list[tuple[int, int]]) -> int:
         moved = 0
         while self.swapped and len(self._running) < self.spec.max_batch_size:
             req = self.swapped[0]
@@ -113,7 +118,8 @@ class ContinuousPolicy(Policy):
             if not self.kv.can_swap_in(rid):
                 break
             self.swapped.popleft()
-            moved += self.kv.swap_in(rid)
+            moved += self.kv.num_tokens(rid)
+            swap_in.extend(self.kv.swap_in(rid))
             req.status = Status.RUNNING
             self._running.append(req)
             # it rejoins as a decode next step; this step only copies it back
