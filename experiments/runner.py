@@ -17,7 +17,8 @@ import yaml
 from experiments.atomic import umask
 from experiments.config import ExperimentConfig, resolved_dict
 from sim.cost import build_cost_model
-from sim.driver import SimResult, simulate
+from sim.driver import simulate
+from sim.result import SimResult
 from sim.memory.capacity import build_kv_manager
 from sim.metrics import requests_frame, summarize
 from sim.policies import POLICIES
@@ -65,7 +66,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = False,
     notes.append(note)
     if log:
         log(note)
-    bar = _progress_bar(len(requests), cfg.name) if progress else None
+    bar = progress_bar(len(requests), cfg.name) if progress else None
     result = simulate(
         requests, policies, costs, ROUTERS[engine.router](), horizon_s=cfg.horizon_s,
         fast_forward=cfg.fast_forward, on_progress=bar.update if bar else None,
@@ -87,7 +88,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = False,
     return RunOutput(cfg, result, req_df, timeline, summary, notes)
 
 
-def _progress_bar(total: int, name: str):
+def progress_bar(total: int, name: str):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=name, unit="req", file=sys.stderr, leave=False,

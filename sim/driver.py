@@ -25,21 +25,9 @@ import simpy
 
 from sim.cost.base import CostModel
 from sim.policies.base import Policy
-from sim.request import Request, Status
+from sim.request import Request
+from sim.result import SimResult, close_run
 from sim.timeline import Timeline
-
-
-@dataclass
-class SimResult:
-    requests: list[Request]        # every request that arrived, by request_id
-    timeline: Timeline
-    sim_time_s: float
-    sim_wall_s: float
-    sim_events: int
-    sim_steps: int
-    preemptions: int
-    horizon_s: float | None = None
-    not_arrived: int = 0
 
 
 @dataclass
@@ -162,21 +150,6 @@ def _run_ends(now: float, steps_s: np.ndarray, next_arrival_s: float,
 
 
 def _close(requests, replicas, timeline, state, now, horizon_s, wall_s) -> SimResult:
-    arrived = list(requests[: state.next_arrival])
-    for rep in replicas:
-        rep.policy.finish_run()
-        rep.policy.kv.assert_empty()
-    counts = {s: 0 for s in Status}
-    for req in arrived:
-        counts[req.status] += 1
-    accounted = counts[Status.FINISHED] + counts[Status.REJECTED] + counts[Status.UNFINISHED]
-    if accounted != len(arrived):
-        raise AssertionError(
-            f"conservation violated: arrived={len(arrived)} != finished+rejected+unfinished"
-            f"={accounted} ({ {k.value: v for k, v in counts.items() if v} })")
-    return SimResult(
-        requests=arrived, timeline=timeline, sim_time_s=now, sim_wall_s=wall_s,
-        sim_events=state.events, sim_steps=state.steps,
-        preemptions=sum(rep.policy.num_preemptions for rep in replicas),
-        horizon_s=horizon_s, not_arrived=len(requests) - len(arrived),
-    )
+    return close_run(requests, state.next_arrival, [rep.policy for rep in replicas], timeline,
+                     now_s=now, wall_s=wall_s, events=state.events, steps=state.steps,
+                     horizon_s=horizon_s)

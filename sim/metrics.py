@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from sim.driver import SimResult
+from sim.result import SimResult
 from sim.request import Status
 
 REQUEST_COLUMNS = (

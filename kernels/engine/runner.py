@@ -1,0 +1,293 @@
+"""The model runner: one ``Batch`` from the simulator's policy -> one real step.
+
+Everything GPU-specific lives here (STYLE.md rule 11), so the engine's loop
+stays ``schedule -> run -> on_step_done``:
+
+* **inputs from the KV manager's own state** -- block tables are the paged
+  manager's block ids, first slots are the contiguous manager's reservation
+  offsets; the runner never decides where a token lives;
+* **padding** -- a static batch pads prompts (``skip``) and reads padded
+  contexts; its finished rows, and the rows that fill a CUDA-graph bucket,
+  are padding rows that read the scratch location and write nothing;
+* **CUDA graphs** for decode-only steps, captured at bucketed batch sizes
+  (vLLM's 1, 2, 4, 8, 16, 24, ... up to ``max_batch_size``): a decode step of
+  37 sequences replays the 40-row graph. Other steps run eagerly;
+* **swap** -- the block copies a ``Batch`` carries move whole blocks (every
+  layer's K and V) between the GPU pool and a pinned CPU pool before the
+  step computes;
+* **tokens** -- prompts are random token ids drawn per request; each step's
+  greedy samples come back to the host (one synchronisation a step, as in a
+  real engine) and feed the next decode.
+
+Memory: the paged pool is ``num_blocks + 1`` blocks (the last is scratch);
+the contiguous buffer is the manager's ``total_tokens`` slots plus a guard of
+one model context (padded static reads past an ``exact`` reservation stay in
+bounds, and padding rows read there).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from kernels.calibration.model import (
+    ContiguousKVCache, HostStep, PagedKVCache, Rows, StepInputs, Transformer, Weights, host_step,
+    table_width,
+)
+from sim.batch import Batch
+from sim.presets import ModelSpec
+
+SWAP_CHUNK_BLOCKS = 64        # blocks staged on the GPU per swap copy
+
+
+def graph_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
+    """1, 2, 4, then multiples of 8 up to ``max_batch_size`` (and it itself)."""
+    sizes = [b for b in (1, 2, 4) if b < max_batch_size] + list(range(8, max_batch_size + 1, 8))
+    if not sizes or sizes[-1] != max_batch_size:
+        sizes.append(max_batch_size)
+    return tuple(sorted(set(sizes)))
+
+
+def bucket_for(sizes: tuple[int, ...], n: int) -> int | None:
+    """The smallest captured size holding ``n`` rows (None: larger than all)."""
+    for b in sizes:
+        if b >= n:
+            return b
+    return None
+
+
+@dataclass
+class StepTiming:
+    """Where one step's wall time went, seconds on the host clock."""
+
+    prepare_s: float = 0.0     # host arrays, swap copies issued, inputs on the device
+    launch_s: float = 0.0      # issuing the step's kernels (eager) or the graph replay
+    wait_s: float = 0.0        # blocked until the sampled tokens are on the host
+    graph_batch: int = 0       # rows of the replayed graph; 0: eager
+
+
+class DecodeGraph:
+    """A decode step captured for ``batch`` rows over static input tensors.
+    On a CPU (tests) there is nothing to capture and ``replay`` runs the same
+    step on the same static tensors."""
+
+    def __init__(self, model: Transformer, cache, inputs: StepInputs, pool=None) -> None:
+        self.inputs = inputs
+        self._run = lambda: model.step(inputs, cache)[1]
+        self.graph = None
+        if inputs.token_ids.is_cuda:
+            self._run()                            # warm up: compile and autotune outside capture
+            torch.cuda.synchronize()
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, pool=pool):
+                self.tokens = self._run()
+        else:
+            self.tokens = None
+
+    def replay(self) -> torch.Tensor:
+        if self.graph is None:
+            self.tokens = self._run()
+        else:
+            self.graph.replay()
+        return self.tokens
+
+
+class ModelRunner:
+    """Runs the policy's batches on a real model over the manager's memory."""
+
+    def __init__(self, model: ModelSpec, weights: Weights, kv, *, device="cuda", backend="triton",
+                 dtype=torch.bfloat16, max_batch_size: int = 256, use_graphs: bool = True,
+                 seed: int = 0) -> None:
+        self.geom, self.kv, self.device = model, kv, torch.device(device)
+        self.layout = kv.layout
+        self.block_size = getattr(kv, "block_size", 16)
+        self.width = table_width(model, self.block_size)
+        self.model = Transformer(model, weights, backend)
+        self.seed = seed
+        self._tokens: dict[int, list[int]] = {}
+        if self.layout == "paged":
+            self.cache = PagedKVCache(model, kv.num_blocks + 1, block_size=self.block_size, dtype=dtype,
+                                      device=device, init="zeros")
+            self.scratch = kv.num_blocks
+            self.cpu_pool = self._pinned((kv.num_cpu_blocks, *self.cache.kv.shape[:2],
+                                          *self.cache.kv.shape[3:]), dtype) if kv.num_cpu_blocks else None
+        else:
+            self.cache = ContiguousKVCache(model, kv.total_tokens + model.max_context_tokens,
+                                           block_size=self.block_size, dtype=dtype, device=device,
+                                           init="zeros")
+            self.scratch = kv.total_tokens
+            self.cpu_pool = None
+        self.graph_sizes = graph_batch_sizes(max_batch_size) if use_graphs else ()
+        self.graphs: dict[int, DecodeGraph] = {}
+        if self.graph_sizes:
+            self._capture_graphs()
+
+    # ---- setup ---------------------------------------------------------------
+    def _pinned(self, shape, dtype) -> torch.Tensor:
+        return torch.zeros(shape, dtype=dtype, pin_memory=self.device.type == "cuda")
+
+    def _capture_graphs(self) -> None:
+        """Static inputs at the largest size, each bucket a view of them;
+        captured largest first so smaller graphs reuse the memory pool."""
+        top = self.graph_sizes[-1]
+        pad = self._decode_padding(top)
+        static = pad.to_device(self.device)
+        pool = torch.cuda.graph_pool_handle() if self.device.type == "cuda" else None
+        for b in reversed(self.graph_sizes):
+            inputs = _rows_view(static, b)
+            self.graphs[b] = DecodeGraph(self.model, self.cache, inputs, pool)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def _decode_padding(self, rows: int) -> HostStep:
+        """``rows`` padding decode rows: read the scratch location, write nothing."""
+        n = np.ones(rows, np.int64)
+        return host_step(Rows(0, n, np.zeros(rows, np.int64), n.copy(), np.zeros(rows, np.int64), [None] * rows),
+                         np.zeros(rows, np.int64), self.layout, block_size=self.block_size, width=self.width,
+                         max_context_tokens=self.geom.max_context_tokens, scratch=self.scratch)
+
+    # ---- the step --------------------------------------------------------------
+    def run(self, batch: Batch) -> StepTiming:
+        """Run ``batch``: swap copies, then the step; append each sequence's
+        sampled token to its token list."""
+        timing = StepTiming()
+        t0 = time.perf_counter()
+        self._swap(batch)
+        if batch.num_tokens == 0:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            timing.prepare_s = time.perf_counter() - t0
+            return timing
+        host = host_step(self._rows(batch), self._token_ids(batch), self.layout, block_size=self.block_size,
+                         width=self.width, max_context_tokens=self.geom.max_context_tokens, scratch=self.scratch)
+        graph = None
+        if not batch.prefill_new_tokens:
+            size = bucket_for(self.graph_sizes, batch.num_decode_seqs)
+            graph = self.graphs.get(size) if size is not None else None
+        if graph is not None:
+            _pad_to(host, self._decode_padding(len(graph.inputs.decode_context_lens)))
+            host.copy_into(graph.inputs)
+            t1 = time.perf_counter()
+            tokens = graph.replay()
+            timing.graph_batch = len(graph.inputs.decode_context_lens)
+        else:
+            inputs = host.to_device(self.device)
+            t1 = time.perf_counter()
+            tokens = self.model.step(inputs, self.cache)[1]
+        t2 = time.perf_counter()
+        sampled = tokens[: len(batch.requests)].cpu().numpy()
+        t3 = time.perf_counter()
+        for req, token in zip(batch.requests, sampled.tolist()):
+            self._tokens[req.request_id].append(token)
+        timing.prepare_s, timing.launch_s, timing.wait_s = t1 - t0, t2 - t1, t3 - t2
+        return timing
+
+    def release(self, request_id: int) -> None:
+        """Forget a finished request's tokens."""
+        self._tokens.pop(request_id, None)
+
+    # ---- inputs ----------------------------------------------------------------
+    def _where(self, request_id: int):
+        if self.layout == "paged":
+            return np.asarray(self.kv.block_table(request_id), dtype=np.int32)
+        return self.kv.address_range(request_id)[0]
+
+    def _rows(self, batch: Batch) -> Rows:
+        """Rows of ``batch``: its requests first (prefills, then decodes, as
+        the policies order them), the rest padding."""
+        reqs = batch.requests
+        num_p = batch.num_prefill_seqs
+        new = np.array([*batch.prefill_new_tokens, *([1] * batch.num_decode_seqs)], np.int64)
+        cached = np.array([*batch.prefill_context_tokens, *(c - 1 for c in batch.decode_context_tokens)],
+                          np.int64)
+        skip = np.zeros(len(new), np.int64)
+        write_pos = cached.copy()
+        where: list = [None] * len(new)
+        for i, req in enumerate(reqs):
+            if i < num_p:     # real tokens: what the request holds beyond the row's context
+                skip[i] = new[i] - (req.computed_tokens - cached[i])
+            else:             # the new token sits at the request's own (unpadded) position
+                write_pos[i] = req.computed_tokens - 1
+            where[i] = self._where(req.request_id)
+        skip[len(reqs):] = new[len(reqs):]
+        return Rows(num_p, new, cached, skip, write_pos, where)
+
+    def _token_ids(self, batch: Batch) -> np.ndarray:
+        ids: list[np.ndarray] = []
+        num_p = batch.num_prefill_seqs
+        for i, n in enumerate(batch.prefill_new_tokens):
+            ids.append(np.zeros(n, np.int64))
+            if i < len(batch.requests):
+                req = batch.requests[i]
+                toks = self._request_tokens(req)
+                ctx = batch.prefill_context_tokens[i]
+                real = toks[ctx:req.computed_tokens]
+                ids[-1][n - len(real):] = real
+        dec = np.zeros(batch.num_decode_seqs, np.int64)
+        for j, req in enumerate(batch.requests[num_p:]):
+            dec[j] = self._tokens[req.request_id][-1]
+        ids.append(dec)
+        return np.concatenate(ids)
+
+    def _request_tokens(self, req) -> list[int]:
+        toks = self._tokens.get(req.request_id)
+        if toks is None:
+            rng = np.random.default_rng((self.seed, req.request_id))
+            toks = rng.integers(0, self.geom.vocab_size, req.prompt_tokens).tolist()
+            self._tokens[req.request_id] = toks
+        return toks
+
+    # ---- swap ------------------------------------------------------------------
+    def _swap(self, batch: Batch) -> None:
+        """GPU -> CPU copies first (their GPU blocks may be reused this very
+        step), then CPU -> GPU; whole blocks, every layer, K and V."""
+        if batch.swap_out_blocks:
+            self._copy_blocks(batch.swap_out_blocks, out=True)
+        if batch.swap_in_blocks:
+            self._copy_blocks(batch.swap_in_blocks, out=False)
+
+    def _copy_blocks(self, pairs, out: bool) -> None:
+        pool = self.cache.kv                            # [layers, 2, blocks, bs, Hkv, D]
+        for start in range(0, len(pairs), SWAP_CHUNK_BLOCKS):
+            chunk = pairs[start:start + SWAP_CHUNK_BLOCKS]
+            src = [a for a, _ in chunk]
+            dst = [b for _, b in chunk]
+            if out:
+                ids = torch.tensor(src, device=self.device)
+                staged = pool.index_select(2, ids).permute(2, 0, 1, 3, 4, 5).contiguous()
+                for i, cpu_block in enumerate(dst):     # ordered on the stream before any reuse
+                    self.cpu_pool[cpu_block].copy_(staged[i], non_blocking=True)
+            else:
+                staged = torch.empty((len(chunk), *self.cpu_pool.shape[1:]), dtype=pool.dtype,
+                                     device=self.device)
+                for i, cpu_block in enumerate(src):
+                    staged[i].copy_(self.cpu_pool[cpu_block], non_blocking=True)
+                ids = torch.tensor(dst, device=self.device)
+                pool.index_copy_(2, ids, staged.permute(1, 2, 0, 3, 4, 5))
+
+
+def _rows_view(static: StepInputs, rows: int) -> StepInputs:
+    """The first ``rows`` decode rows of a decode-only ``StepInputs``."""
+    return StepInputs(
+        token_ids=static.token_ids[:rows], positions=static.positions[:rows],
+        slot_mapping=static.slot_mapping[:rows], last_token_index=static.last_token_index[:rows],
+        cu_seqlens=static.cu_seqlens, prefill_context_lens=static.prefill_context_lens,
+        decode_context_lens=static.decode_context_lens[:rows],
+        prefill_block_tables=None,
+        decode_block_tables=None if static.decode_block_tables is None else static.decode_block_tables[:rows],
+        decode_starts=None if static.decode_starts is None else static.decode_starts[:rows],
+        num_prefill_tokens=0, max_prefill_tokens=0, num_decode_seqs=rows,
+        max_context_tokens=static.max_context_tokens)
+
+
+def _pad_to(host: HostStep, padding: HostStep) -> None:
+    """Extend a decode-only ``host`` step with ``padding``'s trailing rows."""
+    n = len(host.decode_context_lens)
+    for name in ("token_ids", "positions", "slot_mapping", "decode_context_lens", "decode_block_tables",
+                 "decode_starts"):
+        value = getattr(host, name)
+        if value is not None:
+            setattr(host, name, np.concatenate([value, getattr(padding, name)[n:]]))
+    host.last_token_index = padding.last_token_index.copy()
