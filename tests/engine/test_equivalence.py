@@ -126,14 +126,16 @@ def test_the_runs_exercise_what_they_claim(served):
         assert (graph[decode] > rows[decode]).any(), f"{name}: no decode step was padded to a bucket"
 
 
-def test_a_changed_step_time_is_caught(served):
-    """The check can fail: with one step 50 ms longer, more requests arrive
-    before the next step and the simulated batches leave the recorded ones."""
+def test_the_replay_check_can_fail(served):
+    """A recorded batch that differs, or a run that is cut short, is caught."""
     out, shapes, _ = served["continuous+paged(recompute)"]
-    longer = out.timeline.copy()
-    longer.loc[3, "step_s"] += 0.05
-    with pytest.raises(ReplayMismatch):
-        _replay(type(out)(out.config, out.result, out.requests, longer, out.summary, out.notes), shapes)
+    altered = list(shapes)
+    altered[5] = (*altered[5][:5], altered[5][5][:-1])      # one request fewer in step 5
+    with pytest.raises(ReplayMismatch, match="^step 5: "):
+        _replay(out, altered)
+    short = type(out)(out.config, out.result, out.requests, out.timeline.iloc[:-1], out.summary, out.notes)
+    with pytest.raises(ReplayMismatch, match="more steps than"):
+        _replay(short, None)
 
 
 @pytest.mark.parametrize("name", [n for n in CONFIGS if n.startswith("continuous")])
