@@ -61,7 +61,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = False,
     for _ in range(engine.replicas):
         kv = build_kv_manager(engine.memory, model, hardware)
         policies.append(policy_cls(engine.batching, kv, model, cfg.record_token_times))
-        cost, note = build_cost_model(engine.cost_model, model, hardware)
+        cost, note = build_cost_model(engine.cost_model, model, hardware, engine.batching.max_batch_size)
         costs.append(cost)
     notes.append(note)
     if log:

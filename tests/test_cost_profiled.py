@@ -278,3 +278,78 @@ def test_check_reports_held_out_errors_and_fits_only_calibration_steps(tmp_path,
     assert "## llama-2-7b on h100-sxm" in capsys.readouterr().out
     assert main(["calibrate", "--profiles", str(tmp_path)]) == 2            # profiling needs --model
     assert "--model is required" in capsys.readouterr().err
+
+
+# ---- the real engine's launch terms (engine_steps.csv) -------------------------
+TRUE_HOST = (1e-4, 2e-6, 1e-7, 5e-5)        # 1, rows, prefill tokens, graph replayed
+TRUE_ISSUE = (3e-3, 1e-3, 5e-4)             # 1, has prefills, has decodes
+GRAPH_RES, EAGER_RES = 2e-5, 1e-5
+
+
+def _engine_steps(cost: ProfiledCostModel, max_batch_size: int) -> pd.DataFrame:
+    """Noise-free steps of a pretend engine that follows the documented model."""
+    from sim.cost.graphs import bucket_for, graph_batch_sizes
+
+    sizes = graph_batch_sizes(max_batch_size)
+    shapes = [((), (), [60] * n) for n in (1, 3, 5, 7, 9, 12, 16, 20, 24)]
+    shapes += [((8,), (0,), [40] * n) for n in (0, 2, 6)] + [((3, 12), (0, 0), []), ((16,), (0,), [90, 30])]
+    rows = []
+    for i, (new, ctx, dec) in enumerate(shapes):
+        layout = ("paged", "contiguous")[i % 2]
+        graph = 0 if new else (bucket_for(sizes, len(dec)) or 0)
+        n_rows = sum(new) + len(dec)
+        gpu = cost.gpu_s(layout, graph or n_rows, list(new), list(ctx), len(dec), sum(dec), max(dec, default=0))
+        issue = TRUE_ISSUE[0] + TRUE_ISSUE[1] * bool(new) + TRUE_ISSUE[2] * bool(dec)
+        device = gpu + GRAPH_RES if graph else max(gpu, issue) + EAGER_RES
+        launch = 1e-5 if graph else issue
+        host = TRUE_HOST[0] + TRUE_HOST[1] * n_rows + TRUE_HOST[2] * sum(new) + TRUE_HOST[3] * bool(graph)
+        rows.append(dict(layout=layout, batch_rows=n_rows, graph_batch=graph, step_s=device + host,
+                         launch_s=launch, wait_s=device - launch, prefill_new_tokens=json.dumps(list(new)),
+                         prefill_context_tokens=json.dumps(list(ctx)), decode_seqs=len(dec),
+                         decode_context_sum=sum(dec), decode_context_max=max(dec, default=0)))
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def engine_cost(profile, cost) -> ProfiledCostModel:
+    _engine_steps(cost, 16).to_csv(profile / "engine_steps.csv", index=False)
+    return ProfiledCostModel.from_dir(profile, TINY, H100, max_batch_size=16)
+
+
+def test_engine_terms_are_fitted_from_the_calibration_serving_steps(engine_cost):
+    e = engine_cost.engine
+    np.testing.assert_allclose(e.host_coef, TRUE_HOST, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(e.issue_coef, TRUE_ISSUE, rtol=1e-6, atol=1e-12)
+    assert e.graph_residual_s == pytest.approx(GRAPH_RES, rel=1e-6)
+    assert e.eager_residual_s == pytest.approx(EAGER_RES, rel=1e-6)
+    assert e.graph_sizes == (1, 2, 4, 8, 16)
+
+
+def test_a_decode_batch_costs_its_graph_bucket(engine_cost):
+    """5 sequences replay the 8-row graph: GEMMs and LM head on 8 rows,
+    attention over the 5 real contexts; 20 sequences (past the largest
+    graph) run eagerly and cost at least the issue time."""
+    e = engine_cost.engine
+    five = Batch(decode_context_tokens=(50, 60, 70, 80, 90), kv_layout="paged")
+    expect = engine_cost.gpu_s("paged", 8, [], [], 5, 350, 90) + e.graph_residual_s + e.host_s(5, 0, True)
+    assert engine_cost.step_time(five) == pytest.approx(expect, rel=1e-12)
+    eight = Batch(decode_context_tokens=(50, 60, 70, 80, 90, 1, 1, 1), kv_layout="paged")
+    assert engine_cost.step_time(eight) > engine_cost.step_time(five)     # same rows, more attention
+    twenty = Batch(decode_context_tokens=(40,) * 20, kv_layout="contiguous")
+    assert engine_cost.step_time(twenty) >= e.issue_s(False, True) + e.host_s(20, 0, False)
+
+
+def test_engine_decode_runs_equal_the_per_step_fallback(engine_cost):
+    for dec in ((50, 90, 280, 7), (40,) * 20):
+        for layout in ("paged", "contiguous"):
+            batch = Batch(decode_context_tokens=dec, kv_layout=layout)
+            np.testing.assert_array_equal(engine_cost.decode_run_times(batch, 50),
+                                          decode_run_times_by_steps(engine_cost, batch, 50))
+
+
+def test_mixed_steps_are_eager_max_of_gpu_and_issue_time(engine_cost):
+    e = engine_cost.engine
+    mixed = Batch(prefill_new_tokens=(8,), prefill_context_tokens=(0,), decode_context_tokens=(40, 40))
+    gpu = engine_cost.gpu_s("paged", 10, [8], [0], 2, 80, 40)
+    expect = max(gpu, e.issue_s(True, True)) + e.eager_residual_s + e.host_s(10, 8, False)
+    assert engine_cost.step_time(mixed) == pytest.approx(expect, rel=1e-12)

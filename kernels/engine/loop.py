@@ -17,6 +17,7 @@ reproduces the run (``sim.cost.replay``).
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from typing import Callable, Sequence
@@ -28,15 +29,19 @@ from sim.timeline import Timeline
 
 SPIN_S = 1e-3        # the last millisecond before a wake-up is spun, not slept
 
-STEP_COLUMNS = ("schedule_s", "prepare_s", "launch_s", "wait_s", "graph_batch")
+TIMING_COLUMNS = ("schedule_s", "prepare_s", "launch_s", "wait_s", "graph_batch")
+# enough of each step's shape for a cost model to price it exactly
+SHAPE_COLUMNS = ("prefill_new_tokens", "prefill_context_tokens", "decode_context_sum",
+                 "decode_context_max", "swap_in_tokens", "swap_out_tokens")
+STEP_COLUMNS = TIMING_COLUMNS + SHAPE_COLUMNS
 
 
 def serve(requests: Sequence[Request], policy: Policy, runner, *,
           clock: Callable[[], float] = time.perf_counter,
           on_progress: Callable[[int], None] | None = None) -> tuple[SimResult, dict[str, list]]:
     """Serve ``requests`` (sorted by arrival) to completion. Returns the run
-    (the simulator's ``SimResult``) and per-step timings: ``STEP_COLUMNS``,
-    one value per timeline row."""
+    (the simulator's ``SimResult``) and, per step, where its time went and
+    its shape (``STEP_COLUMNS``, one value per timeline row)."""
     progress = on_progress or (lambda n: None)
     timeline = Timeline()
     steps: dict[str, list] = {c: [] for c in STEP_COLUMNS}
@@ -75,13 +80,24 @@ def serve(requests: Sequence[Request], policy: Policy, runner, *,
         progress(len(policy.finished) - done_before)
         timeline.append(now, 0, end - now, snapshot)
         steps["schedule_s"].append(schedule_s)
-        for name in STEP_COLUMNS[1:]:
+        for name in TIMING_COLUMNS[1:]:
             steps[name].append(getattr(timing, name))
+        _record_shape(steps, batch)
         events += 1
         now = end
     result = close_run(requests, arrived, [policy], timeline, now_s=now, wall_s=clock() - t0,
                        events=events, steps=len(steps["schedule_s"]))
     return result, steps
+
+
+def _record_shape(steps: dict[str, list], batch) -> None:
+    dec = batch.decode_context_tokens
+    steps["prefill_new_tokens"].append(json.dumps(list(batch.prefill_new_tokens)))
+    steps["prefill_context_tokens"].append(json.dumps(list(batch.prefill_context_tokens)))
+    steps["decode_context_sum"].append(sum(dec))
+    steps["decode_context_max"].append(max(dec, default=0))
+    steps["swap_in_tokens"].append(batch.swap_in_tokens)
+    steps["swap_out_tokens"].append(batch.swap_out_tokens)
 
 
 def _sleep_until(clock: Callable[[], float], target: float) -> None:

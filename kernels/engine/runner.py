@@ -37,25 +37,10 @@ from kernels.calibration.model import (
     table_width,
 )
 from sim.batch import Batch
+from sim.cost.graphs import bucket_for, graph_batch_sizes
 from sim.presets import ModelSpec
 
 SWAP_CHUNK_BLOCKS = 64        # blocks staged on the GPU per swap copy
-
-
-def graph_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
-    """1, 2, 4, then multiples of 8 up to ``max_batch_size`` (and it itself)."""
-    sizes = [b for b in (1, 2, 4) if b < max_batch_size] + list(range(8, max_batch_size + 1, 8))
-    if not sizes or sizes[-1] != max_batch_size:
-        sizes.append(max_batch_size)
-    return tuple(sorted(set(sizes)))
-
-
-def bucket_for(sizes: tuple[int, ...], n: int) -> int | None:
-    """The smallest captured size holding ``n`` rows (None: larger than all)."""
-    for b in sizes:
-        if b >= n:
-            return b
-    return None
 
 
 @dataclass

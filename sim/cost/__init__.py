@@ -31,11 +31,16 @@ __all__ = [
 Built = tuple[CostModel, str]
 
 
-def build_cost_model(spec: CostModelSpec, model: ModelSpec, hardware: HardwareSpec) -> Built:
+def build_cost_model(spec: CostModelSpec, model: ModelSpec, hardware: HardwareSpec,
+                     max_batch_size: int = 256) -> Built:
     """The cost model ``spec`` asks for, and a one-line note for the user.
+    ``max_batch_size`` fixes the real engine's CUDA-graph batch sizes, which
+    profiles with engine measurements price.
 
     Raises ``ValueError`` when ``kind: profiled`` has no profiles to read.
     """
+    if spec.kind in ("auto", "profiled"):
+        return _FACTORIES[spec.kind](spec, model, hardware, max_batch_size)
     return _FACTORIES[spec.kind](spec, model, hardware)
 
 
@@ -51,7 +56,8 @@ def _build_linear(spec: LinearCostSpec, model: ModelSpec, hardware: HardwareSpec
                   f"{spec.per_decode_seq_s:g} s/decode seq, {spec.per_context_token_s:g} s/context token)")
 
 
-def _build_profiled(spec: ProfiledCostSpec, model: ModelSpec, hardware: HardwareSpec) -> Built:
+def _build_profiled(spec: ProfiledCostSpec, model: ModelSpec, hardware: HardwareSpec,
+                    max_batch_size: int) -> Built:
     try:
         profiled = importlib.import_module("sim.cost.profiled")
     except ImportError as exc:
@@ -63,11 +69,12 @@ def _build_profiled(spec: ProfiledCostSpec, model: ModelSpec, hardware: Hardware
                          f"produce them with `pagesim calibrate` on that GPU, or use kind: auto to fall back "
                          f"to the roofline model")
     cost = profiled.ProfiledCostModel.from_dir(
-        path, model, hardware, paged_attention_overhead=spec.paged_attention_overhead)
+        path, model, hardware, paged_attention_overhead=spec.paged_attention_overhead,
+        max_batch_size=max_batch_size)
     return cost, f"cost model: profiled from {path}"
 
 
-def _build_auto(spec: AutoCostSpec, model: ModelSpec, hardware: HardwareSpec) -> Built:
+def _build_auto(spec: AutoCostSpec, model: ModelSpec, hardware: HardwareSpec, max_batch_size: int) -> Built:
     """Profiled when profiles exist, else roofline with a note saying why."""
     try:
         profiled = importlib.import_module("sim.cost.profiled")
@@ -80,7 +87,8 @@ def _build_auto(spec: AutoCostSpec, model: ModelSpec, hardware: HardwareSpec) ->
         return cost, (f"cost model: roofline (no profiles for {_pair(model, hardware)} at {path}; "
                       f"run `pagesim calibrate`)")
     cost = profiled.ProfiledCostModel.from_dir(
-        path, model, hardware, paged_attention_overhead=spec.paged_attention_overhead)
+        path, model, hardware, paged_attention_overhead=spec.paged_attention_overhead,
+        max_batch_size=max_batch_size)
     return cost, f"cost model: profiled from {path}"
 
 

@@ -34,6 +34,23 @@ A step is priced as the sum of what the real step runs (kernels/calibration/mode
   no operator timed alone contains; the *held-out* steps are never read;
 * swap traffic over PCIe (``tokens x kv_bytes_per_token / pcie_bandwidth_Bps``).
 
+**How the real engine launches a step** (``engine_steps.csv``, written by the
+engine phase of ``pagesim calibrate``: per-step measurements of calibration
+serving runs, never the runs a fidelity report judges). When the profile has
+it, a step costs what the engine spends on it:
+
+* a decode-only step of ``n`` sequences replays the CUDA graph of the
+  smallest captured batch size ``>= n`` (``sim/cost/graphs.py``): its GEMMs,
+  norms and LM head run on that many rows, then a fitted constant (input
+  copies, replay, the synchronisation);
+* any other step runs eagerly: the host issues the kernels one by one while
+  the GPU runs them, so it takes ``max(GPU time, issue time)`` plus a fitted
+  constant, the issue time fitted on whether the step has prefills and
+  decodes (the kernel count per layer);
+* plus the host's own time per step (scheduling, inputs, bookkeeping),
+  linear in rows, prefill tokens and whether a graph ran (non-negative least
+  squares).
+
 Static batches need nothing special: their ``Batch`` already carries padded
 shapes. ``paged_attention_overhead``, if given, replaces the measured paged
 kernels by the contiguous ones times that ratio (decode attention, and the
@@ -50,6 +67,7 @@ import pandas as pd
 
 from sim.batch import Batch
 from sim.cost.base import decode_run_times_by_steps
+from sim.cost.graphs import bucket_for, graph_batch_sizes
 from sim.cost.interpolation import Bilinear, PiecewiseLinear, _summed
 from sim.presets import HardwareSpec, ModelSpec
 
@@ -125,6 +143,76 @@ def prefill_features(new_tokens, context_tokens, block_m: int, num_heads: int, n
     sequence, all keys / SMs)`` -- the longest program's keys when the grid
     is small, the per-SM share when it is full."""
     return np.array(_features(new_tokens, context_tokens, block_m, num_heads, num_sms))
+
+
+@dataclass(frozen=True)
+class EngineTerms:
+    """What the real engine adds to a step's GPU time (module docstring)."""
+
+    graph_sizes: tuple[int, ...]
+    host_coef: tuple[float, ...]      # . host_features()
+    issue_coef: tuple[float, ...]     # . (1, has prefill, has decode): eager issue time
+    graph_residual_s: float
+    eager_residual_s: float
+
+    def host_s(self, rows: int, prefill_tokens: int, graphed: bool) -> float:
+        c0, c1, c2, c3 = self.host_coef
+        return c0 + c1 * rows + c2 * prefill_tokens + c3 * graphed
+
+    def issue_s(self, has_prefill: bool, has_decode: bool) -> float:
+        c0, c1, c2 = self.issue_coef
+        return c0 + c1 * has_prefill + c2 * has_decode
+
+
+ENGINE_STEP_COLUMNS = ("layout", "batch_rows", "graph_batch", "step_s", "launch_s", "wait_s",
+                       "prefill_new_tokens", "prefill_context_tokens", "decode_seqs",
+                       "decode_context_sum", "decode_context_max")
+
+
+def _nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares with non-negative coefficients (drop the most negative
+    feature until none is negative)."""
+    active = list(range(x.shape[1]))
+    while True:
+        sol = np.linalg.lstsq(x[:, active], y, rcond=None)[0]
+        if (sol >= 0).all() or len(active) == 1:
+            break
+        active.pop(int(np.argmin(sol)))
+    coef = np.zeros(x.shape[1])
+    coef[active] = np.maximum(sol, 0)
+    return coef
+
+
+def _engine_terms(path: Path, cost: "ProfiledCostModel", max_batch_size: int) -> EngineTerms | None:
+    """Fit the engine's host, issue and residual terms on the calibration
+    serving runs of ``engine_steps.csv``; None without the file."""
+    if not path.is_file():
+        return None
+    df = _read_csv(path, ENGINE_STEP_COLUMNS)
+    _check_enum(df, "layout", LAYOUTS, path)
+    new, ctx = _json_lists(df, "prefill_new_tokens", path), _json_lists(df, "prefill_context_tokens", path)
+    graph = df["graph_batch"].to_numpy(int)
+    rows = df["batch_rows"].to_numpy(int)
+    device = (df["launch_s"] + df["wait_s"]).to_numpy(float)
+    host = df["step_s"].to_numpy(float) - device
+    gpu = np.array([cost.gpu_s(lay, g if g else r, n, c, d, ds, dm) for lay, g, r, n, c, d, ds, dm in zip(
+        df["layout"], graph, rows, new, ctx, df["decode_seqs"], df["decode_context_sum"],
+        df["decode_context_max"])])
+    prefill_tokens = np.array([sum(n) for n in new], dtype=float)
+    features = np.column_stack([np.ones(len(df)), rows, prefill_tokens, graph > 0])
+    host_coef = _nnls(features, host)
+    eager = graph == 0
+    has_p = np.array([bool(n) for n in new])
+    has_d = df["decode_seqs"].to_numpy(int) > 0
+    issue = df["launch_s"].to_numpy(float)
+    if eager.sum() >= 3:
+        issue_coef = _nnls(np.column_stack([np.ones(eager.sum()), has_p[eager], has_d[eager]]), issue[eager])
+        eager_res = float(np.median(device[eager] - np.maximum(gpu[eager], issue[eager])))
+    else:
+        issue_coef, eager_res = np.zeros(3), 0.0
+    graph_res = float(np.median(device[~eager] - gpu[~eager])) if (~eager).any() else 0.0
+    return EngineTerms(graph_batch_sizes(max_batch_size), tuple(map(float, host_coef)),
+                       tuple(map(float, issue_coef)), graph_res, eager_res)
 
 
 # ---- loading -----------------------------------------------------------------
@@ -293,17 +381,21 @@ class ProfiledCostModel:
 
     def __init__(self, *, num_layers: int, tokens: dict[str, PiecewiseLinear], seqs: PiecewiseLinear,
                  decode: dict[str, DecodeAttention], prefill: dict[str, PrefillAttention],
-                 fixed_s: float, swap_s_per_token: float, source: str = "") -> None:
+                 fixed_s: float, swap_s_per_token: float, source: str = "",
+                 engine: EngineTerms | None = None) -> None:
         self.num_layers, self.tokens, self.seqs = num_layers, tokens, seqs
         self.decode, self.prefill = decode, prefill
         self.fixed_s, self.swap_s_per_token, self.source = fixed_s, swap_s_per_token, source
+        self.engine = engine
 
     @classmethod
     def from_dir(cls, path: str | Path, model: ModelSpec, hardware: HardwareSpec,
-                 paged_attention_overhead: float | None = None) -> "ProfiledCostModel":
+                 paged_attention_overhead: float | None = None,
+                 max_batch_size: int = 256) -> "ProfiledCostModel":
         """Read ``path`` (a ``kernels/profiles/<hw>/<model>/`` folder). With
         ``paged_attention_overhead`` set, paged attention is the contiguous
-        kernel's time times that ratio instead of the measured paged kernel's."""
+        kernel's time times that ratio instead of the measured paged kernel's.
+        ``max_batch_size`` fixes the engine's CUDA-graph batch sizes."""
         path = Path(path)
         ratio = paged_attention_overhead
         if ratio is not None and not (np.isfinite(ratio) and ratio > 0):
@@ -329,21 +421,39 @@ class ProfiledCostModel:
             c = prefill["contiguous"].coef
             prefill["paged"] = PrefillAttention((*c[:3], c[3] * ratio, c[4]), *shape)
             decode["paged"] = _decode_attention(dec, dec_path, "contiguous", float(ratio))
+        cost.engine = _engine_terms(path / "engine_steps.csv", cost, max_batch_size)
         return cost
+
+    def gpu_s(self, layout: str, rows: int, new, context, decode_seqs: int, decode_context_sum: int,
+              decode_context_max: int) -> float:
+        """GPU time of a step computing ``rows`` rows (padding included) of
+        which ``new``/``context`` are the prefills and the decodes attend
+        ``decode_context_sum`` keys in all (at most ``decode_context_max``)."""
+        t = self.tokens[layout](rows) + self.seqs(rows - sum(new) + len(new)) + self.fixed_s
+        if decode_seqs:
+            t += self.num_layers * self.decode[layout](decode_seqs, decode_context_sum, decode_context_max)
+        if new:
+            t += self.num_layers * self.prefill[layout](new, context)
+        return t
 
     def step_time(self, batch: Batch) -> float:
         t = (batch.swap_in_tokens + batch.swap_out_tokens) * self.swap_s_per_token
         new, dec = batch.prefill_new_tokens, batch.decode_context_tokens
         rows = sum(new) + len(dec)
+        engine = self.engine
         if rows == 0:
-            return t
+            return t + (engine.host_s(0, 0, False) if engine else 0.0)
         layout = batch.kv_layout
-        t += self.tokens[layout](rows) + self.seqs(len(new) + len(dec)) + self.fixed_s
-        if dec:
-            t += self.num_layers * self.decode[layout](len(dec), sum(dec), max(dec))
-        if new:
-            t += self.num_layers * self.prefill[layout](new, batch.prefill_context_tokens)
-        return t
+        args = (new, batch.prefill_context_tokens, len(dec), sum(dec), max(dec, default=0))
+        if engine is None:
+            return t + self.gpu_s(layout, rows, *args)
+        bucket = None if new else bucket_for(engine.graph_sizes, len(dec))
+        if bucket is not None:
+            device = self.gpu_s(layout, bucket, *args) + engine.graph_residual_s
+        else:
+            device = max(self.gpu_s(layout, rows, *args), engine.issue_s(bool(new), bool(dec))) \
+                + engine.eager_residual_s
+        return t + device + engine.host_s(rows, sum(new), bucket is not None)
 
     def decode_run_times(self, batch: Batch, num_steps: int) -> np.ndarray:
         """Vectorised over the run for a pure decode batch; the same numbers as
@@ -351,7 +461,16 @@ class ProfiledCostModel:
         dec = batch.decode_context_tokens
         if batch.prefill_new_tokens or not dec or batch.swap_in_tokens or batch.swap_out_tokens:
             return decode_run_times_by_steps(self, batch, num_steps)
-        b, layout = len(dec), batch.kv_layout
+        b, layout, engine = len(dec), batch.kv_layout, self.engine
         step = np.arange(num_steps, dtype=np.int64)
-        base = 0.0 + (self.tokens[layout](b) + self.seqs(b) + self.fixed_s)
-        return base + self.num_layers * self.decode[layout].many(b, sum(dec) + b * step, max(dec) + step)
+        attention = self.num_layers * self.decode[layout].many(b, sum(dec) + b * step, max(dec) + step)
+        bucket = bucket_for(engine.graph_sizes, b) if engine is not None else None
+        rows = bucket or b       # the same additions, in the same order, as step_time
+        gpu = (self.tokens[layout](rows) + self.seqs(rows) + self.fixed_s) + attention
+        if engine is None:
+            return 0.0 + gpu
+        if bucket is not None:
+            device = gpu + engine.graph_residual_s
+        else:
+            device = np.maximum(gpu, engine.issue_s(False, True)) + engine.eager_residual_s
+        return (0.0 + device) + engine.host_s(b, 0, bucket is not None)
