@@ -6,6 +6,7 @@ line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -48,6 +49,57 @@ def _one_line(s: dict) -> str:
             f"KV util {f(s['kv_utilization_mean'], '.1%')}, batch {f(s['mean_batch_size'], '.1f')}, "
             f"finished {c['finished']}/{c['arrived']} (rejected {c['rejected']}, "
             f"unfinished {c['unfinished']}), {s['sim_steps']} steps in {s['sim_wall_s']:.2f} s")
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from experiments.config import load_config
+    from experiments.runner import write_outputs
+    from experiments.serve import serve_experiment
+
+    cfg, _ = load_config(args.config, args.overrides)
+    _check_out_dir(Path(args.out))
+    out = serve_experiment(cfg, progress=not args.quiet,
+                           log=None if args.quiet else lambda note: print(note, file=sys.stderr))
+    write_outputs(out, Path(args.out), csv=args.csv, plots=not args.no_plots)
+    if not args.quiet:
+        print(_one_line(out.summary).replace(" steps in ", " real steps in "))
+        print(f"wrote {args.out}/ (config.yaml, requests.parquet, timeline.parquet, summary.json"
+              f"{', plots/' if not args.no_plots else ''})")
+    return 0
+
+
+def _cmd_serve_suite(args: argparse.Namespace) -> int:
+    from experiments.suite import serve_suite
+
+    _check_out_dir(Path(args.out))
+    serve_suite(Path(args.suite), Path(args.out), args.only, plots=not args.no_plots,
+                log=lambda line: print(line, flush=True))
+    return 0
+
+
+def _cmd_fidelity(args: argparse.Namespace) -> int:
+    from experiments.fidelity import fidelity
+
+    _check_out_dir(Path(args.out))
+    command = "pagesim fidelity " + " ".join(args.argv_text)
+    text = fidelity([Path(d) for d in args.runs], Path(args.out), Path(args.report) if args.report else None,
+                    Path(args.notes) if args.notes else None, command=command,
+                    log=lambda line: print(line, flush=True), profiles=args.profiles)
+    if not args.quiet:
+        print(text[text.index("## Summary"):text.index("## Runs")].strip())
+    print(f"wrote {args.out}/fidelity.md, fidelity.csv, plots/" + (f" and {args.report}" if args.report else ""))
+    return 0
+
+
+def _check_out_dir(out: Path) -> None:
+    """Refuse an output path that cannot be written before any long work starts."""
+    parent = out.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {parent} is not writable")
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -142,6 +194,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
     p.set_defaults(func=_cmd_sweep)
 
+    p = sub.add_parser("serve", help="run an experiment on the real engine (GPU) and write run's outputs",
+                       description="Serve the config's requests on the real engine -- the simulator's own "
+                                   "batching policy and KV manager driven against wall-clock time on this "
+                                   "GPU, with pagesim's Triton kernels and random weights of the model's "
+                                   "geometry -- and write the same DIR/ as pagesim run (the timeline holds "
+                                   "real step durations). Needs a CUDA GPU matching the config's hardware.")
+    _add_config_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (replaced atomically)")
+    p.add_argument("--csv", action="store_true", help="also write requests.csv")
+    p.add_argument("--no-plots", action="store_true", help="skip the plots")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary line")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("serve-suite", help="serve every run of a fidelity suite (GPU), resumable",
+                       description="Serve each run of a suite file (a base config and per-run overrides) "
+                                   "into OUT/<run>/; runs already there with the same config are skipped.")
+    p.add_argument("suite", help="suite YAML, e.g. experiments/configs/fidelity/suite.yaml")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory, one folder per run")
+    p.add_argument("--only", action="append", default=[], metavar="GLOB",
+                   help="serve only runs whose name matches (repeatable), e.g. 'llama-2-7b-*'")
+    p.add_argument("--no-plots", action="store_true", help="skip each run's plots")
+    p.set_defaults(func=_cmd_serve_suite)
+
+    p = sub.add_parser("fidelity", help="compare real runs (pagesim serve) with their simulation",
+                       description="For each real run directory: replay its measured step times through the "
+                                   "simulator (the schedule must be identical), simulate the same config with "
+                                   "the profiled cost model, and report throughput and latency errors, a "
+                                   "per-step check of the cost model, and comparison plots.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories written by pagesim serve")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory: fidelity.md, fidelity.csv, plots/")
+    p.add_argument("--report", default=None, metavar="FILE", help="also write the report here (e.g. docs/fidelity.md)")
+    p.add_argument("--notes", default=None, metavar="FILE", help="markdown inserted after the summary table")
+    p.add_argument("--profiles", default=None, type=Path, metavar="DIR",
+                   help="profiles root holding <hardware>/<model>/ (default: the committed kernels/profiles)")
+    p.add_argument("--quiet", action="store_true", help="no summary table on stdout")
+    p.set_defaults(func=_cmd_fidelity)
+
     p = sub.add_parser("plot", help="(re)draw the plots of a run or sweep directory",
                        description="Redraw DIR/plots/ from a run directory (summary.json) or a "
                                    "sweep directory (sweep.csv).")
@@ -162,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv_text = list(sys.argv[1:] if argv is None else argv)[1:]
     if getattr(args, "jobs", None) is not None and args.jobs < 1:
         parser.error(f"--jobs must be >= 1 (got {args.jobs})")   # one line, exit 2
     try:

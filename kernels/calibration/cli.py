@@ -1,8 +1,13 @@
 """``pagesim calibrate``: profile a model on the GPU, or check the committed
 profiles against the held-out real steps measured with them.
 
-    pagesim calibrate --model llama-2-7b --hardware h100-sxm [--quick]   # on the GPU
-    pagesim calibrate --check [--model NAME] [--hardware h100-sxm]       # anywhere
+    pagesim calibrate --model llama-2-7b[,llama-3-8b] --hardware h200 [--quick]   # on the GPU
+    pagesim calibrate --check [--model NAME] [--hardware h200]                      # anywhere
+
+Profiling times every operator and a held-out set of whole steps
+(``kernels.calibration.profile``), then runs the engine phase
+(``kernels.engine.calibrate``): short serving runs on the real engine whose
+per-step measurements become ``engine_steps.csv``.
 
 Importing this module imports neither torch nor the simulator: the profiler
 (``kernels.calibration.profile``) and the cost models are loaded by the command that
@@ -28,9 +33,12 @@ def register(subparsers) -> argparse.ArgumentParser:
                     "With --check: compare the profiled and roofline cost models against the held-out "
                     "steps (no GPU needed).")
     p.add_argument("--model", default=None,
-                   help="model preset (profiling: required; --check: comma-separated filter, default all)")
+                   help="model preset(s), comma-separated (profiling: required; --check: filter, default all)")
     p.add_argument("--hardware", default="h100-sxm", help="hardware preset (default h100-sxm)")
     p.add_argument("--quick", action="store_true", help="coarse grid, one step per kind (smoke test)")
+    p.add_argument("--engine", choices=("yes", "no", "only"), default="yes",
+                   help="run the engine phase (engine_steps.csv) after the operators: yes (default), "
+                        "no, or only it (keeping the profile's other files)")
     p.add_argument("--check", action="store_true", help="report prediction errors on held-out steps")
     p.add_argument("--profiles", type=Path, default=None, metavar="DIR",
                    help="profiles root (default: the installed kernels/profiles)")
@@ -55,10 +63,23 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.model is None:
         raise ValueError("calibrate: --model is required to profile (or pass --check)")
+    names = [resolve_model(m.strip()).name for m in args.model.split(",") if m.strip()]
     from kernels.calibration.profile import main as profile_main
 
-    argv = ["--model", resolve_model(args.model).name, "--hardware", hardware.name, "--out", str(root)]
-    return profile_main(argv + (["--quick"] if args.quick else []))
+    for name in names:
+        if args.engine != "only":
+            argv = ["--model", name, "--hardware", hardware.name, "--out", str(root)]
+            code = profile_main(argv + (["--quick"] if args.quick else []))
+            if code:
+                return code
+        if args.engine != "no":
+            from kernels.engine.calibrate import write_engine_steps
+
+            dest = root / hardware.name / name
+            dest.mkdir(parents=True, exist_ok=True)
+            print(f"[{name}] engine phase", flush=True)
+            print(f"wrote {write_engine_steps(resolve_model(name), dest, quick=args.quick)}", flush=True)
+    return 0
 
 
 def _installed_root() -> Path:

@@ -436,24 +436,33 @@ class ProfiledCostModel:
             t += self.num_layers * self.prefill[layout](new, context)
         return t
 
-    def step_time(self, batch: Batch) -> float:
-        t = (batch.swap_in_tokens + batch.swap_out_tokens) * self.swap_s_per_token
-        new, dec = batch.prefill_new_tokens, batch.decode_context_tokens
-        rows = sum(new) + len(dec)
+    def step_parts(self, layout: str, new, context, decode_seqs: int, decode_context_sum: int,
+                   decode_context_max: int, swap_tokens: int = 0) -> tuple[float, float, float]:
+        """``(host, device, swap)`` seconds of a step of this shape: the
+        engine's host time (0 without engine terms), the GPU time as launched,
+        and the swap copies."""
+        swap = swap_tokens * self.swap_s_per_token
+        rows = sum(new) + decode_seqs
         engine = self.engine
         if rows == 0:
-            return t + (engine.host_s(0, 0, False) if engine else 0.0)
-        layout = batch.kv_layout
-        args = (new, batch.prefill_context_tokens, len(dec), sum(dec), max(dec, default=0))
+            return (engine.host_s(0, 0, False) if engine else 0.0), 0.0, swap
+        args = (new, context, decode_seqs, decode_context_sum, decode_context_max)
         if engine is None:
-            return t + self.gpu_s(layout, rows, *args)
-        bucket = None if new else bucket_for(engine.graph_sizes, len(dec))
+            return 0.0, self.gpu_s(layout, rows, *args), swap
+        bucket = None if new else bucket_for(engine.graph_sizes, decode_seqs)
         if bucket is not None:
             device = self.gpu_s(layout, bucket, *args) + engine.graph_residual_s
         else:
-            device = max(self.gpu_s(layout, rows, *args), engine.issue_s(bool(new), bool(dec))) \
+            device = max(self.gpu_s(layout, rows, *args), engine.issue_s(bool(new), bool(decode_seqs))) \
                 + engine.eager_residual_s
-        return t + device + engine.host_s(rows, sum(new), bucket is not None)
+        return engine.host_s(rows, sum(new), bucket is not None), device, swap
+
+    def step_time(self, batch: Batch) -> float:
+        dec = batch.decode_context_tokens
+        host, device, swap = self.step_parts(
+            batch.kv_layout, batch.prefill_new_tokens, batch.prefill_context_tokens, len(dec), sum(dec),
+            max(dec, default=0), batch.swap_in_tokens + batch.swap_out_tokens)
+        return swap + device + host
 
     def decode_run_times(self, batch: Batch, num_steps: int) -> np.ndarray:
         """Vectorised over the run for a pure decode batch; the same numbers as
