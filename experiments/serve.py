@@ -121,7 +121,7 @@ def serve_experiment(cfg: ExperimentConfig, device: Device = Device(), progress:
     policy = POLICIES[cfg.engine.batching.policy](cfg.engine.batching, kv, model, cfg.record_token_times)
     runner = ModelRunner(model, weights, kv, device=device.kind, backend=device.backend, dtype=dtype,
                          max_batch_size=cfg.engine.batching.max_batch_size, use_graphs=device.use_graphs,
-                         seed=cfg.seed)
+                         swap=cfg.engine.batching.preemption == "swap", seed=cfg.seed)
     requests = make_requests(cfg)
     setup_s = time.perf_counter() - started
     bar = progress_bar(len(requests), cfg.name) if progress else None

@@ -449,7 +449,7 @@ def validate_ring(g: ModelSpec, timer: GraphTimer, rng) -> list[dict]:
             cache, where = fresh_cache(g, "paged", comp, rng, 2 if sets == WEIGHT_SETS else sets)
             inp = prepare_step(comp, cache, where, random_token_ids(g, comp.num_tokens, rng), DEVICE, g)
             sec = timer(lambda _: model.step(inp, cache), warm_s=0.1)
-            rows.append(dict(composition=i, weight_sets=sets, cache_sets=len(cache.k), seconds=sec))
+            rows.append(dict(composition=i, weight_sets=sets, cache_sets=cache.num_sets, seconds=sec))
             del cache, inp
         del model
         torch.cuda.empty_cache()

@@ -80,11 +80,12 @@ class DecodeGraph:
 
 
 class ModelRunner:
-    """Runs the policy's batches on a real model over the manager's memory."""
+    """Runs the policy's batches on a real model over the manager's memory.
+    ``swap``: allocate the pinned CPU pool for swap preemption."""
 
     def __init__(self, model: ModelSpec, weights: Weights, kv, *, device="cuda", backend="triton",
                  dtype=torch.bfloat16, max_batch_size: int = 256, use_graphs: bool = True,
-                 seed: int = 0) -> None:
+                 swap: bool = False, seed: int = 0) -> None:
         self.geom, self.kv, self.device = model, kv, torch.device(device)
         self.layout = kv.layout
         self.block_size = getattr(kv, "block_size", 16)
@@ -97,7 +98,7 @@ class ModelRunner:
                                       device=device, init="zeros")
             self.scratch = kv.num_blocks
             self.cpu_pool = self._pinned((kv.num_cpu_blocks, *self.cache.kv.shape[:2],
-                                          *self.cache.kv.shape[3:]), dtype) if kv.num_cpu_blocks else None
+                                          *self.cache.kv.shape[3:]), dtype) if swap and kv.num_cpu_blocks else None
         else:
             self.cache = ContiguousKVCache(model, kv.total_tokens + model.max_context_tokens,
                                            block_size=self.block_size, dtype=dtype, device=device,
