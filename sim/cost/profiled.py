@@ -391,11 +391,13 @@ class ProfiledCostModel:
     @classmethod
     def from_dir(cls, path: str | Path, model: ModelSpec, hardware: HardwareSpec,
                  paged_attention_overhead: float | None = None,
-                 max_batch_size: int = 256) -> "ProfiledCostModel":
+                 max_batch_size: int = 256, engine: bool = True) -> "ProfiledCostModel":
         """Read ``path`` (a ``kernels/profiles/<hw>/<model>/`` folder). With
         ``paged_attention_overhead`` set, paged attention is the contiguous
         kernel's time times that ratio instead of the measured paged kernel's.
-        ``max_batch_size`` fixes the engine's CUDA-graph batch sizes."""
+        ``max_batch_size`` fixes the engine's CUDA-graph batch sizes;
+        ``engine=False`` prices GPU time alone, every step as one CUDA graph
+        (what ``steps.csv`` measures), ignoring ``engine_steps.csv``."""
         path = Path(path)
         ratio = paged_attention_overhead
         if ratio is not None and not (np.isfinite(ratio) and ratio > 0):
@@ -421,7 +423,8 @@ class ProfiledCostModel:
             c = prefill["contiguous"].coef
             prefill["paged"] = PrefillAttention((*c[:3], c[3] * ratio, c[4]), *shape)
             decode["paged"] = _decode_attention(dec, dec_path, "contiguous", float(ratio))
-        cost.engine = _engine_terms(path / "engine_steps.csv", cost, max_batch_size)
+        if engine:
+            cost.engine = _engine_terms(path / "engine_steps.csv", cost, max_batch_size)
         return cost
 
     def gpu_s(self, layout: str, rows: int, new, context, decode_seqs: int, decode_context_sum: int,
