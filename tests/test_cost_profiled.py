@@ -284,7 +284,7 @@ def test_check_reports_held_out_errors_and_fits_only_calibration_steps(tmp_path,
 
 
 # ---- the real engine's launch terms (engine_steps.csv) -------------------------
-TRUE_HOST = (1e-4, 2e-6, 1e-7, 5e-5)        # 1, rows, prefill tokens, graph replayed
+TRUE_HOST = (1e-4, 2e-6, 1e-7, 5e-5)        # 1, sequence rows, prefill tokens, graph replayed
 TRUE_ISSUE = (3e-3, 1e-3, 5e-4)             # 1, has prefills, has decodes
 GRAPH_RES, EAGER_RES = 2e-5, 1e-5
 
@@ -301,12 +301,13 @@ def _engine_steps(cost: ProfiledCostModel, max_batch_size: int) -> pd.DataFrame:
         layout = ("paged", "contiguous")[i % 2]
         graph = 0 if new else (bucket_for(sizes, len(dec)) or 0)
         n_rows = sum(new) + len(dec)
+        seqs = len(new) + len(dec)
         gpu = cost.gpu_s(layout, graph or n_rows, list(new), list(ctx), len(dec), sum(dec), max(dec, default=0))
         issue = TRUE_ISSUE[0] + TRUE_ISSUE[1] * bool(new) + TRUE_ISSUE[2] * bool(dec)
         device = gpu + GRAPH_RES if graph else max(gpu, issue) + EAGER_RES
         launch = 1e-5 if graph else issue
-        host = TRUE_HOST[0] + TRUE_HOST[1] * n_rows + TRUE_HOST[2] * sum(new) + TRUE_HOST[3] * bool(graph)
-        rows.append(dict(layout=layout, batch_rows=n_rows, graph_batch=graph, step_s=device + host,
+        host = TRUE_HOST[0] + TRUE_HOST[1] * seqs + TRUE_HOST[2] * sum(new) + TRUE_HOST[3] * bool(graph)
+        rows.append(dict(layout=layout, batch_rows=seqs, graph_batch=graph, step_s=device + host,
                          launch_s=launch, wait_s=device - launch, prefill_new_tokens=json.dumps(list(new)),
                          prefill_context_tokens=json.dumps(list(ctx)), decode_seqs=len(dec),
                          decode_context_sum=sum(dec), decode_context_max=max(dec, default=0)))
@@ -354,5 +355,5 @@ def test_mixed_steps_are_eager_max_of_gpu_and_issue_time(engine_cost):
     e = engine_cost.engine
     mixed = Batch(prefill_new_tokens=(8,), prefill_context_tokens=(0,), decode_context_tokens=(40, 40))
     gpu = engine_cost.gpu_s("paged", 10, [8], [0], 2, 80, 40)
-    expect = max(gpu, e.issue_s(True, True)) + e.eager_residual_s + e.host_s(10, 8, False)
+    expect = max(gpu, e.issue_s(True, True)) + e.eager_residual_s + e.host_s(3, 8, False)
     assert engine_cost.step_time(mixed) == pytest.approx(expect, rel=1e-12)

@@ -4,7 +4,10 @@
     runner.run(batch)                 # one real step on the GPU
     policy.on_step_done(batch, now)   # now = when the sampled tokens reached the host
 
-Time is seconds since the run started on the host's monotonic clock.
+Before the clock starts the runner warms up (first-use costs paid off the
+clock) and the objects built so far are frozen out of the garbage
+collector. Time is seconds since the run started on the host's monotonic
+clock.
 Requests arrive in real time from the same list the simulator replays: at
 every step boundary the loop hands the policy each request whose arrival
 time has passed, as the SimPy driver's arrival process does. When nothing is
@@ -17,6 +20,7 @@ reproduces the run (``sim.cost.replay``).
 """
 from __future__ import annotations
 
+import gc
 import json
 import math
 import time
@@ -43,6 +47,9 @@ def serve(requests: Sequence[Request], policy: Policy, runner, *,
     (the simulator's ``SimResult``) and, per step, where its time went and
     its shape (``STEP_COLUMNS``, one value per timeline row)."""
     progress = on_progress or (lambda n: None)
+    runner.warm_up()
+    gc.collect()
+    gc.freeze()          # setup's objects stay out of the collections that run while serving
     timeline = Timeline()
     steps: dict[str, list] = {c: [] for c in STEP_COLUMNS}
     t0 = clock()
@@ -85,6 +92,7 @@ def serve(requests: Sequence[Request], policy: Policy, runner, *,
         _record_shape(steps, batch)
         events += 1
         now = end
+    gc.unfreeze()
     result = close_run(requests, arrived, [policy], timeline, now_s=now, wall_s=clock() - t0,
                        events=events, steps=len(steps["schedule_s"]))
     return result, steps

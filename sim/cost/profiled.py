@@ -155,16 +155,18 @@ class EngineTerms:
     graph_residual_s: float
     eager_residual_s: float
 
-    def host_s(self, rows: int, prefill_tokens: int, graphed: bool) -> float:
+    def host_s(self, seqs: int, prefill_tokens: int, graphed: bool) -> float:
+        """Host seconds of a step of ``seqs`` sequence rows (padding rows
+        included) and ``prefill_tokens`` prefill tokens."""
         c0, c1, c2, c3 = self.host_coef
-        return c0 + c1 * rows + c2 * prefill_tokens + c3 * graphed
+        return c0 + c1 * seqs + c2 * prefill_tokens + c3 * graphed
 
     def issue_s(self, has_prefill: bool, has_decode: bool) -> float:
         c0, c1, c2 = self.issue_coef
         return c0 + c1 * has_prefill + c2 * has_decode
 
 
-ENGINE_STEP_COLUMNS = ("layout", "batch_rows", "graph_batch", "step_s", "launch_s", "wait_s",
+ENGINE_STEP_COLUMNS = ("layout", "batch_rows", "graph_batch", "step_s", "launch_s", "wait_s",   # rows: sequences
                        "prefill_new_tokens", "prefill_context_tokens", "decode_seqs",
                        "decode_context_sum", "decode_context_max")
 
@@ -192,14 +194,15 @@ def _engine_terms(path: Path, cost: "ProfiledCostModel", max_batch_size: int) ->
     _check_enum(df, "layout", LAYOUTS, path)
     new, ctx = _json_lists(df, "prefill_new_tokens", path), _json_lists(df, "prefill_context_tokens", path)
     graph = df["graph_batch"].to_numpy(int)
-    rows = df["batch_rows"].to_numpy(int)
+    seqs = df["batch_rows"].to_numpy(int)
+    decode_seqs = df["decode_seqs"].to_numpy(int)
+    prefill_tokens = np.array([sum(n) for n in new], dtype=float)
+    token_rows = np.where(graph > 0, graph, prefill_tokens + decode_seqs).astype(int)
     device = (df["launch_s"] + df["wait_s"]).to_numpy(float)
     host = df["step_s"].to_numpy(float) - device
-    gpu = np.array([cost.gpu_s(lay, g if g else r, n, c, d, ds, dm) for lay, g, r, n, c, d, ds, dm in zip(
-        df["layout"], graph, rows, new, ctx, df["decode_seqs"], df["decode_context_sum"],
-        df["decode_context_max"])])
-    prefill_tokens = np.array([sum(n) for n in new], dtype=float)
-    features = np.column_stack([np.ones(len(df)), rows, prefill_tokens, graph > 0])
+    gpu = np.array([cost.gpu_s(lay, r, n, c, d, ds, dm) for lay, r, n, c, d, ds, dm in zip(
+        df["layout"], token_rows, new, ctx, decode_seqs, df["decode_context_sum"], df["decode_context_max"])])
+    features = np.column_stack([np.ones(len(df)), seqs, prefill_tokens, graph > 0])
     host_coef = _nnls(features, host)
     eager = graph == 0
     has_p = np.array([bool(n) for n in new])
@@ -448,7 +451,7 @@ class ProfiledCostModel:
         rows = sum(new) + decode_seqs
         engine = self.engine
         if rows == 0:
-            return (engine.host_s(0, 0, False) if engine else 0.0), 0.0, swap
+            return (engine.host_s(len(new) + decode_seqs, 0, False) if engine else 0.0), 0.0, swap
         args = (new, context, decode_seqs, decode_context_sum, decode_context_max)
         if engine is None:
             return 0.0, self.gpu_s(layout, rows, *args), swap
@@ -458,7 +461,7 @@ class ProfiledCostModel:
         else:
             device = max(self.gpu_s(layout, rows, *args), engine.issue_s(bool(new), bool(decode_seqs))) \
                 + engine.eager_residual_s
-        return engine.host_s(rows, sum(new), bucket is not None), device, swap
+        return engine.host_s(len(new) + decode_seqs, sum(new), bucket is not None), device, swap
 
     def step_time(self, batch: Batch) -> float:
         dec = batch.decode_context_tokens
