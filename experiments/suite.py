@@ -84,4 +84,18 @@ def serve_suite(suite: Path, out: Path, only: list[str], plots: bool = True, log
             f"{s['throughput_rps']:.2f} req/s, {s['sim_steps']} steps, {s['preemptions']} preemptions, "
             f"wall {time.perf_counter() - started:.1f} s")
         written.append(run_dir)
+        del output
+        _release_device_memory()        # the next run plans its KV cache from an empty GPU
     return written
+
+
+def _release_device_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+    except ImportError:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
