@@ -41,6 +41,7 @@ class Device:
     backend: str = "triton"
     dtype: str = "bfloat16"
     use_graphs: bool = True
+    warm_up_steps: int = 32
 
 
 def check_servable(cfg: ExperimentConfig, device: Device) -> None:
@@ -121,7 +122,8 @@ def serve_experiment(cfg: ExperimentConfig, device: Device = Device(), progress:
     policy = POLICIES[cfg.engine.batching.policy](cfg.engine.batching, kv, model, cfg.record_token_times)
     runner = ModelRunner(model, weights, kv, device=device.kind, backend=device.backend, dtype=dtype,
                          max_batch_size=cfg.engine.batching.max_batch_size, use_graphs=device.use_graphs,
-                         swap=cfg.engine.batching.preemption == "swap", seed=cfg.seed)
+                         swap=cfg.engine.batching.preemption == "swap", seed=cfg.seed,
+                         warm_up_steps=device.warm_up_steps)
     requests = make_requests(cfg)
     setup_s = time.perf_counter() - started
     bar = progress_bar(len(requests), cfg.name) if progress else None

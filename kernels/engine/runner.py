@@ -85,13 +85,14 @@ class ModelRunner:
 
     def __init__(self, model: ModelSpec, weights: Weights, kv, *, device="cuda", backend="triton",
                  dtype=torch.bfloat16, max_batch_size: int = 256, use_graphs: bool = True,
-                 swap: bool = False, seed: int = 0) -> None:
+                 swap: bool = False, seed: int = 0, warm_up_steps: int = 32) -> None:
         self.geom, self.kv, self.device = model, kv, torch.device(device)
         self.layout = kv.layout
         self.block_size = getattr(kv, "block_size", 16)
         self.width = table_width(model, self.block_size)
         self.model = Transformer(model, weights, backend)
         self.seed = seed
+        self.warm_up_steps = warm_up_steps
         self._tokens: dict[int, list[int]] = {}
         if self.layout == "paged":
             self.cache = PagedKVCache(model, kv.num_blocks + 1, block_size=self.block_size, dtype=dtype,
@@ -134,14 +135,14 @@ class ModelRunner:
                          np.zeros(rows, np.int64), self.layout, block_size=self.block_size, width=self.width,
                          max_context_tokens=self.geom.max_context_tokens, scratch=self.scratch)
 
-    def warm_up(self, num_steps: int = 32, max_tokens: int = 2048) -> None:
+    def warm_up(self, num_steps: int | None = None, max_tokens: int = 2048) -> None:
         """Eager steps of assorted shapes on padding rows (nothing written), so
         that first-use costs -- kernel specialisations, GEMM heuristics,
         allocator growth -- are paid before serving starts, as a production
         engine does before it takes requests."""
         rng = np.random.default_rng(self.seed)
         top = max(8, min(max_tokens, self.geom.max_context_tokens))
-        for i in range(num_steps):
+        for i in range(self.warm_up_steps if num_steps is None else num_steps):
             prompts = np.exp(rng.uniform(np.log(8), np.log(top), int(rng.integers(1, 4)))).astype(np.int64)
             decodes = 0 if i % 4 == 0 else int(rng.integers(1, 65))
             new = np.concatenate([prompts, np.ones(decodes, np.int64)])

@@ -27,7 +27,7 @@ from sim.router import ROUTERS
 
 TINY = dict(name="tiny", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16,
             ffn_size=96, vocab_size=101, max_context_tokens=128, dtype="bf16")
-CPU = Device("cpu", "reference", "float32")
+CPU = Device("cpu", "reference", "float32", warm_up_steps=2)
 
 # (policy, memory) -> a config that exercises it; small pools force preemption
 CONFIGS = {

@@ -34,7 +34,7 @@ def real_run(tmp_path_factory):
                                    output=dict(dist="uniform", low=2, high=20))),
         engine=dict(batching=dict(policy="continuous", max_batch_size=16, max_batch_tokens=256),
                     memory=dict(layout="paged", block_size=4, num_blocks=60))))
-    out = serve_experiment(cfg, Device("cpu", "reference", "float32"))
+    out = serve_experiment(cfg, Device("cpu", "reference", "float32", warm_up_steps=2))
     write_outputs(out, root / "runs" / "tiny-real", plots=False)
     profile = write_profile(root / "profiles" / "h200" / "tiny")
     cost = ProfiledCostModel.from_dir(profile, ModelSpec(**MODEL), HARDWARE["h200"])
