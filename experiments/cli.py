@@ -81,7 +81,7 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
     from experiments.fidelity import fidelity
 
     _check_out_dir(Path(args.out))
-    command = "pagesim fidelity " + " ".join(args.argv_text)
+    command = "pagesim fidelity " + " ".join(_abbreviated(args.argv_text, args.runs))
     text = fidelity([Path(d) for d in args.runs], Path(args.out), Path(args.report) if args.report else None,
                     Path(args.notes) if args.notes else None, command=command,
                     log=lambda line: print(line, flush=True), profiles=args.profiles)
@@ -89,6 +89,27 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
         print(text[text.index("## Summary"):text.index("## Runs")].strip())
     print(f"wrote {args.out}/fidelity.md, fidelity.csv, plots/" + (f" and {args.report}" if args.report else ""))
     return 0
+
+
+def _abbreviated(argv: list[str], runs: list[str]) -> list[str]:
+    """The command line with a long list of run directories that make up one
+    folder written as ``FOLDER/*``, as the user most likely typed it."""
+    parents = {str(Path(r).parent) for r in runs}
+    if len(runs) <= 3 or len(parents) != 1:
+        return argv
+    parent = parents.pop()
+    everything = {str(p) for p in Path(parent).iterdir() if p.is_dir()}
+    if {str(Path(r)) for r in runs} != everything:
+        return argv
+    out, inserted = [], False
+    for arg in argv:
+        if arg in runs:
+            if not inserted:
+                out.append(f"{parent}/*")
+                inserted = True
+        else:
+            out.append(arg)
+    return out
 
 
 def _check_out_dir(out: Path) -> None:

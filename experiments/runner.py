@@ -16,7 +16,7 @@ import yaml
 
 from experiments.atomic import umask
 from experiments.config import ExperimentConfig, resolved_dict
-from sim.cost import build_cost_model
+from sim.cost import CostModel, build_cost_model
 from sim.driver import simulate
 from sim.result import SimResult
 from sim.memory.capacity import build_kv_manager
@@ -48,9 +48,10 @@ def make_requests(cfg: ExperimentConfig) -> list[Request]:
 
 
 def run_experiment(cfg: ExperimentConfig, progress: bool = False,
-                   log: Callable[[str], None] | None = None) -> RunOutput:
+                   log: Callable[[str], None] | None = None, cost: CostModel | None = None) -> RunOutput:
     """Build and simulate ``cfg``. ``log`` receives one-line notes (which cost
-    model is in use, rejected requests) as soon as they are known."""
+    model is in use, rejected requests) as soon as they are known. ``cost``,
+    if given, prices every replica's steps instead of the config's cost model."""
     model = resolve_model(cfg.model)
     hardware = resolve_hardware(cfg.hardware)
     requests = make_requests(cfg)
@@ -61,8 +62,11 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = False,
     for _ in range(engine.replicas):
         kv = build_kv_manager(engine.memory, model, hardware)
         policies.append(policy_cls(engine.batching, kv, model, cfg.record_token_times))
-        cost, note = build_cost_model(engine.cost_model, model, hardware, engine.batching.max_batch_size)
-        costs.append(cost)
+        if cost is None:
+            built, note = build_cost_model(engine.cost_model, model, hardware, engine.batching.max_batch_size)
+        else:
+            built, note = cost, f"cost model: {cost.name} (given)"
+        costs.append(built)
     notes.append(note)
     if log:
         log(note)
