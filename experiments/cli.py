@@ -22,17 +22,39 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                         "repeatable (e.g. --set engine.batching.policy=static)")
 
 
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    """A config and one run's output directory (``run`` and ``serve``)."""
+    _add_config_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (replaced atomically)")
+    p.add_argument("--csv", action="store_true", help="also write requests.csv")
+    p.add_argument("--no-plots", action="store_true", help="skip the plots")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary line")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    from experiments.runner import run_experiment
+
+    return _produce_run(args, run_experiment, "steps")
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from experiments.serve import serve_experiment
+
+    _check_out_dir(Path(args.out))
+    return _produce_run(args, serve_experiment, "real steps")
+
+
+def _produce_run(args: argparse.Namespace, produce, steps_word: str) -> int:
+    """Load the config, ``produce`` a run (simulated or real), write the output contract."""
     from experiments.config import load_config
-    from experiments.runner import run_experiment, write_outputs
+    from experiments.runner import write_outputs
 
     cfg, _ = load_config(args.config, args.overrides)
-    out = run_experiment(cfg, progress=not args.quiet,
-                         log=None if args.quiet else lambda note: print(note, file=sys.stderr))
+    out = produce(cfg, progress=not args.quiet,
+                  log=None if args.quiet else lambda note: print(note, file=sys.stderr))
     write_outputs(out, Path(args.out), csv=args.csv, plots=not args.no_plots)
-    s = out.summary
     if not args.quiet:
-        print(_one_line(s))
+        print(_one_line(out.summary).replace(" steps in ", f" {steps_word} in "))
         print(f"wrote {args.out}/ (config.yaml, requests.parquet, timeline.parquet, summary.json"
               f"{', plots/' if not args.no_plots else ''})")
     return 0
@@ -49,23 +71,6 @@ def _one_line(s: dict) -> str:
             f"KV util {f(s['kv_utilization_mean'], '.1%')}, batch {f(s['mean_batch_size'], '.1f')}, "
             f"finished {c['finished']}/{c['arrived']} (rejected {c['rejected']}, "
             f"unfinished {c['unfinished']}), {s['sim_steps']} steps in {s['sim_wall_s']:.2f} s")
-
-
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from experiments.config import load_config
-    from experiments.runner import write_outputs
-    from experiments.serve import serve_experiment
-
-    cfg, _ = load_config(args.config, args.overrides)
-    _check_out_dir(Path(args.out))
-    out = serve_experiment(cfg, progress=not args.quiet,
-                           log=None if args.quiet else lambda note: print(note, file=sys.stderr))
-    write_outputs(out, Path(args.out), csv=args.csv, plots=not args.no_plots)
-    if not args.quiet:
-        print(_one_line(out.summary).replace(" steps in ", " real steps in "))
-        print(f"wrote {args.out}/ (config.yaml, requests.parquet, timeline.parquet, summary.json"
-              f"{', plots/' if not args.no_plots else ''})")
-    return 0
 
 
 def _cmd_serve_suite(args: argparse.Namespace) -> int:
@@ -191,11 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run one experiment and write results + plots",
                        description="Run one experiment config and write DIR/config.yaml, "
                                    "requests.parquet, timeline.parquet, summary.json and plots/.")
-    _add_config_args(p)
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (replaced atomically)")
-    p.add_argument("--csv", action="store_true", help="also write requests.csv")
-    p.add_argument("--no-plots", action="store_true", help="skip the plots")
-    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary line")
+    _add_run_args(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("sweep", help="run the cartesian product of a config's sweep: section",
@@ -221,11 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "GPU, with pagesim's Triton kernels and random weights of the model's "
                                    "geometry -- and write the same DIR/ as pagesim run (the timeline holds "
                                    "real step durations). Needs a CUDA GPU matching the config's hardware.")
-    _add_config_args(p)
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (replaced atomically)")
-    p.add_argument("--csv", action="store_true", help="also write requests.csv")
-    p.add_argument("--no-plots", action="store_true", help="skip the plots")
-    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary line")
+    _add_run_args(p)
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("serve-suite", help="serve every run of a fidelity suite (GPU), resumable",

@@ -18,15 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.ops.decode_common import (
-    DecodeTiles,
-    check_decode_inputs,
-    invalid,
-    launch_decode,
-    pick_tiles,
-    resolve_num_splits,
-    resolve_scale,
-)
+from kernels.ops.decode_common import DecodeTiles, check_decode_inputs, checked_launch, invalid
 
 _WHERE = "contiguous_decode_attention"
 
@@ -76,11 +68,5 @@ def contiguous_decode_with_tiles(q, k_cache, v_cache, context_lens, scale=None,
                                   f"got {max_context_tokens!r}")
         k_lin, v_lin = k_cache.unsqueeze(0), v_cache.unsqueeze(0)
     check_decode_inputs(_WHERE, q, k_lin, v_lin, context_lens, out)
-    head_dim = q.shape[2]
-    scale = resolve_scale(_WHERE, scale, head_dim)
-    num_splits = resolve_num_splits(_WHERE, num_splits, batch, k_lin.shape[2], max_context_tokens,
-                                    q.device)
-    out = torch.empty_like(q) if out is None else out
-    return launch_decode(q, k_lin, v_lin, context_lens, seq_starts, paged=False,
-                         scale=scale, num_splits=num_splits, out=out,
-                         tiles=tiles or pick_tiles(head_dim))
+    return checked_launch(_WHERE, q, k_lin, v_lin, context_lens, seq_starts, paged=False, scale=scale,
+                          num_splits=num_splits, max_context_tokens=max_context_tokens, out=out, tiles=tiles)

@@ -274,6 +274,19 @@ def launch_decode(q, k_cache, v_cache, context_lens, block_tables, *, paged: boo
     return out
 
 
+def checked_launch(where: str, q, k_cache, v_cache, context_lens, index, *, paged: bool, scale,
+                   num_splits, max_context_tokens: int, out, tiles: DecodeTiles | None):
+    """What both wrappers do once their layout's own inputs are checked:
+    resolve scale and split-K (bounded by ``max_context_tokens``), allocate
+    ``out`` if not given, launch."""
+    batch, _, head_dim = q.shape
+    scale = resolve_scale(where, scale, head_dim)
+    num_splits = resolve_num_splits(where, num_splits, batch, k_cache.shape[2], max_context_tokens, q.device)
+    out = torch.empty_like(q) if out is None else out
+    return launch_decode(q, k_cache, v_cache, context_lens, index, paged=paged, scale=scale,
+                         num_splits=num_splits, out=out, tiles=tiles or pick_tiles(head_dim))
+
+
 def invalid(where: str, message: str) -> ValueError:
     """The error a wrapper raises for bad input (messages are built only on failure:
     the checks run on every launch)."""

@@ -10,15 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.ops.decode_common import (
-    DecodeTiles,
-    check_decode_inputs,
-    launch_decode,
-    pick_tiles,
-    invalid,
-    resolve_num_splits,
-    resolve_scale,
-)
+from kernels.ops.decode_common import DecodeTiles, check_decode_inputs, checked_launch, invalid
 
 _WHERE = "paged_decode_attention"
 
@@ -57,12 +49,6 @@ def paged_decode_with_tiles(q, k_cache, v_cache, block_tables, context_lens, sca
     """``paged_decode_attention`` with an explicit launch shape (tests, tuning)."""
     check_decode_inputs(_WHERE, q, k_cache, v_cache, context_lens, out)
     _check_block_tables(q, k_cache, block_tables)
-    batch, _, head_dim = q.shape
-    scale = resolve_scale(_WHERE, scale, head_dim)
-    max_tokens = block_tables.shape[1] * k_cache.shape[1]
-    num_splits = resolve_num_splits(_WHERE, num_splits, batch, k_cache.shape[2], max_tokens,
-                                    q.device)
-    out = torch.empty_like(q) if out is None else out
-    return launch_decode(q, k_cache, v_cache, context_lens, block_tables, paged=True,
-                         scale=scale, num_splits=num_splits, out=out,
-                         tiles=tiles or pick_tiles(head_dim))
+    return checked_launch(_WHERE, q, k_cache, v_cache, context_lens, block_tables, paged=True, scale=scale,
+                          num_splits=num_splits, max_context_tokens=block_tables.shape[1] * k_cache.shape[1],
+                          out=out, tiles=tiles)
