@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kernels.calibration.model import Composition, Transformer, random_weights
+from kernels.calibration.inputs import Composition
+from kernels.calibration.model import Transformer, random_weights
 from sim.presets import MODELS
 from kernels.calibration.profile import DEVICE, WEIGHT_SETS, GraphTimer, _copies, _randn, time_step
 

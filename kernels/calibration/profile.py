@@ -38,10 +38,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kernels.calibration.model import (
-    Composition, ContiguousKVCache, PagedKVCache, Transformer, dense_logits, place, prepare_step,
-    random_token_ids, random_weights,
-)
+from kernels.calibration.cache import ContiguousKVCache, PagedKVCache, place
+from kernels.calibration.inputs import Composition, prepare_step
+from kernels.calibration.model import Transformer, dense_logits, random_token_ids, random_weights
 from sim.presets import MODELS, ModelSpec
 
 DEVICE = "cuda"

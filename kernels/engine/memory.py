@@ -13,7 +13,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from kernels.calibration.model import Composition, PagedKVCache, Transformer, Weights, place, prepare_step
+from kernels.calibration.cache import PagedKVCache, place
+from kernels.calibration.inputs import Composition, prepare_step
+from kernels.calibration.model import Transformer, Weights
 from sim.memory.capacity import kv_capacity_tokens
 from sim.presets import HardwareSpec, ModelSpec
 

@@ -32,10 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kernels.calibration.model import (
-    ContiguousKVCache, HostStep, PagedKVCache, Rows, StepInputs, Transformer, Weights, host_step,
-    table_width,
-)
+from kernels.calibration.cache import ContiguousKVCache, PagedKVCache
+from kernels.calibration.inputs import HostStep, Rows, StepInputs, host_step, table_width
+from kernels.calibration.model import Transformer, Weights
 from sim.batch import Batch
 from sim.cost.graphs import bucket_for, graph_batch_sizes
 from sim.presets import ModelSpec

@@ -67,13 +67,14 @@ import pandas as pd
 
 from sim.batch import Batch
 from sim.cost.base import decode_run_times_by_steps
-from sim.cost.graphs import bucket_for, graph_batch_sizes
+from sim.cost.engine_terms import EngineTerms, fit_engine_terms
+from sim.cost.graphs import bucket_for
 from sim.cost.interpolation import Bilinear, PiecewiseLinear, _summed
+from sim.cost.profile_io import LAYOUTS, check_enum, json_lists, nnls, read_csv
 from sim.presets import HardwareSpec, ModelSpec
 
 REQUIRED_FILES = ("gemm.csv", "elementwise.csv", "decode_attention.csv", "prefill_attention.csv",
                   "overhead.csv", "provenance.json")
-LAYOUTS = ("paged", "contiguous")
 OPERATOR_COLUMNS = ("op", "scope", "axis", "layout", "calls", "count", "seconds")
 GEOMETRY_FIELDS = ("hidden_size", "num_heads", "num_kv_heads", "head_dim", "ffn_size", "vocab_size", "mlp")
 FIXED_OVERHEADS = ("graph_launch_s",)
@@ -145,123 +146,7 @@ def prefill_features(new_tokens, context_tokens, block_m: int, num_heads: int, n
     return np.array(_features(new_tokens, context_tokens, block_m, num_heads, num_sms))
 
 
-@dataclass(frozen=True)
-class EngineTerms:
-    """What the real engine adds to a step's GPU time (module docstring)."""
-
-    graph_sizes: tuple[int, ...]
-    host_coef: tuple[float, ...]      # . host_features()
-    issue_coef: tuple[float, ...]     # . (1, has prefill, has decode): eager issue time
-    graph_residual_s: float
-    eager_residual_s: float
-
-    def host_s(self, seqs: int, prefill_tokens: int, graphed: bool) -> float:
-        """Host seconds of a step of ``seqs`` sequence rows (padding rows
-        included) and ``prefill_tokens`` prefill tokens."""
-        c0, c1, c2, c3 = self.host_coef
-        return c0 + c1 * seqs + c2 * prefill_tokens + c3 * graphed
-
-    def issue_s(self, has_prefill: bool, has_decode: bool) -> float:
-        c0, c1, c2 = self.issue_coef
-        return c0 + c1 * has_prefill + c2 * has_decode
-
-
-ENGINE_STEP_COLUMNS = ("layout", "batch_rows", "graph_batch", "step_s", "launch_s", "wait_s",   # rows: sequences
-                       "prefill_new_tokens", "prefill_context_tokens", "decode_seqs",
-                       "decode_context_sum", "decode_context_max")
-
-
-def _nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Least squares with non-negative coefficients (drop the most negative
-    feature until none is negative)."""
-    active = list(range(x.shape[1]))
-    while True:
-        sol = np.linalg.lstsq(x[:, active], y, rcond=None)[0]
-        if (sol >= 0).all() or len(active) == 1:
-            break
-        active.pop(int(np.argmin(sol)))
-    coef = np.zeros(x.shape[1])
-    coef[active] = np.maximum(sol, 0)
-    return coef
-
-
-def _engine_terms(path: Path, cost: "ProfiledCostModel", max_batch_size: int) -> EngineTerms | None:
-    """Fit the engine's host, issue and residual terms on the calibration
-    serving runs of ``engine_steps.csv``; None without the file."""
-    if not path.is_file():
-        return None
-    df = _read_csv(path, ENGINE_STEP_COLUMNS)
-    _check_enum(df, "layout", LAYOUTS, path)
-    new, ctx = _json_lists(df, "prefill_new_tokens", path), _json_lists(df, "prefill_context_tokens", path)
-    graph = df["graph_batch"].to_numpy(int)
-    seqs = df["batch_rows"].to_numpy(int)
-    decode_seqs = df["decode_seqs"].to_numpy(int)
-    prefill_tokens = np.array([sum(n) for n in new], dtype=float)
-    token_rows = np.where(graph > 0, graph, prefill_tokens + decode_seqs).astype(int)
-    device = (df["launch_s"] + df["wait_s"]).to_numpy(float)
-    host = df["step_s"].to_numpy(float) - device
-    gpu = np.array([cost.gpu_s(lay, r, n, c, d, ds, dm) for lay, r, n, c, d, ds, dm in zip(
-        df["layout"], token_rows, new, ctx, decode_seqs, df["decode_context_sum"], df["decode_context_max"])])
-    features = np.column_stack([np.ones(len(df)), seqs, prefill_tokens, graph > 0])
-    host_coef = _nnls(features, host)
-    eager = graph == 0
-    has_p = np.array([bool(n) for n in new])
-    has_d = df["decode_seqs"].to_numpy(int) > 0
-    issue = df["launch_s"].to_numpy(float)
-    if eager.sum() >= 3:
-        issue_coef = _nnls(np.column_stack([np.ones(eager.sum()), has_p[eager], has_d[eager]]), issue[eager])
-        eager_res = float(np.median(device[eager] - np.maximum(gpu[eager], issue[eager])))
-    else:
-        issue_coef, eager_res = np.zeros(3), 0.0
-    graph_res = float(np.median(device[~eager] - gpu[~eager])) if (~eager).any() else 0.0
-    return EngineTerms(graph_batch_sizes(max_batch_size), tuple(map(float, host_coef)),
-                       tuple(map(float, issue_coef)), graph_res, eager_res)
-
-
 # ---- loading -----------------------------------------------------------------
-def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    if not path.is_file():
-        raise ValueError(f"{path}: missing profile file (run `pagesim calibrate` on the GPU)")
-    try:
-        df = pd.read_csv(path, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not a readable CSV ({exc})") from exc
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(columns)}")
-    if df.empty:
-        raise ValueError(f"{path}: no rows")
-    seconds = pd.to_numeric(df["seconds"], errors="coerce") if "seconds" in df else None
-    if seconds is not None:
-        bad = np.flatnonzero(~np.isfinite(seconds.to_numpy(dtype=float)) | (seconds.to_numpy(dtype=float) < 0))
-        if len(bad):
-            raise ValueError(f"{path}: row {bad[0] + 2}: seconds must be a finite number >= 0, "
-                             f"got {df['seconds'].iloc[bad[0]]!r}")
-        df["seconds"] = seconds.astype(float)
-    return df
-
-
-def _json_lists(df: pd.DataFrame, column: str, path: Path) -> list[list[int]]:
-    out = []
-    for i, text in enumerate(df[column]):
-        try:
-            value = json.loads(text)
-            if not isinstance(value, list) or not all(isinstance(v, int) and v >= 0 for v in value):
-                raise ValueError("not a list of non-negative integers")
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"{path}: row {i + 2}: {column} must be a JSON list of token counts, "
-                             f"got {text!r} ({exc})") from exc
-        out.append(value)
-    return out
-
-
-def _check_enum(df: pd.DataFrame, column: str, allowed: tuple[str, ...], path: Path) -> None:
-    bad = ~df[column].isin(allowed)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{path}: row {i + 2}: {column} {df[column].iloc[i]!r}; allowed: {', '.join(allowed)}")
-
-
 def _operator_tables(frames: list[tuple[pd.DataFrame, Path]], num_layers: int):
     """Per layout: summed token table; and the summed sequence table."""
     tokens: dict[str, list[tuple[PiecewiseLinear, float]]] = {lay: [] for lay in LAYOUTS}
@@ -269,7 +154,7 @@ def _operator_tables(frames: list[tuple[pd.DataFrame, Path]], num_layers: int):
     for df, path in frames:
         for col, allowed in (("scope", ("layer", "step")), ("axis", ("tokens", "seqs")),
                              ("layout", ("any", *LAYOUTS))):
-            _check_enum(df, col, allowed, path)
+            check_enum(df, col, allowed, path)
         for (op, scope, axis, layout), g in df.groupby(["op", "scope", "axis", "layout"], sort=True):
             if g["count"].duplicated().any():
                 raise ValueError(f"{path}: operator {op} ({layout}) has duplicate counts")
@@ -321,7 +206,7 @@ def _fit_prefill(df: pd.DataFrame, path: Path, layout: str, shape: tuple[int, in
     """Non-negative least squares on relative error (drop the most negative
     feature until none is negative)."""
     rows = df[df["layout"].isin(("any", layout))]
-    new, ctx = _json_lists(rows, "new_tokens", path), _json_lists(rows, "context_tokens", path)
+    new, ctx = json_lists(rows, "new_tokens", path), json_lists(rows, "context_tokens", path)
     if len(rows) < 5 or any(len(n) != len(c) or not n for n, c in zip(new, ctx)):
         raise ValueError(f"{path}: layout {layout} needs >= 5 prompt mixes (layout 'any' or '{layout}') "
                          f"with as many context counts as prompts")
@@ -330,14 +215,7 @@ def _fit_prefill(df: pd.DataFrame, path: Path, layout: str, shape: tuple[int, in
     a = x / np.maximum(y, 1e-12)[:, None]
     norm = np.where(np.abs(a).max(axis=0) > 0, np.abs(a).max(axis=0), 1.0)
     active = [j for j in range(x.shape[1]) if np.abs(x[:, j]).max() > 0]
-    while True:
-        sol = np.linalg.lstsq(a[:, active] / norm[active], np.ones(len(y)), rcond=None)[0]
-        if (sol >= 0).all() or len(active) == 1:
-            break
-        active.pop(int(np.argmin(sol)))
-    coef = np.zeros(x.shape[1])
-    coef[active] = np.maximum(sol, 0) / norm[active]
-    return tuple(float(c) for c in coef)
+    return tuple(float(c) for c in nnls(a / norm, np.ones(len(y)), active) / norm)
 
 
 def _calibration_residual_s(path: Path, cost: "ProfiledCostModel") -> float:
@@ -346,13 +224,13 @@ def _calibration_residual_s(path: Path, cost: "ProfiledCostModel") -> float:
     transitions). 0 without ``steps.csv``. Held-out rows are never read."""
     if not path.is_file():
         return 0.0
-    steps = _read_csv(path, ("split", "layout", "prefill_new_tokens", "prefill_context_tokens",
+    steps = read_csv(path, ("split", "layout", "prefill_new_tokens", "prefill_context_tokens",
                              "decode_context_tokens", "measured_s"))
     calib = steps[steps["split"] == "calibration"]
     if calib.empty:
         return 0.0
-    _check_enum(calib, "layout", LAYOUTS, path)
-    lists = [_json_lists(calib, c, path) for c in ("prefill_new_tokens", "prefill_context_tokens",
+    check_enum(calib, "layout", LAYOUTS, path)
+    lists = [json_lists(calib, c, path) for c in ("prefill_new_tokens", "prefill_context_tokens",
                                                     "decode_context_tokens")]
     predicted = [cost.step_time(Batch(tuple(n), tuple(c), tuple(d), kv_layout=lay))
                  for n, c, d, lay in zip(*lists, calib["layout"])]
@@ -406,18 +284,18 @@ class ProfiledCostModel:
         if ratio is not None and not (np.isfinite(ratio) and ratio > 0):
             raise ValueError(f"paged_attention_overhead must be a positive number or None, got {ratio!r}")
         prov = _read_provenance(path / "provenance.json", model)
-        frames = [(_read_csv(path / f, OPERATOR_COLUMNS), path / f) for f in ("gemm.csv", "elementwise.csv")]
+        frames = [(read_csv(path / f, OPERATOR_COLUMNS), path / f) for f in ("gemm.csv", "elementwise.csv")]
         tokens, seqs = _operator_tables(frames, model.num_layers)
         dec_path, pre_path = path / "decode_attention.csv", path / "prefill_attention.csv"
-        dec = _read_csv(dec_path, ("layout", "kind", "batch", "mean_context_tokens", "max_context_tokens",
+        dec = read_csv(dec_path, ("layout", "kind", "batch", "mean_context_tokens", "max_context_tokens",
                                    "seconds"))
-        _check_enum(dec, "kind", ("uniform", "skewed"), dec_path)
-        pre = _read_csv(pre_path, ("layout", "new_tokens", "context_tokens", "seconds"))
-        _check_enum(pre, "layout", ("any", *LAYOUTS), pre_path)
+        check_enum(dec, "kind", ("uniform", "skewed"), dec_path)
+        pre = read_csv(pre_path, ("layout", "new_tokens", "context_tokens", "seconds"))
+        check_enum(pre, "layout", ("any", *LAYOUTS), pre_path)
         shape = (int(prov.get("prefill_block_m", 128)), model.num_heads, int(prov.get("num_sms", hardware.num_sms)))
         prefill = {lay: PrefillAttention(_fit_prefill(pre, pre_path, lay, shape), *shape) for lay in LAYOUTS}
         decode = {lay: _decode_attention(dec, dec_path, lay, 1.0) for lay in LAYOUTS}
-        overhead = _read_csv(path / "overhead.csv", ("name", "seconds"))
+        overhead = read_csv(path / "overhead.csv", ("name", "seconds"))
         cost = cls(num_layers=model.num_layers, tokens=tokens, seqs=seqs, decode=decode, prefill=prefill,
                    fixed_s=float(overhead.loc[overhead["name"].isin(FIXED_OVERHEADS), "seconds"].sum()),
                    swap_s_per_token=model.kv_bytes_per_token / hardware.pcie_bandwidth_Bps, source=str(path))
@@ -427,7 +305,7 @@ class ProfiledCostModel:
             prefill["paged"] = PrefillAttention((*c[:3], c[3] * ratio, c[4]), *shape)
             decode["paged"] = _decode_attention(dec, dec_path, "contiguous", float(ratio))
         if engine:
-            cost.engine = _engine_terms(path / "engine_steps.csv", cost, max_batch_size)
+            cost.engine = fit_engine_terms(path / "engine_steps.csv", cost, max_batch_size)
         return cost
 
     def gpu_s(self, layout: str, rows: int, new, context, decode_seqs: int, decode_context_sum: int,

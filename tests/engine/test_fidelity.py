@@ -12,7 +12,7 @@ import pytest
 
 from experiments.cli import main
 from experiments.config import validate
-from experiments.fidelity import load_real_run, replay_check
+from experiments.fidelity.compare import load_real_run, replay_check
 from experiments.runner import write_outputs
 from experiments.serve import Device, serve_experiment
 from sim.cost.profiled import ProfiledCostModel

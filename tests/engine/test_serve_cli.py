@@ -20,7 +20,7 @@ CONFIG = {"seed": 0, "model": "llama-2-7b", "hardware": "h200",
                        "lengths": {"preset": "alpaca"}}}
 
 
-RUNS = Path(__file__).resolve().parents[2] / "experiments" / "fidelity" / "h200" / "runs"
+RUNS = Path(__file__).resolve().parents[2] / "experiments" / "results" / "fidelity" / "h200" / "runs"
 
 
 def _one_error(capsys) -> str:
@@ -60,7 +60,7 @@ def test_serve_suite_errors_name_the_run(tmp_path, capsys, monkeypatch):
 
 
 def test_the_committed_suite_loads_and_a_finished_run_is_recognised(tmp_path):
-    runs = load_suite(RUNS.parents[2] / "configs" / "fidelity" / "suite.yaml")
+    runs = load_suite(RUNS.parents[4] / "experiments" / "configs" / "fidelity" / "suite.yaml")
     assert len(runs) == 36 and all(cfg.workload.num_requests == 300 for cfg in runs.values())
     name = "llama-3-8b-preempt-swap"
     assert is_done(RUNS / name, runs[name])

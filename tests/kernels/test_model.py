@@ -11,10 +11,9 @@ import pytest  # noqa: E402
 
 torch = pytest.importorskip("torch")
 
-from kernels.calibration.model import (  # noqa: E402
-    Composition, ContiguousKVCache, PagedKVCache, Rows, Transformer, dense_logits, host_step,
-    place, prepare_step, random_weights,
-)
+from kernels.calibration.cache import ContiguousKVCache, PagedKVCache, place  # noqa: E402
+from kernels.calibration.inputs import Composition, Rows, host_step, prepare_step  # noqa: E402
+from kernels.calibration.model import Transformer, dense_logits, random_weights  # noqa: E402
 from sim.presets import ModelSpec  # noqa: E402
 
 TINY_LLAMA = ModelSpec(name="tiny-llama", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2,
