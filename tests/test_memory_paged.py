@@ -218,7 +218,7 @@ def test_check_invariants_catches_a_corrupted_ref_count():
     kv = make_cache()
     kv.allocate(1, 20, 40)
     kv.check_invariants()
-    kv._ref[0] = 2
+    kv._shared[0] = 2
     with pytest.raises(MemoryError_, match="ref counts"):
         kv.check_invariants()
 

@@ -18,6 +18,10 @@ of the free holes sorted by start; holes have positive size, never overlap and
 never touch (a freed range merges with its neighbours at once). Holes and the
 sequences' ranges tile ``[0, total_tokens)`` exactly.
 
+Each held sequence has a slot (``slots.SlotTable``) with its range's start
+and size and its token count, so the bulk act ``append_slots`` grows a whole
+array of sequences with a few numpy calls.
+
 Complexity with H holes: first-fit ``can_allocate``/``allocate`` O(H);
 ``free`` finds its neighbours by ``bisect`` in O(log H) and edits the lists in
 O(H) (a memmove); ``append`` and ``num_tokens`` are O(1).
@@ -27,7 +31,10 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
+
 from sim.memory.base import KVUsage, MemoryError_
+from sim.memory.slots import SlotTable
 
 if TYPE_CHECKING:
     from sim.memory.capacity import MemorySpec
@@ -53,8 +60,7 @@ class ContiguousKVManager:
         self.max_context_tokens = max_context_tokens
         self._hole_starts: list[int] = [0]
         self._hole_sizes: list[int] = [total_tokens]
-        self._ranges: dict[int, tuple[int, int]] = {}   # request_id -> (start, size)
-        self._tokens: dict[int, int] = {}
+        self._seqs = SlotTable({"start": np.int64, "size": np.int64, "tokens": np.int64})
         self._real_slots = 0
         self._reserved_slots = 0                         # sum of range sizes
 
@@ -72,6 +78,13 @@ class ContiguousKVManager:
             return min(1 << max(final_tokens - 1, 0).bit_length(), self.max_context_tokens)
         return final_tokens
 
+    def slot(self, request_id: int) -> int:
+        """The sequence's row in the bulk arrays (``append_slots``, ``growth_steps``)."""
+        slot = self._seqs.slot_of.get(request_id)
+        if slot is None:
+            raise MemoryError_(f"request {request_id} holds no KV")
+        return slot
+
     def address_range(self, request_id: int) -> tuple[int, int]:
         """``(start, end)`` of the sequence's reserved range, end exclusive."""
         start, size = self._range(request_id)
@@ -82,8 +95,7 @@ class ContiguousKVManager:
         return [(s, s + n) for s, n in zip(self._hole_starts, self._hole_sizes)]
 
     def num_tokens(self, request_id: int) -> int:
-        self._range(request_id)
-        return self._tokens[request_id]
+        return int(self._seqs.cols["tokens"][self.slot(request_id)])
 
     def is_swapped(self, request_id: int) -> bool:
         return False
@@ -117,44 +129,56 @@ class ContiguousKVManager:
         else:
             self._hole_starts[i] += size
             self._hole_sizes[i] -= size
-        self._ranges[request_id] = (start, size)
-        self._tokens[request_id] = num_tokens
+        slot = self._seqs.add(request_id)
+        cols = self._seqs.cols
+        cols["start"][slot], cols["size"][slot], cols["tokens"][slot] = start, size, num_tokens
         self._real_slots += num_tokens
         self._reserved_slots += size
 
     def can_append(self, request_id: int, num_tokens: int = 1) -> bool:
         """True while the sequence stays within its reservation (never grown)."""
-        size = self._range(request_id)[1]
-        return self._tokens[request_id] + num_tokens <= size
+        slot = self.slot(request_id)
+        cols = self._seqs.cols
+        return int(cols["tokens"][slot]) + num_tokens <= int(cols["size"][slot])
 
     def append(self, request_id: int, num_tokens: int = 1) -> None:
-        tokens = self._tokens.get(request_id)
-        if tokens is None:
-            raise MemoryError_(f"request {request_id} holds no KV")
-        new_tokens = tokens + num_tokens
-        if not tokens <= new_tokens <= self._ranges[request_id][1]:
-            raise MemoryError_(f"append({request_id}, {num_tokens}): {tokens} tokens held, "
-                               f"reservation {self._ranges[request_id][1]}")
-        self._tokens[request_id] = new_tokens
+        slot = self.slot(request_id)
+        cols = self._seqs.cols
+        tokens, size = int(cols["tokens"][slot]), int(cols["size"][slot])
+        if not tokens <= tokens + num_tokens <= size:
+            raise MemoryError_(f"append({request_id}, {num_tokens}): {tokens} tokens held, reservation {size}")
+        cols["tokens"][slot] = tokens + num_tokens
         self._real_slots += num_tokens
 
     def append_all(self, request_ids: list[int], num_tokens: int) -> bool:
         """Grow every listed sequence by ``num_tokens`` if each stays inside
         its reservation; otherwise change nothing and return False."""
-        tokens, ranges = self._tokens, self._ranges
-        if any(tokens[rid] + num_tokens > ranges[rid][1] for rid in request_ids):
+        return self.append_slots(np.array([self.slot(r) for r in request_ids], np.int64), num_tokens)
+
+    def append_slots(self, slots: np.ndarray, num_tokens: int) -> bool:
+        """``append_all`` for sequences given by their slots (the simulator's hot path)."""
+        cols = self._seqs.cols
+        grown = cols["tokens"][slots] + num_tokens
+        if (grown > cols["size"][slots]).any():
             return False
-        for rid in request_ids:
-            tokens[rid] += num_tokens
-        self._real_slots += num_tokens * len(request_ids)
+        cols["tokens"][slots] = grown
+        self._real_slots += num_tokens * len(slots)
         return True
+
+    def growth_steps(self, slots: np.ndarray, max_growth: int) -> int:
+        """``max_growth`` if every sequence can grow that much inside its
+        reservation, else 0."""
+        cols = self._seqs.cols
+        return max_growth if (cols["tokens"][slots] + max_growth <= cols["size"][slots]).all() else 0
 
     def free(self, request_id: int) -> None:
         """Return the range to the holes, merged with the holes it touches."""
-        if request_id not in self._ranges:
+        if request_id not in self._seqs:
             raise MemoryError_(f"free({request_id}): it holds no KV (double free?)")
-        start, size = self._ranges.pop(request_id)
-        self._real_slots -= self._tokens.pop(request_id)
+        slot = self._seqs.release(request_id)
+        cols = self._seqs.cols
+        start, size = int(cols["start"][slot]), int(cols["size"][slot])
+        self._real_slots -= int(cols["tokens"][slot])
         self._reserved_slots -= size
         starts, sizes = self._hole_starts, self._hole_sizes
         i = bisect_left(starts, start)
@@ -211,7 +235,8 @@ class ContiguousKVManager:
         for i in range(1, len(starts)):
             if starts[i - 1] + sizes[i - 1] >= starts[i]:
                 raise MemoryError_(f"holes at {starts[i - 1]} and {starts[i]} overlap, touch or are unsorted")
-        pieces = sorted([*zip(starts, sizes), *self._ranges.values()])
+        ranges = self._ranges()
+        pieces = sorted([*zip(starts, sizes), *ranges.values()])
         end = 0
         for start, size in pieces:
             if start != end:
@@ -219,30 +244,31 @@ class ContiguousKVManager:
             end = start + size
         if end != self.total_tokens:
             raise MemoryError_(f"holes and ranges cover {end} of {self.total_tokens} slots")
-        if self._ranges.keys() != self._tokens.keys():
-            raise MemoryError_("ranges and token counts name different sequences")
-        for rid, tokens in self._tokens.items():
-            if not 0 <= tokens <= self._ranges[rid][1]:
-                raise MemoryError_(f"request {rid} holds {tokens} tokens in {self._ranges[rid][1]} slots")
-        if self._real_slots != sum(self._tokens.values()):
+        tokens = {rid: int(self._seqs.cols["tokens"][slot]) for rid, slot in self._seqs.slot_of.items()}
+        for rid, held in tokens.items():
+            if not 0 <= held <= ranges[rid][1]:
+                raise MemoryError_(f"request {rid} holds {held} tokens in {ranges[rid][1]} slots")
+        if self._real_slots != sum(tokens.values()):
             raise MemoryError_("real slot count drifted")
-        if self._reserved_slots != sum(n for _, n in self._ranges.values()):
+        if self._reserved_slots != sum(n for _, n in ranges.values()):
             raise MemoryError_("reserved slot count drifted")
 
     def assert_empty(self) -> None:
-        if self._ranges or self._hole_sizes != [self.total_tokens]:
-            raise MemoryError_(f"KV leak: sequences {sorted(self._ranges)} still hold "
+        if len(self._seqs) or self._hole_sizes != [self.total_tokens]:
+            raise MemoryError_(f"KV leak: sequences {sorted(self._seqs.slot_of)} still hold "
                                f"{self._reserved_slots} slots")
 
     # ---- helpers -----------------------------------------------------
     def _range(self, request_id: int) -> tuple[int, int]:
-        rng = self._ranges.get(request_id)
-        if rng is None:
-            raise MemoryError_(f"request {request_id} holds no KV")
-        return rng
+        slot = self.slot(request_id)
+        return int(self._seqs.cols["start"][slot]), int(self._seqs.cols["size"][slot])
+
+    def _ranges(self) -> dict[int, tuple[int, int]]:
+        cols = self._seqs.cols
+        return {rid: (int(cols["start"][s]), int(cols["size"][s])) for rid, s in self._seqs.slot_of.items()}
 
     def _check_new(self, request_id: int, num_tokens: int, final_tokens: int) -> None:
-        if request_id in self._ranges:
+        if request_id in self._seqs:
             raise MemoryError_(f"request {request_id} already holds KV")
         if not 0 <= num_tokens <= final_tokens or final_tokens < 1:
             raise MemoryError_(f"request {request_id}: need 0 <= num_tokens <= final_tokens and "

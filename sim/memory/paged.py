@@ -2,33 +2,41 @@
 
 Structure and invariants:
 
-* ``_free`` is a FIFO queue of free GPU block ids. Initially it holds
-  ``0, 1, ..., num_blocks - 1``; blocks are taken from the head (lowest id
-  first on a fresh cache) and a released block is appended to the tail, the
-  blocks of one sequence in block-table order. So the block handed out next is
-  always the one that has been free longest.
-* ``_ref[b]`` counts the block tables that contain block ``b``; a block is in
-  ``_free`` exactly when its count is 0. ``fork`` shares a parent's blocks with
-  a child; a shared *partially filled* last block is copied before either
-  sequence writes into it (copy-on-write), so every sharer of a block agrees on
-  how many of its slots hold tokens.
-* ``_tables[r]`` lists the GPU blocks of sequence ``r`` in token order and has
-  exactly ``ceil(tokens / block_size)`` entries; a swapped-out sequence has a
-  table in ``_cpu_tables`` instead (the CPU pool has its own FIFO queue).
+* ``_free`` is a FIFO queue of free GPU block ids (``slots.BlockQueue``).
+  Initially it holds ``0, 1, ..., num_blocks - 1``; blocks are taken from the
+  head (lowest id first on a fresh cache) and a released block is appended to
+  the tail, the blocks of one sequence in block-table order. So the block
+  handed out next is always the one that has been free longest. Ids never
+  handed out are not stored one by one, so a pool of any size costs memory
+  only for the blocks in use.
+* Every held sequence has a slot (``slots.SlotTable``) with its token count
+  and, on the GPU, its block table: row ``slot`` of ``_table``, its first
+  ``blocks`` entries, in token order, exactly ``ceil(tokens / block_size)``
+  of them. A swapped-out sequence has no GPU blocks and a table in
+  ``_cpu_tables`` instead (the CPU pool has its own FIFO queue).
+* A block's reference count is the number of block tables that contain it:
+  1 for a block held by one table, ``_shared[b]`` (>= 2) for one that
+  ``fork`` shares, 0 exactly when it is in ``_free``. A shared *partially
+  filled* last block is copied before either sequence writes into it
+  (copy-on-write), so every sharer of a block agrees on how many of its
+  slots hold tokens.
 * ``_real_slots`` is the number of GPU slots holding a token, each physical
   slot counted once however many tables share it.
 
-Every check/act pair keeps ``can_x() is True`` => ``x()`` succeeds. Appending
-one token is O(1) (a new block at most); freeing is O(blocks of the sequence).
+Every check/act pair keeps ``can_x() is True`` => ``x()`` succeeds. The bulk
+act ``append_slots`` grows a whole array of sequences with a few numpy calls;
+with no shared block anywhere it never loops over sequences.
 """
 from __future__ import annotations
 
 import math
-from collections import deque
-from collections.abc import Iterable
+from collections import Counter
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from sim.memory.base import KVUsage, MemoryError_
+from sim.memory.slots import BlockQueue, SlotTable
 
 if TYPE_CHECKING:
     from sim.memory.capacity import MemorySpec
@@ -57,12 +65,13 @@ class PagedKVManager:
         self.num_cpu_blocks = num_cpu_blocks
         self.total_tokens = num_blocks * block_size
         self.watermark_blocks = math.ceil(round(watermark_frac * num_blocks, 9))
-        self._free: deque[int] = deque(range(num_blocks))
-        self._ref = [0] * num_blocks
-        self._tables: dict[int, list[int]] = {}
-        self._tokens: dict[int, int] = {}     # every held sequence, GPU or CPU
+        self._free = BlockQueue(num_blocks)
+        self._shared: dict[int, int] = {}
+        self._seqs = SlotTable({"tokens": np.int64, "blocks": np.int64})
+        self._tok, self._nblk = self._seqs.cols["tokens"], self._seqs.cols["blocks"]
+        self._table = np.zeros((self._seqs.capacity, 16), np.int64)
         self._real_slots = 0
-        self._cpu_free: deque[int] = deque(range(num_cpu_blocks))
+        self._cpu_free = BlockQueue(num_cpu_blocks)
         self._cpu_tables: dict[int, list[int]] = {}
 
     @classmethod
@@ -86,9 +95,17 @@ class PagedKVManager:
     def num_free_cpu_blocks(self) -> int:
         return len(self._cpu_free)
 
+    def slot(self, request_id: int) -> int:
+        """The sequence's row in the bulk arrays (``append_slots``, ``growth_steps``)."""
+        slot = self._seqs.slot_of.get(request_id)
+        if slot is None:
+            raise MemoryError_(f"request {request_id} holds no KV")
+        return slot
+
     def block_table(self, request_id: int) -> list[int]:
         """GPU block ids of a sequence, in token order (a copy)."""
-        return list(self._gpu_table(request_id))
+        slot = self._gpu_slot(request_id)
+        return self._table[slot, : self._nblk[slot]].tolist()
 
     def cpu_block_table(self, request_id: int) -> list[int]:
         """CPU block ids of a swapped-out sequence, in token order (a copy)."""
@@ -97,12 +114,12 @@ class PagedKVManager:
         return list(self._cpu_tables[request_id])
 
     def ref_count(self, block_id: int) -> int:
-        return self._ref[block_id]
+        if block_id in self._shared:
+            return self._shared[block_id]
+        return int(self._owned_counts().get(block_id, 0))
 
     def num_tokens(self, request_id: int) -> int:
-        if request_id not in self._tokens:
-            raise MemoryError_(f"request {request_id} holds no KV")
-        return self._tokens[request_id]
+        return int(self._tok[self.slot(request_id)])
 
     def is_swapped(self, request_id: int) -> bool:
         return request_id in self._cpu_tables
@@ -124,14 +141,14 @@ class PagedKVManager:
     def blocks_needed_to_grow(self, request_id: int, num_tokens: int) -> int:
         """New GPU blocks that ``append(request_id, num_tokens)`` would take
         (a copied shared last block included)."""
-        table = self._gpu_table(request_id)
-        tokens = self._tokens[request_id]
+        slot = self._gpu_slot(request_id)
         if num_tokens < 0:
             raise MemoryError_(f"request {request_id}: cannot grow by {num_tokens} tokens")
         if num_tokens == 0:
             return 0
-        need = _ceil_div(tokens + num_tokens, self.block_size) - len(table)
-        if tokens % self.block_size and self._ref[table[-1]] > 1:
+        tokens, blocks = int(self._tok[slot]), int(self._nblk[slot])
+        need = _ceil_div(tokens + num_tokens, self.block_size) - blocks
+        if tokens % self.block_size and int(self._table[slot, blocks - 1]) in self._shared:
             need += 1   # copy-on-write of the shared, partially filled last block
         return need
 
@@ -146,111 +163,136 @@ class PagedKVManager:
         if not self.can_allocate(request_id, num_tokens, final_tokens):
             raise MemoryError_(f"allocate({request_id}, {num_tokens}) without room: "
                                f"{len(self._free)} free blocks, watermark {self.watermark_blocks}")
-        table = self._take(_ceil_div(num_tokens, self.block_size))
-        self._tables[request_id] = table
-        self._tokens[request_id] = num_tokens
+        slot = self._add_seq(request_id)
+        count = _ceil_div(num_tokens, self.block_size)
+        self._set_blocks(slot, self._free.take(count))
+        self._tok[slot] = num_tokens
         self._real_slots += num_tokens
 
     def can_append(self, request_id: int, num_tokens: int = 1) -> bool:
         """Growth may use the watermark blocks."""
-        table = self._tables.get(request_id)
-        if table is not None and 0 < num_tokens <= len(table) * self.block_size - self._tokens[request_id] \
-                and self._ref[table[-1]] == 1:
+        slot = self._gpu_slot(request_id)
+        tokens, blocks = int(self._tok[slot]), int(self._nblk[slot])
+        if 0 < num_tokens <= blocks * self.block_size - tokens \
+                and int(self._table[slot, blocks - 1]) not in self._shared:
             return True    # fast path: fits in this table's own last block
         return self.blocks_needed_to_grow(request_id, num_tokens) <= len(self._free)
 
     def append(self, request_id: int, num_tokens: int = 1) -> None:
-        table = self._tables.get(request_id)
-        if table is None:
-            raise self._not_on_gpu(request_id)
-        tokens = self._tokens[request_id]
-        if 0 < num_tokens <= len(table) * self.block_size - tokens and self._ref[table[-1]] == 1:
-            self._tokens[request_id] = tokens + num_tokens   # fast path: no new block
+        slot = self._gpu_slot(request_id)
+        tokens, blocks = int(self._tok[slot]), int(self._nblk[slot])
+        bs = self.block_size
+        if 0 < num_tokens <= blocks * bs - tokens and int(self._table[slot, blocks - 1]) not in self._shared:
+            self._tok[slot] = tokens + num_tokens   # fast path: no new block
             self._real_slots += num_tokens
             return
         need = self.blocks_needed_to_grow(request_id, num_tokens)
         if need > len(self._free):
             raise MemoryError_(f"append({request_id}, {num_tokens}) needs {need} "
                                f"blocks, {len(self._free)} free")
-        bs = self.block_size
-        if num_tokens and tokens % bs and self._ref[table[-1]] > 1:
-            self._copy_last_block(table, tokens % bs)
-        table.extend(self._take(_ceil_div(tokens + num_tokens, bs) - len(table)))
-        self._tokens[request_id] = tokens + num_tokens
+        if num_tokens and tokens % bs and int(self._table[slot, blocks - 1]) in self._shared:
+            self._copy_last_block(slot, tokens % bs)
+        grow = _ceil_div(tokens + num_tokens, bs) - blocks
+        self._set_blocks(slot, np.concatenate([self._table[slot, :blocks], self._free.take(grow)]))
+        self._tok[slot] = tokens + num_tokens
         self._real_slots += num_tokens
 
     def append_all(self, request_ids: list[int], num_tokens: int) -> bool:
         """Grow every listed sequence by ``num_tokens`` if all of that growth
-        fits at once; otherwise change nothing and return False. The bulk
-        form of ``can_append``/``append`` for the simulator's hot path."""
-        if num_tokens == 0:
+        fits at once; otherwise change nothing and return False."""
+        return self.append_slots(np.array([self._gpu_slot(r) for r in request_ids], np.int64), num_tokens)
+
+    def append_slots(self, slots: np.ndarray, num_tokens: int) -> bool:
+        """``append_all`` for sequences given by their slots (GPU-resident):
+        the bulk form of ``can_append``/``append`` for the simulator's hot
+        path. Blocks go to the sequences in the order ``slots`` lists them."""
+        if num_tokens == 0 or len(slots) == 0:
             return True
+        if self._shared:
+            return self._append_slots_shared(slots, num_tokens)
         bs = self.block_size
-        tables, token_counts, ref = self._tables, self._tokens, self._ref
-        need = 0       # counts a copy per sharer of a shared last block: may refuse early, never late
-        for rid in request_ids:
-            tokens = token_counts[rid]
-            table = tables[rid]
-            need += -(-(tokens + num_tokens) // bs) - len(table)
-            if tokens % bs and ref[table[-1]] > 1:
-                need += 1                      # copy-on-write of a shared last block
-        free = self._free
-        if need > len(free):
+        tokens = self._tok[slots]
+        have = self._nblk[slots]
+        need = (tokens + num_tokens + bs - 1) // bs - have
+        total = int(need.sum())
+        if total > len(self._free):
             return False
-        grown = 0
-        for rid in request_ids:
-            tokens = token_counts[rid]
-            table = tables[rid]
-            if tokens % bs and ref[table[-1]] > 1:
-                self.append(rid, num_tokens)       # copy-on-write path keeps its own count
-                continue
-            for _ in range(-(-(tokens + num_tokens) // bs) - len(table)):
-                block = free.popleft()
-                ref[block] = 1
-                table.append(block)
-            token_counts[rid] = tokens + num_tokens
-            grown += 1
-        self._real_slots += num_tokens * grown
+        if total:
+            grow = need > 0
+            counts = need[grow]
+            rows = np.repeat(slots[grow], counts)
+            first = np.repeat(have[grow], counts)
+            cols = first + np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+            self._ensure_width(int(cols.max()) + 1)
+            self._table[rows, cols] = self._free.take(total)
+            self._nblk[slots] = have + need
+        self._tok[slots] = tokens + num_tokens
+        self._real_slots += num_tokens * len(slots)
         return True
+
+    def growth_steps(self, slots: np.ndarray, max_growth: int) -> int:
+        """Largest ``g <= max_growth`` such that every sequence can grow by
+        ``g`` tokens at once: the new blocks they all need fit in the free ones
+        (free slots in each last block first)."""
+        bs = self.block_size
+        slack = (-self._tok[slots]) % bs
+        free_blocks = len(self._free)
+
+        def blocks_for(g: int) -> int:     # g > slack: ceil((g - slack) / bs) blocks; else none
+            return int(((g - slack + bs - 1) // bs).sum())
+
+        if blocks_for(max_growth) <= free_blocks:
+            return max_growth
+        lo, hi = 0, max_growth          # blocks_for(lo) fits, blocks_for(hi) does not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if blocks_for(mid) <= free_blocks:
+                lo = mid
+            else:
+                hi = mid
+        return lo
 
     def free(self, request_id: int) -> None:
         """Release a sequence's GPU or CPU blocks; a GPU block goes back to the
         free queue only when no other table holds it."""
-        tokens = self._tokens.pop(request_id, None)
-        if tokens is None:
+        if request_id not in self._seqs:
             raise MemoryError_(f"free({request_id}): it holds no KV (double free?)")
         cpu_table = self._cpu_tables.pop(request_id, None)
+        slot = self._seqs.release(request_id)
         if cpu_table is not None:
-            self._cpu_free.extend(cpu_table)
+            self._cpu_free.put(cpu_table)
             return
-        self._real_slots -= self._release_gpu(self._tables.pop(request_id), tokens)
+        self._real_slots -= self._release_gpu(slot)
 
     def fork(self, parent_id: int, child_id: int) -> None:
         """The child shares every block of the parent (ref counts + 1)."""
-        table = self._gpu_table(parent_id)
-        if child_id in self._tokens:
+        parent = self._gpu_slot(parent_id)
+        if child_id in self._seqs:
             raise MemoryError_(f"fork({parent_id}, {child_id}): the child already holds KV")
-        for block in table:
-            self._ref[block] += 1
-        self._tables[child_id] = list(table)
-        self._tokens[child_id] = self._tokens[parent_id]
+        child = self._add_seq(child_id)
+        blocks = self._table[parent, : self._nblk[parent]].copy()
+        self._set_blocks(child, blocks)
+        self._tok[child] = self._tok[parent]
+        for block in blocks.tolist():
+            self._shared[block] = self._shared.get(block, 1) + 1
 
     # ---- swap space --------------------------------------------------
     def can_swap_out(self, request_id: int) -> bool:
-        return len(self._gpu_table(request_id)) <= len(self._cpu_free)
+        return int(self._nblk[self._gpu_slot(request_id)]) <= len(self._cpu_free)
 
     def swap_out(self, request_id: int) -> list[tuple[int, int]]:
         """Copy a sequence's blocks to CPU blocks and release the GPU ones;
         returns the copies ``(gpu block, cpu block)`` in token order, which a
         real executor performs before the step's compute. Sharing is not kept
         across a swap."""
+        slot = self._gpu_slot(request_id)
+        blocks = int(self._nblk[slot])
         if not self.can_swap_out(request_id):
-            raise MemoryError_(f"swap_out({request_id}): needs {len(self._tables[request_id])} "
-                               f"CPU blocks, {len(self._cpu_free)} free")
-        table = self._tables.pop(request_id)
-        tokens = self._tokens[request_id]
-        self._real_slots -= self._release_gpu(table, tokens)
-        cpu_table = [self._cpu_free.popleft() for _ in table]
+            raise MemoryError_(f"swap_out({request_id}): needs {blocks} CPU blocks, {len(self._cpu_free)} free")
+        table = self._table[slot, :blocks].tolist()
+        self._real_slots -= self._release_gpu(slot)
+        self._nblk[slot] = 0
+        cpu_table = self._cpu_free.take(blocks).tolist()
         self._cpu_tables[request_id] = cpu_table
         return list(zip(table, cpu_table))
 
@@ -267,11 +309,12 @@ class PagedKVManager:
             raise MemoryError_(f"swap_in({request_id}): needs {len(self._cpu_tables[request_id])} "
                                f"GPU blocks, {len(self._free)} free")
         cpu_table = self._cpu_tables.pop(request_id)
-        self._cpu_free.extend(cpu_table)
-        table = self._take(len(cpu_table))
-        self._tables[request_id] = table
-        self._real_slots += self._tokens[request_id]
-        return list(zip(cpu_table, table))
+        self._cpu_free.put(cpu_table)
+        slot = self._seqs.slot_of[request_id]
+        table = self._free.take(len(cpu_table))
+        self._set_blocks(slot, table)
+        self._real_slots += int(self._tok[slot])
+        return list(zip(cpu_table, table.tolist()))
 
     # ---- accounting --------------------------------------------------
     def usage(self) -> KVUsage:
@@ -289,102 +332,146 @@ class PagedKVManager:
 
     def check_invariants(self) -> None:
         """Raise ``MemoryError_`` on any inconsistency (O(blocks))."""
-        _check_pool("GPU", self._free, self._tables.values(), self.num_blocks, self._ref)
-        _check_pool("CPU", self._cpu_free, self._cpu_tables.values(), self.num_cpu_blocks, None)
-        if self._tables.keys() & self._cpu_tables.keys():
-            raise MemoryError_("a sequence is both on the GPU and swapped out")
-        if set(self._tokens) != self._tables.keys() | self._cpu_tables.keys():
-            raise MemoryError_("token counts and block tables name different sequences")
-        for rid, tokens in self._tokens.items():
-            table = self._tables.get(rid, self._cpu_tables.get(rid))
-            if len(table) != _ceil_div(tokens, self.block_size):
-                raise MemoryError_(f"request {rid}: {tokens} tokens in {len(table)} blocks")
+        owned = self._owned_counts()
+        _check_pool("GPU", self._free.ids(), owned, self.num_blocks)
+        expect_shared = {b: c for b, c in owned.items() if c > 1}
+        if expect_shared != self._shared:
+            raise MemoryError_("GPU ref counts disagree with the block tables")
+        cpu_owned = Counter(b for table in self._cpu_tables.values() for b in table)
+        _check_pool("CPU", self._cpu_free.ids(), cpu_owned, self.num_cpu_blocks)
+        if any(c > 1 for c in cpu_owned.values()):
+            raise MemoryError_("CPU ref counts disagree with the block tables")
+        for rid, slot in self._seqs.slot_of.items():
+            tokens = int(self._tok[slot])
+            blocks = len(self._cpu_tables[rid]) if rid in self._cpu_tables else int(self._nblk[slot])
+            if blocks != _ceil_div(tokens, self.block_size):
+                raise MemoryError_(f"request {rid}: {tokens} tokens in {blocks} blocks")
         if self._real_slots != self._count_real_slots():
             raise MemoryError_(f"real slots {self._real_slots} != {self._count_real_slots()} recounted")
 
     def assert_empty(self) -> None:
-        if self._tokens or len(self._free) != self.num_blocks or len(self._cpu_free) != self.num_cpu_blocks:
-            raise MemoryError_(f"KV leak: sequences {sorted(self._tokens)} still hold "
+        if len(self._seqs) or len(self._free) != self.num_blocks or len(self._cpu_free) != self.num_cpu_blocks:
+            held = sorted(self._seqs.slot_of)
+            raise MemoryError_(f"KV leak: sequences {held} still hold "
                                f"{self.num_blocks - len(self._free)} GPU and "
                                f"{self.num_cpu_blocks - len(self._cpu_free)} CPU blocks")
 
     # ---- helpers -----------------------------------------------------
     def _check_new(self, request_id: int, num_tokens: int, final_tokens: int) -> None:
-        if request_id in self._tokens:
+        if request_id in self._seqs:
             raise MemoryError_(f"request {request_id} already holds KV")
         if not 0 <= num_tokens <= final_tokens:
             raise MemoryError_(f"request {request_id}: need 0 <= num_tokens <= final_tokens, "
                                f"got {num_tokens} and {final_tokens}")
 
-    def _gpu_table(self, request_id: int) -> list[int]:
-        table = self._tables.get(request_id)
-        if table is None:
-            raise self._not_on_gpu(request_id)
-        return table
-
-    def _not_on_gpu(self, request_id: int) -> MemoryError_:
+    def _gpu_slot(self, request_id: int) -> int:
+        slot = self._seqs.slot_of.get(request_id)
+        if slot is None:
+            raise MemoryError_(f"request {request_id} holds no KV")
         if request_id in self._cpu_tables:
-            return MemoryError_(f"request {request_id} is swapped out, not on the GPU")
-        return MemoryError_(f"request {request_id} holds no KV")
+            raise MemoryError_(f"request {request_id} is swapped out, not on the GPU")
+        return slot
 
-    def _take(self, num_blocks: int) -> list[int]:
-        """Pop ``num_blocks`` blocks from the head of the free queue (checked by the caller)."""
-        table = [self._free.popleft() for _ in range(num_blocks)]
-        for block in table:
-            self._ref[block] = 1
-        return table
+    def _add_seq(self, request_id: int) -> int:
+        slot = self._seqs.add(request_id)
+        self._tok, self._nblk = self._seqs.cols["tokens"], self._seqs.cols["blocks"]
+        if self._seqs.capacity > len(self._table):
+            grown = np.zeros((self._seqs.capacity, self._table.shape[1]), np.int64)
+            grown[: len(self._table)] = self._table
+            self._table = grown
+        return slot
 
-    def _copy_last_block(self, table: list[int], fill: int) -> None:
+    def _ensure_width(self, width: int) -> None:
+        if width > self._table.shape[1]:
+            grown = np.zeros((len(self._table), max(width, 2 * self._table.shape[1])), np.int64)
+            grown[:, : self._table.shape[1]] = self._table
+            self._table = grown
+
+    def _set_blocks(self, slot: int, blocks: np.ndarray) -> None:
+        self._ensure_width(len(blocks))
+        self._table[slot, : len(blocks)] = blocks
+        self._nblk[slot] = len(blocks)
+
+    def _copy_last_block(self, slot: int, fill: int) -> None:
         """Copy-on-write: give this table a private copy of its shared last block."""
-        self._ref[table[-1]] -= 1
-        table[-1] = self._take(1)[0]
+        last = int(self._table[slot, self._nblk[slot] - 1])
+        self._drop_ref(last)
+        self._table[slot, self._nblk[slot] - 1] = self._free.take_one()
         self._real_slots += fill
 
-    def _release_gpu(self, blocks: list[int], tokens: int) -> int:
-        """Drop one reference to each of ``blocks`` (holding ``tokens`` tokens
-        from the first one on); returns the real slots of blocks freed."""
+    def _drop_ref(self, block: int) -> bool:
+        """One table less holds ``block``; True if it became free."""
+        count = self._shared.get(block)
+        if count is None:
+            self._free.put([block])
+            return True
+        if count == 2:
+            del self._shared[block]
+        else:
+            self._shared[block] = count - 1
+        return False
+
+    def _release_gpu(self, slot: int) -> int:
+        """Drop one reference to each of the slot's blocks; returns the real
+        slots of blocks freed."""
         bs = self.block_size
-        ref = self._ref
-        if blocks and max(map(ref.__getitem__, blocks)) == 1:   # nothing shared: all go
-            for block in blocks:
-                ref[block] = 0
-            self._free.extend(blocks)
+        blocks = self._table[slot, : self._nblk[slot]]
+        tokens = int(self._tok[slot])
+        if not self._shared or not any(int(b) in self._shared for b in blocks):   # nothing shared: all go
+            self._free.put(blocks)
             return min(tokens, len(blocks) * bs)
         freed_real = 0
-        for i, block in enumerate(blocks):
-            self._ref[block] -= 1
-            if self._ref[block] == 0:
-                self._free.append(block)
+        for i, block in enumerate(blocks.tolist()):
+            if self._drop_ref(block):
                 freed_real += min(bs, tokens - i * bs)
         return freed_real
+
+    def _append_slots_shared(self, slots: np.ndarray, num_tokens: int) -> bool:
+        """``append_slots`` when some block is shared: one sequence at a time,
+        copying shared partial last blocks (counts a copy per sharer of a
+        shared last block: may refuse early, never late)."""
+        bs = self.block_size
+        need = 0
+        for slot in slots.tolist():
+            tokens, blocks = int(self._tok[slot]), int(self._nblk[slot])
+            need += _ceil_div(tokens + num_tokens, bs) - blocks
+            if tokens % bs and int(self._table[slot, blocks - 1]) in self._shared:
+                need += 1
+        if need > len(self._free):
+            return False
+        by_slot = {s: rid for rid, s in self._seqs.slot_of.items()}
+        for slot in slots.tolist():
+            self.append(by_slot[slot], num_tokens)
+        return True
+
+    def _owned_counts(self) -> Counter:
+        counts: Counter = Counter()
+        for rid, slot in self._seqs.slot_of.items():
+            if rid not in self._cpu_tables:
+                counts.update(self._table[slot, : self._nblk[slot]].tolist())
+        return counts
 
     def _count_real_slots(self) -> int:
         """Recount real slots from scratch; a shared block must look alike to every sharer."""
         fill: dict[int, int] = {}
         bs = self.block_size
-        for rid, table in self._tables.items():
-            tokens = self._tokens[rid]
-            for i, block in enumerate(table):
+        for rid, slot in self._seqs.slot_of.items():
+            if rid in self._cpu_tables:
+                continue
+            tokens = int(self._tok[slot])
+            for i, block in enumerate(self._table[slot, : self._nblk[slot]].tolist()):
                 f = min(bs, tokens - i * bs)
                 if fill.setdefault(block, f) != f:
                     raise MemoryError_(f"block {block} is shared by sequences that disagree on its fill")
         return sum(fill.values())
 
 
-def _check_pool(name: str, free: deque[int], tables: Iterable[list[int]], num_blocks: int,
-                refs: list[int] | None) -> None:
-    """Free ids unique and unowned; ``refs`` equal to the table occurrences
-    (``None``: the pool shares nothing, every block has at most one owner)."""
+def _check_pool(name: str, free: list[int], owned: Counter, num_blocks: int) -> None:
+    """Free ids unique and unowned; free + owned blocks == all blocks."""
     if len(set(free)) != len(free):
         raise MemoryError_(f"{name} free queue holds a block twice")
-    counted = [0] * num_blocks
-    for table in tables:
-        for block in table:
-            counted[block] += 1
-    if counted != (refs if refs is not None else [min(c, 1) for c in counted]):
-        raise MemoryError_(f"{name} ref counts disagree with the block tables")
     for block in free:
-        if counted[block]:
+        if owned.get(block):
             raise MemoryError_(f"{name} block {block} is both free and owned")
-    if len(free) + sum(1 for c in counted if c) != num_blocks:
+    if len(free) + len(owned) != num_blocks:
         raise MemoryError_(f"{name} free + used blocks != {num_blocks}")
