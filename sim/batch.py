@@ -39,6 +39,9 @@ class Batch:
     # ``(gpu, cpu)`` pairs out, then ``(cpu, gpu)`` pairs in, before computing.
     swap_out_blocks: tuple[tuple[int, int], ...] = field(default=(), compare=False, repr=False)
     swap_in_blocks: tuple[tuple[int, int], ...] = field(default=(), compare=False, repr=False)
+    # KV tokens each of ``requests`` holds once the step's slots are reserved
+    # (a static batch's rows compute padded shapes; this is what is real)
+    held_tokens: tuple[int, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.prefill_new_tokens) != len(self.prefill_context_tokens):

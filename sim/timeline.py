@@ -66,7 +66,7 @@ class Timeline:
     def snapshot(policy: Policy, batch: Batch) -> tuple:
         """The state columns of a step that is about to run (after ``schedule``)."""
         u = policy.kv.usage()
-        return (len(policy.running), len(policy.waiting), len(policy.swapped),
+        return (policy.num_running, len(policy.waiting), len(policy.swapped),
                 len(batch.requests), batch.num_seqs, batch.num_tokens, sum(batch.prefill_new_tokens),
                 batch.num_decode_seqs, u.real, u.internal + u.reserved, u.internal, u.reserved,
                 external_slots(policy), u.free, u.total)
@@ -87,11 +87,10 @@ class Timeline:
         block_hist = None
         if kv.layout == "paged":
             bs = kv.block_size  # type: ignore[attr-defined]
-            block_hist = [0] * bs          # sequences by (tokens - 1) % block_size
-            for req in batch.requests:
-                block_hist[(req.computed_tokens - 1) % bs] += 1
+            # sequences by (tokens - 1) % block_size
+            block_hist = np.bincount((policy.decode_contexts() - 1) % bs, minlength=bs).tolist()
         self._runs.append(_Run(
-            starts_s, steps_s, replica, len(policy.running), len(policy.waiting),
+            starts_s, steps_s, replica, policy.num_running, len(policy.waiting),
             len(policy.swapped), len(batch.requests), batch.num_seqs, batch.num_tokens,
             batch.num_decode_seqs, external_slots(policy), u.real, u.real + u.internal,
             u.reserved, u.free, u.total, block_hist,

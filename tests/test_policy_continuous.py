@@ -17,6 +17,7 @@ def test_admit_decode_and_leave_exactly(paged):
     assert b.prefill_new_tokens == (20, 30) and b.decode_context_tokens == ()
     assert kv.block_table(0) == [0, 1] and kv.block_table(1) == [2, 3]
     pol.on_step_done(b, 1.0)
+    assert pol.running == [r0, r1]          # observing the running set synchronises its requests
     assert (r0.generated_tokens, r1.generated_tokens) == (1, 1)
     assert r0.first_token_s == r1.first_token_s == 1.0
 
@@ -55,6 +56,7 @@ def test_prefill_only_steps_when_not_mixed(paged):
     b = pol.schedule(1.0)
     assert b.prefill_new_tokens == (8,) and b.decode_context_tokens == ()
     pol.on_step_done(b, 2.0)
+    pol.running                                              # synchronise the running requests
     assert r0.generated_tokens == 1                          # r0 waited a step
     assert pol.schedule(2.0).decode_context_tokens == (17, 9)
 
@@ -107,7 +109,7 @@ def test_swap_preemption_moves_blocks_and_brings_them_back():
     pol.on_step_done(b, 3.5)
     b = pol.schedule(3.5)
     assert b.decode_context_tokens == (9,)       # resumes where it left off, no recompute
-    assert r1.generated_tokens == 2 and r1.preemptions == 1
+    assert pol.running == [r1] and r1.generated_tokens == 2 and r1.preemptions == 1
 
 
 def test_requests_that_can_never_run_are_rejected_with_a_reason(paged):

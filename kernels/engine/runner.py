@@ -213,11 +213,11 @@ class ModelRunner:
         skip = np.zeros(len(new), np.int64)
         write_pos = cached.copy()
         where: list = [None] * len(new)
-        for i, req in enumerate(reqs):
+        for i, (req, held) in enumerate(zip(reqs, batch.held_tokens)):
             if i < num_p:     # real tokens: what the request holds beyond the row's context
-                skip[i] = new[i] - (req.computed_tokens - cached[i])
+                skip[i] = new[i] - (held - cached[i])
             else:             # the new token sits at the request's own (unpadded) position
-                write_pos[i] = req.computed_tokens - 1
+                write_pos[i] = held - 1
             where[i] = self._where(req.request_id)
         skip[len(reqs):] = new[len(reqs):]
         return Rows(num_p, new, cached, skip, write_pos, where)
@@ -231,7 +231,7 @@ class ModelRunner:
                 req = batch.requests[i]
                 toks = self._request_tokens(req)
                 ctx = batch.prefill_context_tokens[i]
-                real = toks[ctx:req.computed_tokens]
+                real = toks[ctx:batch.held_tokens[i]]
                 ids[-1][n - len(real):] = real
         dec = np.zeros(batch.num_decode_seqs, np.int64)
         for j, req in enumerate(batch.requests[num_p:]):

@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections import deque
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from sim.batch import Batch
 from sim.memory.base import KVManager
 from sim.presets import ModelSpec
+from sim.policies.running import RunningSet
 from sim.request import Request, Status
 
 
@@ -40,8 +42,10 @@ class Policy:
     """Queues and bookkeeping common to every policy.
 
     Invariant: every request handed to ``add`` is in exactly one of
-    ``rejected``, ``waiting``, ``swapped``, ``running`` (a policy's batch members)
-    or ``finished`` until the run ends.
+    ``rejected``, ``waiting``, ``swapped``, running (``self._run``, the
+    sequences holding KV on the GPU, in admission order) or ``finished``
+    until the run ends. Running sequences live in arrays (``RunningSet``):
+    a decision costs a few array operations, not a loop over the batch.
     """
 
     name = "base"
@@ -56,7 +60,8 @@ class Policy:
         self.swapped: deque[Request] = deque()
         self.finished: list[Request] = []
         self.rejected: list[Request] = []
-        self._running: list[Request] = []   # hold KV on the GPU, admission order
+        self._run = RunningSet()
+        self._emitting: slice | np.ndarray = slice(0, 0)   # running positions the last batch computes
         self._repeatable = True   # the last schedule() would decide the same way next step
         self.num_preemptions = 0
 
@@ -93,27 +98,33 @@ class Policy:
         memory growth fits. Whatever admission or swap-in failed on its first
         step cannot succeed later in the run: decode steps only consume
         memory, and the batch size does not change."""
+        run = self._run
         if (not self._repeatable or batch.prefill_new_tokens or batch.swap_in_tokens
-                or batch.swap_out_tokens or not batch.requests
-                or len(batch.requests) != len(self._running)):
+                or batch.swap_out_tokens or not batch.requests or len(batch.requests) != run.n):
             return 1
-        max_steps = min(r.output_tokens - r.generated_tokens for r in batch.requests)
+        max_steps = int((run.target[: run.n] - run.generated[: run.n]).min())
         if max_steps <= 1:
             return 1
-        return 1 + growth_steps(self.kv, batch.requests, max_steps - 1)
+        return 1 + self.kv.growth_steps(run.slot[: run.n], max_steps - 1)
+
+    def run_ignores_arrivals(self) -> bool:
+        """Whether an arrival during the current decode run could not change
+        any of its steps, so the run may continue through it. Policies say
+        when (a running static batch, a full or blocked continuous batch)."""
+        return False
 
     def advance_decode_run(self, batch: Batch, step_ends_s: list[float]) -> None:
         """Apply ``len(step_ends_s)`` steps of a decode run at once: step 1's
         slots were reserved by ``schedule``; reserve steps 2..k, emit one token
         per step, retire what finished on the last step."""
-        k = len(step_ends_s)
-        if k > 1 and not self.kv.append_all([req.request_id for req in batch.requests], k - 1):
+        run, k = self._run, len(step_ends_s)
+        if k > 1 and not self.kv.append_slots(run.slot[: run.n], k - 1):
             raise AssertionError("decode run planned past the free KV memory")
-        for req in batch.requests:
-            req.computed_tokens += k - 1
-            req.generated_tokens += k
-            if self.record_token_times:
-                req.token_times_s.extend(step_ends_s)  # type: ignore[union-attr]
+        run.computed[: run.n] += k - 1
+        run.generated[: run.n] += k
+        if self.record_token_times:
+            for req in run.reqs[: run.n]:
+                req.token_times_s.extend(step_ends_s)
         self._retire_done(step_ends_s[-1])
 
     def next_wakeup_s(self, now: float) -> float | None:
@@ -123,24 +134,49 @@ class Policy:
     # ---- state --------------------------------------------------------
     @property
     def running(self) -> list[Request]:
-        return self._running
+        """The running requests, admission order, synchronised (for observers)."""
+        return self._run.requests()
+
+    @property
+    def num_running(self) -> int:
+        return self._run.n
+
+    def decode_contexts(self) -> np.ndarray:
+        """Tokens held by each running sequence (a decode run's contexts)."""
+        return self._run.computed[: self._run.n]
 
     @property
     def num_outstanding(self) -> int:
-        return len(self.waiting) + len(self.swapped) + len(self.running)
+        return len(self.waiting) + len(self.swapped) + self._run.n
 
     def has_work(self) -> bool:
         return self.num_outstanding > 0
 
     # ---- shared bookkeeping ------------------------------------------
-    def _emit_token(self, req: Request, now: float) -> None:
-        req.generated_tokens += 1
-        if req.first_token_s is None:
-            req.first_token_s = now
+    def _batch_rows(self, prefill_from: int, decode_to: int) -> tuple[tuple, tuple, tuple]:
+        """``(requests, held tokens, decode contexts)`` of a batch whose
+        prefills are running positions ``prefill_from:`` and decodes
+        ``:decode_to``, prefills listed first."""
+        run = self._run
+        reqs = (*run.reqs[prefill_from: run.n], *run.reqs[:decode_to])
+        held = (*run.computed[prefill_from: run.n].tolist(), *run.computed[:decode_to].tolist())
+        return reqs, held, tuple(run.computed[:decode_to].tolist())
+
+    def on_step_done(self, batch: Batch, now: float) -> None:
+        """The batch's sequences (``self._emitting``, set by ``schedule``) each
+        emit a token at ``now``; the first token of a request sets its TTFT."""
+        run = self._run
+        gen = run.generated[: run.n]
+        emitting = gen[self._emitting]
+        for i in np.flatnonzero(emitting == 0):
+            run.reqs[: run.n][self._emitting][i].first_token_s = now
+        gen[self._emitting] = emitting + 1
         if self.record_token_times:
-            if req.token_times_s is None:
-                req.token_times_s = []
-            req.token_times_s.append(now)
+            for req in run.reqs[: run.n][self._emitting]:
+                if req.token_times_s is None:
+                    req.token_times_s = []
+                req.token_times_s.append(now)
+        self._retire_done(now)
 
     def _finish(self, req: Request, now: float) -> None:
         self.kv.free(req.request_id)
@@ -149,23 +185,17 @@ class Policy:
         req.computed_tokens = 0
         self.finished.append(req)
 
-    def on_step_done(self, batch: Batch, now: float) -> None:
-        for req in batch.requests:
-            self._emit_token(req, now)
-        self._retire_done(now)
-
     def _retire_done(self, now: float) -> None:
-        keep: list[Request] = []
-        for req in self._running:
-            if req.generated_tokens >= req.output_tokens:
+        run = self._run
+        done = np.flatnonzero(run.generated[: run.n] >= run.target[: run.n])
+        if len(done):
+            for req in run.remove(done):
                 self._finish(req, now)
-            else:
-                keep.append(req)
-        self._running = keep
 
     def _try_admit_head(self, now: float, token_budget: int | None = None) -> Request | None:
-        """Move the oldest waiting request into ``running`` if its (re-)prefill
-        fits ``token_budget`` and the KV manager can allocate it; None if not."""
+        """Move the oldest waiting request into the running set if its
+        (re-)prefill fits ``token_budget`` and the KV manager can allocate it;
+        None if not."""
         req = self.waiting[0]
         n = prefill_length(req)
         if token_budget is not None and n > token_budget:
@@ -178,15 +208,37 @@ class Policy:
         req.status = Status.RUNNING
         if req.schedule_s is None:
             req.schedule_s = now
-        self._running.append(req)
+        self._run.add(req, self.kv.slot(req.request_id))
         return req
+
+    def _reserve_one_each(self, preempt) -> tuple[int, int, int]:
+        """One more KV slot for every running sequence; when memory runs out,
+        ``preempt(request)`` the most recently admitted until the rest fit
+        (victims always come from behind the cursor, so no sequence loses a
+        slot it got). Returns the sequences that got their slot (positions
+        ``:count``), the KV tokens swapped out and the sequences preempted."""
+        run = self._run
+        if self.kv.append_slots(run.slot[: run.n], 1):     # the usual case
+            run.computed[: run.n] += 1
+            return run.n, 0, 0
+        swapped_tokens = num_evicted = i = 0
+        while i < run.n:
+            rid = run.reqs[i].request_id
+            if self.kv.can_append(rid, 1):
+                self.kv.append(rid, 1)
+                run.computed[i] += 1
+                i += 1
+            else:
+                swapped_tokens += preempt(run.pop())
+                num_evicted += 1
+        return run.n, swapped_tokens, num_evicted
 
     def _reject_head(self, why: str) -> None:
         req = self.waiting.popleft()
         req.status, req.reason = Status.REJECTED, why
         self.rejected.append(req)
 
-    def _preempt_recompute(self, req: Request) -> None:
+    def _preempt_recompute(self, req: Request) -> int:
         """Drop a running sequence's KV; it re-prefills prompt + generated tokens."""
         self.kv.free(req.request_id)
         req.computed_tokens = 0
@@ -194,44 +246,19 @@ class Policy:
         req.status = Status.WAITING
         self.num_preemptions += 1
         self.waiting.appendleft(req)
+        return 0
 
     def finish_run(self) -> list[Request]:
         """End of the horizon: every request still held is UNFINISHED; its KV
         is released so the end-of-run leak check covers the manager."""
-        left = list(self.running) + list(self.waiting) + list(self.swapped)
+        left = self._run.clear() + list(self.waiting) + list(self.swapped)
         for req in left:
             if req.status in (Status.RUNNING, Status.SWAPPED):
                 self.kv.free(req.request_id)
             req.status = Status.UNFINISHED
         self.waiting.clear()
         self.swapped.clear()
-        self._running.clear()
         return left
-
-
-def growth_steps(kv: KVManager, requests: tuple[Request, ...], max_growth: int) -> int:
-    """Largest g <= max_growth such that every sequence can grow by g tokens
-    at once (paged: the new blocks they all need fit in the free blocks;
-    contiguous: each stays inside its own reservation)."""
-    if kv.layout != "paged":
-        return max_growth if all(kv.can_append(r.request_id, max_growth) for r in requests) else 0
-    bs = kv.block_size  # type: ignore[attr-defined]
-    slack = [(-r.computed_tokens) % bs for r in requests]   # free slots in each last block
-    free_blocks = kv.num_free_blocks  # type: ignore[attr-defined]
-
-    def blocks_for(g: int) -> int:
-        return sum((g - s + bs - 1) // bs for s in slack if g > s)
-
-    if blocks_for(max_growth) <= free_blocks:
-        return max_growth
-    lo, hi = 0, max_growth          # blocks_for(lo) fits, blocks_for(hi) does not
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if blocks_for(mid) <= free_blocks:
-            lo = mid
-        else:
-            hi = mid
-    return lo
 
 
 def prefill_length(req: Request) -> int:

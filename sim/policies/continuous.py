@@ -16,8 +16,14 @@ Each step, in order:
 
 Contiguous memory reserves each sequence's final length up front, so step 1
 never fails for it and it never preempts.
+
+The running set is in admission order: the decodes first, then the
+sequences swapped back in this step (they only copy back), then this step's
+admissions.
 """
 from __future__ import annotations
+
+import numpy as np
 
 from sim.batch import Batch
 from sim.policies.base import Policy
@@ -35,67 +41,68 @@ class ContinuousPolicy(Policy):
 
     # ---- schedule ------------------------------------------------------
     def schedule(self, now: float) -> Batch | None:
-        prefills: list[Request] = []
-        decodes: list[Request] = []
+        run = self._run
         swap_in: list[tuple[int, int]] = []
         swap_out: list[tuple[int, int]] = []
-        swap_in_tokens = swap_out_tokens = 0
+        swap_in_tokens = swap_out_tokens = num_decodes = 0
+        admitted = 0
+        first_admitted = run.n
         if not self.spec.mixed_prefill_decode and not self.swapped:
-            prefills = self._admit(now, 0)          # a step with admissions is prefill-only
-        if not prefills:
-            decodes, swap_out_tokens, num_evicted = self._reserve_decode_slots(swap_out)
+            admitted = self._admit(now, 0)          # a step with admissions is prefill-only
+        if not admitted:
+            num_decodes, swap_out_tokens, num_evicted = self._reserve_one_each(
+                lambda req: self._evict(req, swap_out))
             # A step that preempts admits nothing; the next one may, so it
             # cannot start a run of identical steps.
             self._repeatable = num_evicted == 0
+            first_admitted = run.n
             if num_evicted == 0:
                 swap_in_tokens = self._swap_in(swap_in)
+                first_admitted = run.n
                 if self.spec.mixed_prefill_decode:
-                    prefills = self._admit(now, len(decodes))
-        if not prefills and not decodes and not swap_in_tokens and not swap_out_tokens:
-            if self.waiting and not self._running and not self.swapped:
+                    admitted = self._admit(now, num_decodes)
+        if not admitted and not num_decodes and not swap_in_tokens and not swap_out_tokens:
+            if self.waiting and not run.n and not self.swapped:
                 # Memory is empty, yet the oldest request cannot be admitted:
                 # it never will be. Reject it rather than deadlock.
                 self._reject_head("does not fit in the empty KV cache")
                 return self.schedule(now)
             return None
+        if first_admitted == num_decodes:
+            self._emitting = slice(0, run.n)
+        else:            # skip the sequences that only swapped back in
+            self._emitting = np.r_[0:num_decodes, first_admitted:run.n]
+        requests, held, contexts = self._batch_rows(first_admitted, num_decodes)
+        prefills = held[: run.n - first_admitted]
         return Batch(
-            prefill_new_tokens=tuple(req.computed_tokens for req in prefills),
+            prefill_new_tokens=prefills,
             prefill_context_tokens=(0,) * len(prefills),
-            decode_context_tokens=tuple(req.computed_tokens for req in decodes),
+            decode_context_tokens=contexts,
             kv_layout=self.kv.layout,  # type: ignore[arg-type]
             swap_in_tokens=swap_in_tokens,
             swap_out_tokens=swap_out_tokens,
-            requests=tuple(prefills) + tuple(decodes),
+            requests=requests,
             swap_out_blocks=tuple(swap_out),
             swap_in_blocks=tuple(swap_in),
+            held_tokens=held,
         )
 
-    def _reserve_decode_slots(self, swap_out: list[tuple[int, int]]) -> tuple[list[Request], int, int]:
-        """Append one KV slot for every running sequence, preempting from the
-        back (latest admitted first) when memory runs out. Victims always
-        come from behind the cursor, so no sequence loses a slot it got.
-        Returns the decoding sequences, the KV tokens swapped out and the
-        number of sequences preempted; the swap's block copies go to ``swap_out``."""
-        kv = self.kv
-        running = self._running
-        if kv.append_all([req.request_id for req in running], 1):   # the usual case
-            for req in running:
-                req.computed_tokens += 1
-            return list(running), 0, 0
-        decodes: list[Request] = []
-        swapped_tokens = num_evicted = 0
-        i = 0
-        while i < len(self._running):
-            req = self._running[i]
-            if kv.can_append(req.request_id, 1):
-                kv.append(req.request_id, 1)
-                req.computed_tokens += 1
-                decodes.append(req)
-                i += 1
-            else:
-                swapped_tokens += self._evict(self._running.pop(), swap_out)
-                num_evicted += 1
-        return decodes, swapped_tokens, num_evicted
+    def run_ignores_arrivals(self) -> bool:
+        """An arrival joins the back of the queue: it cannot change a decode
+        run when the batch is full or the queue's head could not be admitted
+        at the run's start (decode steps only consume memory)."""
+        if self.swapped:
+            return False
+        if self._run.n >= self.spec.max_batch_size:
+            return True
+        return bool(self.waiting) and not self._head_admissible(self._run.n)
+
+    def _head_admissible(self, num_decodes: int) -> bool:
+        req = self.waiting[0]
+        n = req.prompt_tokens + req.generated_tokens
+        if n > self.spec.max_batch_tokens - num_decodes:
+            return False
+        return self.kv.can_allocate(req.request_id, n, req.final_tokens)
 
     def _evict(self, req: Request, swap_out: list[tuple[int, int]]) -> int:
         """Preempt ``req``; returns KV tokens moved to swap space."""
@@ -107,12 +114,11 @@ class ContinuousPolicy(Policy):
             self.num_preemptions += 1
             self.swapped.append(req)
             return moved
-        self._preempt_recompute(req)
-        return 0
+        return self._preempt_recompute(req)
 
     def _swap_in(self, swap_in: list[tuple[int, int]]) -> int:
         moved = 0
-        while self.swapped and len(self._running) < self.spec.max_batch_size:
+        while self.swapped and self._run.n < self.spec.max_batch_size:
             req = self.swapped[0]
             rid = req.request_id
             if not self.kv.can_swap_in(rid):
@@ -121,18 +127,18 @@ class ContinuousPolicy(Policy):
             moved += self.kv.num_tokens(rid)
             swap_in.extend(self.kv.swap_in(rid))
             req.status = Status.RUNNING
-            self._running.append(req)
+            self._run.add(req, self.kv.slot(rid))
             # it rejoins as a decode next step; this step only copies it back
         return moved
 
-    def _admit(self, now: float, num_decodes: int) -> list[Request]:
+    def _admit(self, now: float, num_decodes: int) -> int:
         budget = self.spec.max_batch_tokens - num_decodes
-        admitted: list[Request] = []
-        while self.waiting and len(self._running) < self.spec.max_batch_size:
+        admitted = 0
+        while self.waiting and self._run.n < self.spec.max_batch_size:
             # a lone prefill may exceed the budget (a recompute of a long context)
             req = self._try_admit_head(now, budget if admitted or num_decodes else None)
             if req is None:
                 break
-            admitted.append(req)
+            admitted += 1
             budget -= req.computed_tokens
         return admitted

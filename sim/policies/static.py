@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from sim.batch import Batch
 from sim.policies.base import Policy
-from sim.request import Request
 
 
 class StaticPolicy(Policy):
@@ -33,6 +32,10 @@ class StaticPolicy(Policy):
             return None
         return self.waiting[0].arrival_s + self.spec.max_wait_s
 
+    def run_ignores_arrivals(self) -> bool:
+        """A running batch admits nobody until it ends."""
+        return self._rows > 0
+
     # ---- schedule ------------------------------------------------------
     def schedule(self, now: float) -> Batch | None:
         if self._rows:
@@ -45,53 +48,44 @@ class StaticPolicy(Policy):
         return self._form_batch(now)
 
     def _form_batch(self, now: float) -> Batch:
-        batch: list[Request] = []
-        while self.waiting and len(batch) < self.spec.max_batch_size:
-            req = self._try_admit_head(now)
-            if req is None:
+        while self.waiting and self._run.n < self.spec.max_batch_size:
+            if self._try_admit_head(now) is None:
                 break
-            batch.append(req)
-        if not batch:
+        if not self._run.n:
             # The engine is idle and memory is empty, yet the oldest request
             # does not fit: it never will (e.g. a paged watermark). Reject it
             # rather than deadlock.
             self._reject_head("does not fit in the empty KV cache")
             return self.schedule(now)  # type: ignore[return-value]
-        self._rows = len(batch)
-        self._padded_prompt = max(r.computed_tokens for r in batch)
+        run = self._run
+        self._rows = run.n
+        self._padded_prompt = int(run.computed[: run.n].max())
         self._decode_steps = 0
+        self._emitting = slice(0, run.n)
+        requests, held, _ = self._batch_rows(0, 0)
         return Batch(
             prefill_new_tokens=(self._padded_prompt,) * self._rows,
             prefill_context_tokens=(0,) * self._rows,
             kv_layout=self.kv.layout,  # type: ignore[arg-type]
-            requests=tuple(batch),
+            requests=requests,
+            held_tokens=held,
         )
 
     def _decode_step(self) -> Batch:
-        kv = self.kv
-        active = self._running
-        i = len(active) if kv.append_all([req.request_id for req in active], 1) else 0
-        if i:
-            for req in active:
-                req.computed_tokens += 1
-        while i < len(active):
-            req = active[i]
-            if kv.can_append(req.request_id, 1):
-                kv.append(req.request_id, 1)
-                req.computed_tokens += 1
-                i += 1
-            else:
-                self._preempt_recompute(active.pop())
+        active, _, _ = self._reserve_one_each(self._preempt_recompute)
         self._decode_steps += 1
+        self._emitting = slice(0, active)
+        requests, held, _ = self._batch_rows(active, active)
         return Batch(
             decode_context_tokens=(self._padded_prompt + self._decode_steps,) * self._rows,
             kv_layout=self.kv.layout,  # type: ignore[arg-type]
-            requests=tuple(active),
+            requests=requests,
+            held_tokens=held,
         )
 
     def _retire_done(self, now: float) -> None:
         super()._retire_done(now)
-        if not self._running:
+        if not self._run.n:
             self._rows = 0          # the batch is over: the engine is idle
 
     def advance_decode_run(self, batch: Batch, step_ends_s: list[float]) -> None:

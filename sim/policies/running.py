@@ -1,0 +1,94 @@
+"""The running set of a policy: sequences that hold KV on the GPU, in
+admission order, as parallel arrays.
+
+A scheduling decision touches every running sequence (one more token each),
+so the set keeps their state in numpy arrays and a decision costs a few array
+operations however many sequences run. The ``Request`` objects are the
+user-facing records: their ``computed_tokens`` and ``generated_tokens`` are
+written back (``sync``) whenever a sequence leaves the set -- finished,
+preempted, swapped out -- or an observer asks for the running requests;
+while a sequence runs, the arrays are the truth.
+
+Columns: ``reqs`` (the Request objects), ``slot`` (the KV manager's row for
+the sequence), ``computed`` (tokens whose KV is held, the slot reserved for
+the next token included), ``generated`` (output tokens so far) and
+``target`` (output tokens wanted).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from sim.request import Request
+
+_INT_COLUMNS = ("slot", "computed", "generated", "target")
+
+
+class RunningSet:
+    def __init__(self, capacity: int = 64) -> None:
+        self.n = 0
+        self.reqs = np.empty(capacity, object)
+        self.slot = np.zeros(capacity, np.int64)
+        self.computed = np.zeros(capacity, np.int64)
+        self.generated = np.zeros(capacity, np.int64)
+        self.target = np.zeros(capacity, np.int64)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def add(self, req: Request, slot: int) -> None:
+        """Append a sequence that just took KV (its Request is up to date)."""
+        if self.n == len(self.reqs):
+            self._grow()
+        i = self.n
+        self.reqs[i] = req
+        self.slot[i], self.computed[i] = slot, req.computed_tokens
+        self.generated[i], self.target[i] = req.generated_tokens, req.output_tokens
+        self.n += 1
+
+    def pop(self) -> Request:
+        """Remove the most recently admitted sequence, synchronised."""
+        self.n -= 1
+        req = self._sync(self.n)
+        self.reqs[self.n] = None
+        return req
+
+    def remove(self, positions: np.ndarray) -> list[Request]:
+        """Remove the sequences at ``positions`` (keeping the others' order);
+        returns their Requests, synchronised."""
+        removed = [self._sync(int(i)) for i in positions]
+        keep = np.ones(self.n, bool)
+        keep[positions] = False
+        m = int(keep.sum())
+        self.reqs[:m] = self.reqs[: self.n][keep]
+        self.reqs[m: self.n] = None
+        for name in _INT_COLUMNS:
+            col = getattr(self, name)
+            col[:m] = col[: self.n][keep]
+        self.n = m
+        return removed
+
+    def requests(self) -> list[Request]:
+        """The running Requests in admission order, synchronised."""
+        return [self._sync(i) for i in range(self.n)]
+
+    def clear(self) -> list[Request]:
+        reqs = self.requests()
+        self.reqs[: self.n] = None
+        self.n = 0
+        return reqs
+
+    def _sync(self, i: int) -> Request:
+        req = self.reqs[i]
+        req.computed_tokens = int(self.computed[i])
+        req.generated_tokens = int(self.generated[i])
+        return req
+
+    def _grow(self) -> None:
+        size = 2 * len(self.reqs)
+        reqs = np.empty(size, object)
+        reqs[: self.n] = self.reqs[: self.n]
+        self.reqs = reqs
+        for name in _INT_COLUMNS:
+            col = np.zeros(size, np.int64)
+            col[: self.n] = getattr(self, name)[: self.n]
+            setattr(self, name, col)
