@@ -8,10 +8,13 @@ triggers; it never polls.
 
 Jumping over decode runs: when the policy guarantees that the next ``k`` steps
 are the same decode batch with every context one token longer, the driver
-prices all ``k`` steps at once (``cost.decode_run_times``), stops the run at
-the step during which the next arrival lands (that arrival could change the
-following step) and at the horizon, and applies the run in one go. Request
-timings are the same as stepping one iteration at a time.
+prices the run (``cost.decode_run_times``, in chunks of growing size, so a
+run cut short is not priced to its end), stops it at the step during which
+the next arrival lands (that arrival could change the following step) --
+unless the policy says no arrival can change this run (a running static
+batch; a full batch, or a queue whose head could not be admitted) -- and at
+the horizon, and applies the run in one go. Request timings are the same as
+stepping one iteration at a time.
 """
 from __future__ import annotations
 
@@ -27,7 +30,10 @@ from sim.cost.base import CostModel
 from sim.policies.base import Policy
 from sim.request import Request
 from sim.result import SimResult, close_run
-from sim.timeline import Timeline
+from sim.timeline import DEFAULT_MAX_ROWS, Timeline
+
+
+RUN_CHUNK_STEPS = 8      # the first chunk of a decode run priced at once
 
 
 @dataclass
@@ -36,6 +42,7 @@ class _Replica:
     policy: Policy
     cost: CostModel
     wake: simpy.Event | None = None
+    queued_s: list[float] | None = None    # during a run through arrivals: when requests queued
 
     @property
     def num_outstanding(self) -> int:
@@ -54,14 +61,16 @@ class _State:
 def simulate(requests: Sequence[Request], policies: Sequence[Policy],
              costs: Sequence[CostModel], router, *, horizon_s: float | None = None,
              fast_forward: bool = True, on_progress: Callable[[int], None] | None = None,
-             ) -> SimResult:
+             timeline_max_rows: int | None = DEFAULT_MAX_ROWS) -> SimResult:
     """Run the workload to completion (or to ``horizon_s``) and check the
-    conservation invariants. ``requests`` must be sorted by arrival."""
+    conservation invariants. ``requests`` must be sorted by arrival. The
+    timeline keeps at most ``timeline_max_rows`` rows per replica (None: every
+    step; ``sim.timeline``)."""
     wall0 = time.perf_counter()
     env = simpy.Environment()
     replicas = [_Replica(i, p, c) for i, (p, c) in enumerate(zip(policies, costs))]
     state = _State(on_progress=on_progress or (lambda n: None))
-    timeline = Timeline()
+    timeline = Timeline(timeline_max_rows)
 
     def arrivals():
         for i, req in enumerate(requests):
@@ -73,6 +82,8 @@ def simulate(requests: Sequence[Request], policies: Sequence[Policy],
             rep = replicas[router.route(req, replicas)]
             req.replica = rep.index
             if rep.policy.add(req, env.now):
+                if rep.queued_s is not None:
+                    rep.queued_s.append(env.now)
                 _wake(rep)
             else:
                 state.on_progress(1)
@@ -98,13 +109,19 @@ def simulate(requests: Sequence[Request], policies: Sequence[Policy],
                 continue
             done_before = len(policy.finished)
             k = policy.decode_run_length(batch) if fast_forward else 1
+            through = False
             if k > 1:
-                k, ends = _run_ends(env.now, cost.decode_run_times(batch, k),
-                                    _next_arrival_s(requests, state), horizon_s)
+                through = policy.run_ignores_arrivals()
+                arrival_s = math.inf if through else _next_arrival_s(requests, state)
+                k, ends = _run_ends(env.now, cost, batch, k, arrival_s, horizon_s)
             if k > 1:
                 starts = np.concatenate(([env.now], ends[:-1]))
                 timeline.record_run(starts, rep.index, ends - starts, policy, batch)
+                rep.queued_s = [] if through else None
                 yield env.timeout(ends[-1] - env.now)
+                if through:
+                    timeline.amend_last_run(rep.queued_s, policy)
+                    rep.queued_s = None
                 policy.advance_decode_run(batch, ends.tolist())
             else:
                 step_s = cost.step_time(batch)
@@ -134,18 +151,30 @@ def _next_arrival_s(requests: Sequence[Request], state: _State) -> float:
     return requests[i].arrival_s if i < len(requests) else math.inf
 
 
-def _run_ends(now: float, steps_s: np.ndarray, next_arrival_s: float,
+def _run_ends(now: float, cost: CostModel, batch, max_steps: int, next_arrival_s: float,
               horizon_s: float | None) -> tuple[int, np.ndarray]:
     """End times of a run's steps, accumulated one step at a time exactly as
     stepping would, cut after the step during which the next arrival lands and
-    before any step that would end past the horizon."""
-    acc = np.empty(len(steps_s) + 1)
-    acc[0] = now
-    acc[1:] = steps_s
-    ends = np.cumsum(acc)[1:]
-    k = min(len(ends), int(np.searchsorted(ends, next_arrival_s, "left")) + 1)
+    before any step that would end past the horizon. Steps are priced in
+    chunks of 8, 32, 128, ... so that a run cut by an arrival is not priced
+    to its end."""
+    parts, done, chunk, start = [], 0, RUN_CHUNK_STEPS, now
+    while done < max_steps:
+        m = min(chunk, max_steps - done)
+        acc = np.empty(m + 1)
+        acc[0] = start
+        acc[1:] = cost.decode_run_times(batch, m, done)
+        ends = np.cumsum(acc)[1:]
+        cut = int(np.searchsorted(ends, next_arrival_s, "left"))
+        if cut < m or (horizon_s is not None and ends[-1] > horizon_s):
+            parts.append(ends[: cut + 1])
+            break
+        parts.append(ends)
+        done, chunk, start = done + m, chunk * 4, float(ends[-1])
+    ends = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    k = len(ends)
     if horizon_s is not None:
-        k = min(k, int(np.searchsorted(ends[:k], horizon_s, "right")))
+        k = min(k, int(np.searchsorted(ends, horizon_s, "right")))
     return k, ends[:k]
 
 

@@ -1,8 +1,18 @@
 """Per-step samples of the engine: queue lengths, batch shape, KV slots.
 
-One row per simulated step, recorded when the step starts (after the policy
-reserved its KV slots). A decode run that the driver jumps over is recorded
-as the same rows stepping would give, computed in bulk.
+One row per step, recorded when the step starts (after the policy reserved
+its KV slots). A decode run that the driver jumps over is recorded as the
+same rows stepping would give, computed in bulk.
+
+Memory is bounded by ``max_rows`` per replica, not by the number of steps:
+recorded steps wait in a small buffer and are turned into columns in bulk;
+once a replica holds more than ``max_rows`` rows, each pair of adjacent rows
+is merged into one -- ``t_s`` of the first, ``step_s`` summed, every other
+column the step-time-weighted mean, ``steps`` the number of steps it covers
+-- so a long run keeps between ``max_rows / 2`` and ``max_rows`` rows at an
+even time resolution. Every step-time-weighted figure of the run (KV usage,
+waste, mean batch size) is the same from merged rows as from the full ones.
+``max_rows=None`` keeps every step.
 """
 from __future__ import annotations
 
@@ -21,6 +31,9 @@ COLUMNS = (
     "kv_token_slots_used", "kv_token_slots_reserved", "kv_internal_slots",
     "kv_reserved_slots", "kv_external_slots", "kv_free_slots", "kv_total_slots",
 )
+VALUE_COLUMNS = COLUMNS[3:]
+DEFAULT_MAX_ROWS = 200_000
+FLUSH_EVERY = 4096          # recorded steps and runs buffered before they become columns
 
 
 def external_slots(policy: Policy) -> int:
@@ -32,19 +45,21 @@ def external_slots(policy: Policy) -> int:
 
 
 class _Run(NamedTuple):
-    """What stays constant over a decode run (KV figures at its first step)."""
+    """What stays constant over a decode run (KV figures at its first step);
+    ``waiting`` and ``external`` may be per-step arrays when arrivals joined
+    the queue during the run."""
 
     starts_s: np.ndarray
     steps_s: np.ndarray
     replica: int
     running: int
-    waiting: int
+    waiting: int | np.ndarray
     swapped: int
     batch_seqs: int
     batch_rows: int
     batch_tokens: int
     decode_seqs: int
-    external: int
+    external: int | np.ndarray
     real: int
     used: int                      # real + internal
     reserved: int
@@ -54,10 +69,16 @@ class _Run(NamedTuple):
 
 
 class Timeline:
-    def __init__(self) -> None:
+    def __init__(self, max_rows: int | None = DEFAULT_MAX_ROWS) -> None:
+        if max_rows is not None and max_rows < 2:
+            raise ValueError(f"max_rows must be >= 2 or None, got {max_rows}")
+        self.max_rows = max_rows
         self._rows: list[tuple] = []
         self._runs: list[_Run] = []
+        self._chunks: dict[int, list[dict[str, np.ndarray]]] = {}   # replica -> column chunks
+        self._stored: dict[int, int] = {}                            # replica -> rows in chunks
 
+    # ---- recording -------------------------------------------------------
     def record_step(self, t_s: float, replica: int, step_s: float, policy: Policy,
                     batch: Batch) -> None:
         self.append(t_s, replica, step_s, self.snapshot(policy, batch))
@@ -74,14 +95,16 @@ class Timeline:
     def append(self, t_s: float, replica: int, step_s: float, snapshot: tuple) -> None:
         """A step's row from a ``snapshot`` taken when it started (a real
         executor learns ``step_s`` only once the step is over)."""
+        self._maybe_flush()
         self._rows.append((t_s, replica, step_s, *snapshot))
 
     def record_run(self, starts_s: np.ndarray, replica: int, steps_s: np.ndarray,
                    policy: Policy, batch: Batch) -> None:
         """Rows of a decode run whose first step's slots are reserved now;
         step j (0-based) has every sequence ``j`` tokens longer. Only what
-        stays constant over the run is kept here; ``to_frame`` expands all
-        runs' KV columns at once."""
+        stays constant over the run is kept here; its KV columns are expanded
+        in bulk later."""
+        self._maybe_flush()
         kv: KVManager = policy.kv
         u = kv.usage()
         block_hist = None
@@ -96,6 +119,65 @@ class Timeline:
             u.reserved, u.free, u.total, block_hist,
         ))
 
+    def amend_last_run(self, queued_s: list[float], policy: Policy) -> None:
+        """The last recorded run went on through arrivals (which could not
+        change it): each of its steps sees the requests that joined the
+        queue, at ``queued_s``, before it started, as stepping would."""
+        if not queued_s:
+            return
+        run = self._runs[-1]
+        joined = np.searchsorted(np.asarray(queued_s), run.starts_s, side="right")
+        waiting = run.waiting + joined
+        external = run.external
+        if run.waiting == 0 and policy.waiting:
+            # the queue's head is the first arrival: its hole fit, in a run's fixed memory
+            head = external_slots(policy)
+            external = np.where(joined > 0, head, 0)
+        self._runs[-1] = run._replace(waiting=waiting, external=external)
+
+    # ---- bulk conversion ---------------------------------------------------
+    def _maybe_flush(self) -> None:
+        if len(self._rows) + len(self._runs) >= FLUSH_EVERY:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Buffered steps and runs -> per-replica column chunks; merge rows
+        past ``max_rows``."""
+        parts = []
+        if self._rows:
+            arr = np.array(self._rows, dtype=np.float64)
+            parts.append({c: arr[:, i] for i, c in enumerate(COLUMNS)})
+        if self._runs:
+            parts.append(self._expand_runs())
+        self._rows, self._runs = [], []
+        for part in parts:
+            part = {c: np.asarray(v, np.float64) for c, v in part.items()}
+            part["steps"] = np.ones(len(part["t_s"]))
+            for replica in np.unique(part["replica"]).astype(int).tolist():
+                mask = part["replica"] == replica
+                chunk = {c: v[mask] for c, v in part.items()}
+                self._chunks.setdefault(replica, []).append(chunk)
+                self._stored[replica] = self._stored.get(replica, 0) + int(mask.sum())
+                if self.max_rows is not None and self._stored[replica] > self.max_rows:
+                    self._merge(replica)
+
+    def _merge(self, replica: int) -> None:
+        """Halve a replica's rows: adjacent pairs become one time-weighted row."""
+        cols = _sorted(_concat(self._chunks[replica]))
+        n = len(cols["t_s"]) // 2 * 2
+        odd = {c: v[n:] for c, v in cols.items()}
+        w = np.maximum(cols["step_s"][:n], 0.0).reshape(-1, 2)
+        ws = w.sum(axis=1)
+        merged = {"t_s": cols["t_s"][:n:2], "replica": cols["replica"][:n:2],
+                  "step_s": cols["step_s"][:n].reshape(-1, 2).sum(axis=1),
+                  "steps": cols["steps"][:n].reshape(-1, 2).sum(axis=1)}
+        for c in VALUE_COLUMNS:
+            pair = cols[c][:n].reshape(-1, 2)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                merged[c] = np.where(ws > 0, (pair * w).sum(axis=1) / ws, pair.mean(axis=1))
+        self._chunks[replica] = [merged, odd] if len(odd["t_s"]) else [merged]
+        self._stored[replica] = len(merged["t_s"]) + len(odd["t_s"])
+
     def _expand_runs(self) -> dict[str, np.ndarray]:
         """KV columns of every run row. A sequence holding t tokens takes
         ``floor((j + (t - 1) % bs) / bs)`` new blocks over the next j steps, so
@@ -104,8 +186,12 @@ class Timeline:
         runs = self._runs
         lengths = np.array([len(r.starts_s) for r in runs], np.int64)
 
-        def rep(field: str) -> np.ndarray:     # a per-run constant, one value per row
-            return np.repeat(np.array([getattr(r, field) for r in runs], np.int64), lengths)
+        def rep(field: str) -> np.ndarray:     # a per-run value (or per-step array), one value per row
+            values = [getattr(r, field) for r in runs]
+            if any(isinstance(v, np.ndarray) for v in values):
+                return np.concatenate([np.broadcast_to(np.asarray(v, np.int64), (k,))
+                                       for v, k in zip(values, lengths)])
+            return np.repeat(np.array(values, np.int64), lengths)
 
         j = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         n = rep("batch_seqs")
@@ -123,7 +209,7 @@ class Timeline:
                 new_blocks += np.repeat(hist[:, q], lengths) * ((j + q) // bs)
             internal = np.where(paged, internal + bs * new_blocks, internal)
             free = np.where(paged, free - bs * new_blocks, free)
-        cols = {
+        return {
             "t_s": np.concatenate([r.starts_s for r in runs]),
             "step_s": np.concatenate([r.steps_s for r in runs]),
             **{name: rep(name) for name in ("replica", "running", "waiting", "swapped",
@@ -133,12 +219,30 @@ class Timeline:
             "kv_token_slots_reserved": internal + reserved, "kv_external_slots": rep("external"),
             "kv_free_slots": free, "kv_total_slots": rep("total"),
         }
-        return cols
 
+    # ---- output ---------------------------------------------------------------
     def to_frame(self) -> pd.DataFrame:
-        steps = pd.DataFrame(self._rows, columns=list(COLUMNS))
-        if self._runs:
-            runs = self._expand_runs()
-            steps = pd.concat([steps, pd.DataFrame({c: runs[c] for c in COLUMNS})], ignore_index=True)
-        df = steps.astype({c: ("float64" if c in ("t_s", "step_s") else "int64") for c in COLUMNS})
-        return df.sort_values(["replica", "t_s"], kind="stable").reset_index(drop=True)
+        """One row per step (``steps == 1``), or per group of merged steps."""
+        self._flush()
+        chunks = [c for replica in sorted(self._chunks) for c in self._chunks[replica]]
+        if not chunks:
+            return pd.DataFrame({c: pd.Series(dtype="int64" if c not in ("t_s", "step_s") else "float64")
+                                 for c in (*COLUMNS, "steps")})
+        cols = _sorted(_concat(chunks))
+        df = pd.DataFrame({c: cols[c] for c in (*COLUMNS, "steps")})
+        merged = (df["steps"] > 1).any()
+        ints = [c for c in (*COLUMNS, "steps") if c not in ("t_s", "step_s")]
+        if not merged:
+            df[ints] = df[ints].astype("int64")
+        else:
+            df[["replica", "steps"]] = df[["replica", "steps"]].astype("int64")
+        return df
+
+
+def _concat(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {c: np.concatenate([ch[c] for ch in chunks]) for c in chunks[0]}
+
+
+def _sorted(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    order = np.lexsort((cols["t_s"], cols["replica"]))
+    return {c: v[order] for c, v in cols.items()}

@@ -52,6 +52,9 @@ CASES = [
     ("continuous", "contiguous", {}),
     ("static", "paged", {"max_batch_size": 8}),
     ("static", "contiguous", {"max_batch_size": 8, "max_wait_s": 0.05}),
+    # full batches: decode runs go on through arrivals that cannot join them
+    ("continuous", "paged", {"max_batch_size": 3}),
+    ("continuous", "contiguous", {"max_batch_size": 3}),
 ]
 
 

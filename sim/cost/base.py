@@ -26,16 +26,17 @@ class CostModel(Protocol):
         """Seconds the engine spends on one step computing ``batch``."""
         ...
 
-    def decode_run_times(self, batch: Batch, num_steps: int) -> np.ndarray:
+    def decode_run_times(self, batch: Batch, num_steps: int, first_step: int = 0) -> np.ndarray:
         """Seconds of each of ``num_steps`` consecutive pure-decode steps;
-        step ``i`` (0-based) has every decode context ``+ i``."""
+        step ``i`` (0-based) has every decode context ``+ first_step + i``."""
         ...
 
 
-def decode_run_times_by_steps(model: CostModel, batch: Batch, num_steps: int) -> np.ndarray:
+def decode_run_times_by_steps(model: CostModel, batch: Batch, num_steps: int,
+                              first_step: int = 0) -> np.ndarray:
     """Reference implementation: call ``step_time`` once per step."""
     ctx = np.asarray(batch.decode_context_tokens, dtype=np.int64)
     out = np.empty(num_steps, dtype=np.float64)
     for i in range(num_steps):
-        out[i] = model.step_time(replace(batch, decode_context_tokens=tuple((ctx + i).tolist())))
+        out[i] = model.step_time(replace(batch, decode_context_tokens=tuple((ctx + first_step + i).tolist())))
     return out

@@ -49,13 +49,13 @@ class LinearCostModel:
             return 0.0
         return self._fixed_s(batch) + self.per_context_token_s * sum(batch.decode_context_tokens)
 
-    def decode_run_times(self, batch: Batch, num_steps: int) -> np.ndarray:
+    def decode_run_times(self, batch: Batch, num_steps: int, first_step: int = 0) -> np.ndarray:
         if num_steps < 0:
             raise ValueError(f"num_steps must be >= 0, got {num_steps}")
         if batch.is_empty:
             return np.zeros(num_steps, dtype=np.float64)
         num_decode = len(batch.decode_context_tokens)
-        total_ctx = sum(batch.decode_context_tokens) + num_decode * np.arange(num_steps, dtype=np.int64)
+        total_ctx = sum(batch.decode_context_tokens) + num_decode * np.arange(first_step, first_step + num_steps, dtype=np.int64)
         return self._fixed_s(batch) + self.per_context_token_s * total_ctx.astype(np.float64)
 
     def _fixed_s(self, batch: Batch) -> float:

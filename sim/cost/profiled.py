@@ -348,14 +348,14 @@ class ProfiledCostModel:
             max(dec, default=0), batch.swap_in_tokens + batch.swap_out_tokens)
         return swap + device + host
 
-    def decode_run_times(self, batch: Batch, num_steps: int) -> np.ndarray:
+    def decode_run_times(self, batch: Batch, num_steps: int, first_step: int = 0) -> np.ndarray:
         """Vectorised over the run for a pure decode batch; the same numbers as
         ``decode_run_times_by_steps`` (which any other batch falls back to)."""
         dec = batch.decode_context_tokens
         if batch.prefill_new_tokens or not dec or batch.swap_in_tokens or batch.swap_out_tokens:
-            return decode_run_times_by_steps(self, batch, num_steps)
+            return decode_run_times_by_steps(self, batch, num_steps, first_step)
         b, layout, engine = len(dec), batch.kv_layout, self.engine
-        step = np.arange(num_steps, dtype=np.int64)
+        step = np.arange(first_step, first_step + num_steps, dtype=np.int64)
         attention = self.num_layers * self.decode[layout].many(b, sum(dec) + b * step, max(dec) + step)
         bucket = bucket_for(engine.graph_sizes, b) if engine is not None else None
         rows = bucket or b       # the same additions, in the same order, as step_time

@@ -47,5 +47,5 @@ class ReplayCostModel:
         self.used += 1
         return self.steps_s[i]
 
-    def decode_run_times(self, batch: Batch, num_steps: int) -> np.ndarray:
+    def decode_run_times(self, batch: Batch, num_steps: int, first_step: int = 0) -> np.ndarray:
         raise ReplayMismatch("replay prices one step at a time: simulate with fast_forward: false")

@@ -112,13 +112,13 @@ class RooflineCostModel:
             decode_s = sum([max(pair_s * c, key_s * c + query_s) for c in decode_ctx])
         return self._step_s(batch, decode_s)
 
-    def decode_run_times(self, batch: Batch, num_steps: int) -> np.ndarray:
+    def decode_run_times(self, batch: Batch, num_steps: int, first_step: int = 0) -> np.ndarray:
         if num_steps < 0:
             raise ValueError(f"num_steps must be >= 0, got {num_steps}")
         if batch.is_empty:
             return np.zeros(num_steps, dtype=np.float64)
         ctx = np.asarray(batch.decode_context_tokens, dtype=np.int64)
-        steps = np.arange(num_steps, dtype=np.int64)
+        steps = np.arange(first_step, first_step + num_steps, dtype=np.int64)
         if self._decode_memory_bound:
             total_ctx = int(ctx.sum()) + len(ctx) * steps
             decode_s = self._attn_key_s * total_ctx.astype(np.float64) + self._attn_query_s * len(ctx)

@@ -212,6 +212,21 @@ class PagedKVManager:
             return self._append_slots_shared(slots, num_tokens)
         bs = self.block_size
         tokens = self._tok[slots]
+        if num_tokens == 1:             # the decode step: a block for each sequence whose last is full
+            full = tokens % bs == 0
+            count = int(np.count_nonzero(full))
+            if count > len(self._free):
+                return False
+            if count:
+                rows = slots[full]
+                cols = self._nblk[rows]
+                if int(cols.max()) >= self._table.shape[1]:
+                    self._ensure_width(int(cols.max()) + 1)
+                self._table[rows, cols] = self._free.take(count)
+                self._nblk[rows] = cols + 1
+            self._tok[slots] = tokens + 1
+            self._real_slots += len(slots)
+            return True
         have = self._nblk[slots]
         need = (tokens + num_tokens + bs - 1) // bs - have
         total = int(need.sum())

@@ -158,9 +158,11 @@ class Policy:
         prefills are running positions ``prefill_from:`` and decodes
         ``:decode_to``, prefills listed first."""
         run = self._run
-        reqs = (*run.reqs[prefill_from: run.n], *run.reqs[:decode_to])
-        held = (*run.computed[prefill_from: run.n].tolist(), *run.computed[:decode_to].tolist())
-        return reqs, held, tuple(run.computed[:decode_to].tolist())
+        contexts = tuple(run.computed[:decode_to].tolist())
+        if prefill_from == run.n:         # a pure decode step
+            return tuple(run.reqs[:decode_to].tolist()), contexts, contexts
+        reqs = tuple(run.reqs[prefill_from: run.n].tolist()) + tuple(run.reqs[:decode_to].tolist())
+        return reqs, tuple(run.computed[prefill_from: run.n].tolist()) + contexts, contexts
 
     def on_step_done(self, batch: Batch, now: float) -> None:
         """The batch's sequences (``self._emitting``, set by ``schedule``) each
@@ -168,8 +170,9 @@ class Policy:
         run = self._run
         gen = run.generated[: run.n]
         emitting = gen[self._emitting]
-        for i in np.flatnonzero(emitting == 0):
-            run.reqs[: run.n][self._emitting][i].first_token_s = now
+        if emitting.size and emitting.min() == 0:
+            for i in np.flatnonzero(emitting == 0):
+                run.reqs[: run.n][self._emitting][i].first_token_s = now
         gen[self._emitting] = emitting + 1
         if self.record_token_times:
             for req in run.reqs[: run.n][self._emitting]:
