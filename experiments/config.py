@@ -66,6 +66,9 @@ class ExperimentConfig(BaseModel):
     fast_forward: bool = True
     """Jump over runs of identical decode steps (same results, much faster)."""
     record_token_times: bool = False
+    timeline_max_rows: PositiveInt | None = 200_000
+    """Timeline rows kept per replica; past it adjacent steps merge into
+    step-time-weighted rows (column ``steps``). null keeps every step."""
     sweep: dict[str, list[Any]] | None = None
     """Dotted config paths -> values; ``pagesim sweep`` runs the cartesian product."""
 

@@ -74,6 +74,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = False,
     result = simulate(
         requests, policies, costs, ROUTERS[engine.router](), horizon_s=cfg.horizon_s,
         fast_forward=cfg.fast_forward, on_progress=bar.update if bar else None,
+        timeline_max_rows=cfg.timeline_max_rows,
     )
     if bar:
         bar.close()

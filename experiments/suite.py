@@ -57,7 +57,10 @@ def is_done(run_dir: Path, cfg: ExperimentConfig) -> bool:
     engine's own KV capacity aside, which it fills in)."""
     if not (run_dir / "summary.json").is_file() or not (run_dir / "config.yaml").is_file():
         return False
-    done = yaml.safe_load((run_dir / "config.yaml").read_text())
+    try:          # through today's schema, so fields added since keep their defaults
+        done = resolved_dict(validate(yaml.safe_load((run_dir / "config.yaml").read_text())))
+    except (ConfigError, yaml.YAMLError):
+        return False
     want = resolved_dict(cfg)
     for tree in (done, want):
         tree.get("engine", {}).get("memory", {}).pop("num_tokens", None)

@@ -158,7 +158,7 @@ class Timeline:
                 chunk = {c: v[mask] for c, v in part.items()}
                 self._chunks.setdefault(replica, []).append(chunk)
                 self._stored[replica] = self._stored.get(replica, 0) + int(mask.sum())
-                if self.max_rows is not None and self._stored[replica] > self.max_rows:
+                while self.max_rows is not None and self._stored[replica] > self.max_rows:
                     self._merge(replica)
 
     def _merge(self, replica: int) -> None:

@@ -131,3 +131,29 @@ def test_round_robin_and_least_outstanding_spread_the_load():
     # 0 -> replica 0, 1 -> replica 1 (tie-break to the lower index after 0 is busy),
     # 2 -> replica 0 (both hold one; lowest index), 3 -> replica 1 (0 still holds two)
     assert [r.replica for r in reqs] == [0, 1, 0, 1]
+
+
+def test_a_bounded_timeline_merges_steps_and_keeps_every_weighted_figure():
+    """With a budget of 64 rows the timeline of ~1,300 steps is merged to
+    between 32 and 64 rows that cover every step, and the step-time-weighted
+    KV and batch figures of the summary are those of the full timeline."""
+    from sim.metrics import requests_frame, summarize
+
+    reqs = poisson_requests(150, 20.0, seed=7)
+    results = {}
+    for max_rows in (None, 64):
+        pol = make_policy("continuous", make_kv("paged"))
+        result = simulate(poisson_requests(150, 20.0, seed=7), [pol], [LINEAR], RoundRobinRouter(),
+                          timeline_max_rows=max_rows)
+        frame = result.timeline.to_frame()
+        results[max_rows] = (frame, summarize(result, requests_frame(result), frame))
+    full, merged = results[None][0], results[64][0]
+    assert (full["steps"] == 1).all() and len(full) == results[None][1]["sim_steps"]
+    assert 32 <= len(merged) <= 64 and merged["steps"].sum() == len(full)
+    assert merged["step_s"].sum() == pytest.approx(full["step_s"].sum(), rel=1e-12)
+    for key in ("kv_utilization_mean", "kv_usage_mean", "mean_batch_size"):
+        assert results[64][1][key] == pytest.approx(results[None][1][key], rel=1e-9)
+    for key in ("internal", "reserved_unused", "external"):
+        assert results[64][1]["kv_waste"][key] == pytest.approx(results[None][1]["kv_waste"][key],
+                                                                rel=1e-9, abs=1e-12)
+    assert len(reqs) == 150

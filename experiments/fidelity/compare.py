@@ -96,7 +96,8 @@ def replay_check(run: RealRun) -> dict:
     policy = POLICIES[cfg.engine.batching.policy](cfg.engine.batching, kv, model)
     cost = ReplayCostModel(run.timeline["step_s"].tolist())
     try:
-        result = simulate(make_requests(cfg), [policy], [cost], ROUTERS["round_robin"](), fast_forward=False)
+        result = simulate(make_requests(cfg), [policy], [cost], ROUTERS["round_robin"](), fast_forward=False,
+                          timeline_max_rows=None)
     except ReplayMismatch as exc:
         return {"identical": False, "detail": str(exc), "max_abs_dt_s": math.nan}
     sim = requests_frame(result)
