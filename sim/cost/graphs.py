@@ -9,6 +9,8 @@ both read the rule from here.
 """
 from __future__ import annotations
 
+from bisect import bisect_left
+
 
 def graph_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
     """1, 2, 4, then multiples of 8 up to ``max_batch_size`` (and it itself)."""
@@ -20,7 +22,5 @@ def graph_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
 
 def bucket_for(sizes: tuple[int, ...], n: int) -> int | None:
     """The smallest captured size holding ``n`` rows (None: larger than all)."""
-    for b in sizes:
-        if b >= n:
-            return b
-    return None
+    i = bisect_left(sizes, n)
+    return sizes[i] if i < len(sizes) else None

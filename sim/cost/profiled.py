@@ -267,7 +267,17 @@ class ProfiledCostModel:
         self.num_layers, self.tokens, self.seqs = num_layers, tokens, seqs
         self.decode, self.prefill = decode, prefill
         self.fixed_s, self.swap_s_per_token, self.source = fixed_s, swap_s_per_token, source
-        self.engine = engine
+        self._engine = engine
+        self._decode_terms: dict[tuple[str, int], tuple] = {}   # (layout, batch) -> decode run's fixed terms
+
+    @property
+    def engine(self) -> EngineTerms | None:
+        return self._engine
+
+    @engine.setter
+    def engine(self, terms: EngineTerms | None) -> None:
+        self._engine = terms
+        self._decode_terms = {}
 
     @classmethod
     def from_dir(cls, path: str | Path, model: ModelSpec, hardware: HardwareSpec,
@@ -300,6 +310,7 @@ class ProfiledCostModel:
                    fixed_s=float(overhead.loc[overhead["name"].isin(FIXED_OVERHEADS), "seconds"].sum()),
                    swap_s_per_token=model.kv_bytes_per_token / hardware.pcie_bandwidth_Bps, source=str(path))
         cost.fixed_s += _calibration_residual_s(path / "steps.csv", cost)
+        cost._decode_terms.clear()
         if ratio is not None:
             c = prefill["contiguous"].coef
             prefill["paged"] = PrefillAttention((*c[:3], c[3] * ratio, c[4]), *shape)
@@ -357,13 +368,20 @@ class ProfiledCostModel:
         b, layout, engine = len(dec), batch.kv_layout, self.engine
         step = np.arange(first_step, first_step + num_steps, dtype=np.int64)
         attention = self.num_layers * self.decode[layout].many(b, sum(dec) + b * step, max(dec) + step)
-        bucket = bucket_for(engine.graph_sizes, b) if engine is not None else None
-        rows = bucket or b       # the same additions, in the same order, as step_time
-        gpu = (self.tokens[layout](rows) + self.seqs(rows) + self.fixed_s) + attention
+        key = (layout, b)
+        terms = self._decode_terms.get(key)
+        if terms is None:        # the same additions, in the same order, as step_time
+            bucket = bucket_for(engine.graph_sizes, b) if engine is not None else None
+            rows = bucket or b
+            terms = (self.tokens[layout](rows) + self.seqs(rows) + self.fixed_s, bucket,
+                     engine.host_s(b, 0, bucket is not None) if engine is not None else 0.0)
+            self._decode_terms[key] = terms
+        fixed, bucket, host = terms
+        gpu = fixed + attention
         if engine is None:
             return 0.0 + gpu
         if bucket is not None:
             device = gpu + engine.graph_residual_s
         else:
             device = np.maximum(gpu, engine.issue_s(False, True)) + engine.eager_residual_s
-        return (0.0 + device) + engine.host_s(b, 0, bucket is not None)
+        return (0.0 + device) + host

@@ -80,15 +80,20 @@ class BlockQueue:
     def take(self, count: int) -> np.ndarray:
         """The ``count`` ids at the head (the caller checked there are enough)."""
         fresh = min(count, self.num_blocks - self.virgin)
-        out = np.arange(self.virgin, self.virgin + fresh, dtype=np.int64)
-        self.virgin += fresh
         rest = count - fresh
-        if rest:
-            idx = (self._head + np.arange(rest)) % len(self._ring)
-            out = np.concatenate([out, self._ring[idx]])
-            self._head = (self._head + rest) % len(self._ring)
-            self._size -= rest
-        return out
+        if fresh:
+            out = np.arange(self.virgin, self.virgin + fresh, dtype=np.int64)
+            self.virgin += fresh
+            if not rest:
+                return out
+        head, size = self._head, len(self._ring)
+        if head + rest <= size:
+            taken = self._ring[head: head + rest].copy()
+        else:
+            taken = np.concatenate([self._ring[head:], self._ring[: head + rest - size]])
+        self._head = (head + rest) % size
+        self._size -= rest
+        return np.concatenate([out, taken]) if fresh else taken
 
     def take_one(self) -> int:
         if self.virgin < self.num_blocks:
@@ -104,8 +109,14 @@ class BlockQueue:
         n = len(blocks)
         if self._size + n > len(self._ring):
             self._regrow(self._size + n)
-        idx = (self._head + self._size + np.arange(n)) % len(self._ring)
-        self._ring[idx] = blocks
+        size = len(self._ring)
+        tail = (self._head + self._size) % size
+        if tail + n <= size:
+            self._ring[tail: tail + n] = blocks
+        else:
+            split = size - tail
+            self._ring[tail:] = blocks[:split]
+            self._ring[: n - split] = blocks[split:]
         self._size += n
 
     def _regrow(self, need: int) -> None:
