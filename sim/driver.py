@@ -33,7 +33,7 @@ from sim.result import SimResult, close_run
 from sim.timeline import DEFAULT_MAX_ROWS, Timeline
 
 
-RUN_CHUNK_STEPS = 8      # the first chunk of a decode run priced at once
+RUN_CHUNK_STEPS = 32     # the first chunk of a decode run priced at once
 
 
 @dataclass
@@ -156,7 +156,7 @@ def _run_ends(now: float, cost: CostModel, batch, max_steps: int, next_arrival_s
     """End times of a run's steps, accumulated one step at a time exactly as
     stepping would, cut after the step during which the next arrival lands and
     before any step that would end past the horizon. Steps are priced in
-    chunks of 8, 32, 128, ... so that a run cut by an arrival is not priced
+    chunks of 32, 128, 512, ... so that a run cut by an arrival is not priced
     to its end."""
     parts, done, chunk, start = [], 0, RUN_CHUNK_STEPS, now
     while done < max_steps:
