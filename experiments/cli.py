@@ -10,8 +10,6 @@ import os
 import sys
 from pathlib import Path
 
-from pydantic import ValidationError
-
 EXIT_BAD_INPUT = 2
 
 
@@ -268,8 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)       # --help and argument errors end here, before heavy imports
     args.argv_text = list(sys.argv[1:] if argv is None else argv)[1:]
+    from pydantic import ValidationError
     if getattr(args, "jobs", None) is not None and args.jobs < 1:
         parser.error(f"--jobs must be >= 1 (got {args.jobs})")   # one line, exit 2
     try:

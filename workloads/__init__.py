@@ -5,21 +5,28 @@ trace loaders and the ``workload`` section of a config (docs/workloads.md).
                         lengths={"preset": "sharegpt"})
     workload = generate(spec, np.random.default_rng(0))
 """
-from workloads.arrivals import AllAtOnce, ArrivalProcess, ConstantArrivals, GammaArrivals, PoissonArrivals, TraceArrivals
-from workloads.lengths import (
-    LENGTH_PRESETS,
-    EmpiricalLength,
-    FixedLength,
-    LengthDistribution,
-    LengthPair,
-    LognormalLength,
-    UniformLength,
-)
-from workloads.spec import WorkloadSpec, generate, generate_with_trace
-from workloads.stats import format_stats, plot_length_histograms, trace_stats
-from workloads.trace_formats import TraceColumns, TraceError
-from workloads.traces import EMBEDDED_TRACES, TraceLoad, load_trace
-from workloads.types import Workload
+import importlib
+
+_WHERE = {
+    **dict.fromkeys(("AllAtOnce", "ArrivalProcess", "ConstantArrivals", "GammaArrivals", "PoissonArrivals",
+                     "TraceArrivals"), "workloads.arrivals"),
+    **dict.fromkeys(("LENGTH_PRESETS", "EmpiricalLength", "FixedLength", "LengthDistribution", "LengthPair",
+                     "LognormalLength", "UniformLength"), "workloads.lengths"),
+    **dict.fromkeys(("WorkloadSpec", "generate", "generate_with_trace"), "workloads.spec"),
+    **dict.fromkeys(("format_stats", "plot_length_histograms", "trace_stats"), "workloads.stats"),
+    **dict.fromkeys(("TraceColumns", "TraceError"), "workloads.trace_formats"),
+    **dict.fromkeys(("EMBEDDED_TRACES", "TraceLoad", "load_trace"), "workloads.traces"),
+    "Workload": "workloads.types",
+}
+
+
+def __getattr__(name: str):
+    """Names load from their module on first use, so importing the package
+    (``pagesim --help``) does not import pandas or pydantic."""
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'workloads' has no attribute {name!r}")
+
 
 __all__ = [
     "AllAtOnce", "ArrivalProcess", "ConstantArrivals", "GammaArrivals", "PoissonArrivals", "TraceArrivals",

@@ -12,9 +12,7 @@ import argparse
 import json
 import sys
 
-from workloads.stats import format_stats, plot_length_histograms, trace_stats
-from workloads.trace_formats import TraceColumns
-from workloads.traces import EMBEDDED_TRACES, FORMAT_NAMES, load_trace
+from workloads.traces import EMBEDDED_TRACES, FORMAT_NAMES
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -61,7 +59,9 @@ def _add_stats_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the statistics as JSON instead of a table")
 
 
-def _columns(args: argparse.Namespace) -> TraceColumns | None:
+def _columns(args: argparse.Namespace):
+    from workloads.trace_formats import TraceColumns
+
     names = (args.arrival_column, args.prompt_column, args.output_column)
     if all(name is None for name in names):
         return None
@@ -72,6 +72,9 @@ def _columns(args: argparse.Namespace) -> TraceColumns | None:
 
 def stats_command(args: argparse.Namespace) -> int:
     """Print the statistics of ``args.trace``; returns the exit code."""
+    from workloads.stats import format_stats, plot_length_histograms, trace_stats
+    from workloads.traces import load_trace
+
     loaded = load_trace(
         args.trace, format=args.format, columns=_columns(args), limit=args.limit,
         start_s=args.start_s, end_s=args.end_s, max_context_tokens=args.max_context_tokens,

@@ -17,8 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TimeUnit = Literal["s", "ms", "us", "datetime"]
 SECONDS_PER_UNIT = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
@@ -111,6 +115,8 @@ def parse_trace(path: Path, label: str, columns: TraceColumns) -> RawTrace:
 
 
 def _read_frame(path: Path, label: str) -> pd.DataFrame:
+    import pandas as pd
+
     try:
         frame = pd.read_csv(
             path, dtype=str, keep_default_na=False, skip_blank_lines=False,
@@ -131,6 +137,8 @@ def _read_frame(path: Path, label: str) -> pd.DataFrame:
 
 
 def _numbers(texts: pd.Series, label: str) -> np.ndarray:
+    import pandas as pd
+
     """Floats from text; a missing, non-numeric or non-finite cell is an error."""
     try:  # fast path for clean columns; any bad cell raises and is located below
         values = texts.to_numpy(dtype=np.float64)
@@ -167,6 +175,8 @@ def _arrival_seconds(texts: pd.Series, time_unit: TimeUnit, label: str) -> np.nd
 
 
 def _datetime_seconds(texts: pd.Series, label: str) -> np.ndarray:
+    import pandas as pd
+
     """Seconds since the earliest timestamp in the column."""
     stripped = texts.fillna("").str.strip()
     try:
