@@ -1,13 +1,20 @@
-"""Simulator speed benchmark: the full Azure conversation trace (19,366
-requests) under continuous batching + paged KV, llama-2-7b on h100-sxm.
+"""Simulator speed benchmarks.
 
     taskset -c 0 python -m experiments.bench_sim [--repeat 3] [--no-fast-forward] [--out FILE]
+    taskset -c 0 python -m experiments.bench_sim --scale 10000,100000,1000000 [--out FILE]
+
+Without ``--scale``: the full Azure conversation trace (19,366 requests)
+under continuous batching + paged KV, llama-2-7b on h100-sxm. With
+``--scale``: ShareGPT-like Poisson requests at 20 req/s (about 90% of that
+configuration's capacity), continuous + paged, llama-2-7b on h100-sxm, at
+each size, every size in a fresh process so that its peak memory is its
+own (``--policy``, ``--layout``, ``--rate`` change the setup).
 
 Prints and writes (JSON) the wall time of the simulation itself, of the whole
-run (workload loading and metric tables included), simulated iterations per
-second, SimPy events, microseconds per event and per iteration, and the
-process's peak resident memory. Compare figures as ratios within one run of
-this script: this machine's timings are noisy.
+run (workload generation and metric tables included), simulated iterations
+per second, SimPy events, microseconds per request, per event and per
+iteration, and the peak resident memory. Compare figures as ratios within one
+run of this script: this machine's timings are noisy.
 """
 from __future__ import annotations
 
@@ -47,6 +54,46 @@ def measure(fast_forward: bool, cost_model: str, limit: int | None) -> dict:
     }
 
 
+def measure_scale(num_requests: int, policy: str, layout: str, rate_rps: float) -> dict:
+    """One scaling point, in this process (``--one``)."""
+    from experiments.config import validate
+
+    cfg = validate(dict(
+        name="bench-scale", seed=0, model="llama-2-7b", hardware="h100-sxm",
+        workload=dict(num_requests=num_requests, arrival=dict(process="poisson", rate_rps=rate_rps),
+                      lengths=dict(preset="sharegpt")),
+        engine=dict(batching=dict(policy=policy), memory=dict(layout=layout))))
+    t0 = time.perf_counter()
+    out = run_experiment(cfg)
+    total_s = time.perf_counter() - t0
+    s = out.summary
+    return {"requests": num_requests, "policy": policy, "layout": layout, "rate_rps": rate_rps,
+            "sim_wall_s": s["sim_wall_s"], "run_wall_s": total_s, "sim_steps": s["sim_steps"],
+            "sim_events": s["sim_events"], "finished": s["counts"]["finished"],
+            "accounted": s["counts"]["finished"] + s["counts"]["rejected"] + s["counts"]["unfinished"],
+            "us_per_request": 1e6 * s["sim_wall_s"] / num_requests,
+            "us_per_step": 1e6 * s["sim_wall_s"] / s["sim_steps"],
+            "mean_batch_size": s["mean_batch_size"], "throughput_rps": s["throughput_rps"],
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _scale(sizes: list[int], policy: str, layout: str, rate_rps: float) -> list[dict]:
+    import subprocess
+
+    rows = []
+    for n in sizes:
+        proc = subprocess.run([sys.executable, "-m", "experiments.bench_sim", "--one", str(n), "--policy", policy,
+                               "--layout", layout, "--rate", str(rate_rps)],
+                              capture_output=True, text=True, check=True)
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(f"{n:>9,} requests: simulation {row['sim_wall_s']:.1f} s, whole run {row['run_wall_s']:.1f} s, "
+              f"peak RSS {row['peak_rss_mb']:.0f} MB, {row['us_per_request']:.0f} us/request, "
+              f"{row['us_per_step']:.0f} us/step, {row['sim_steps']:,} steps, batch {row['mean_batch_size']:.0f}",
+              flush=True)
+    return rows
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -67,7 +114,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="cost model (default roofline: independent of committed profiles)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N trace rows")
     p.add_argument("--out", type=Path, default=Path("results/bench_sim.json"), help="JSON results file")
+    p.add_argument("--scale", default=None, metavar="N,N,...",
+                   help="scaling table instead: ShareGPT-like requests at these sizes, one process each")
+    p.add_argument("--policy", default="continuous", choices=["continuous", "static"], help="--scale: batching")
+    p.add_argument("--layout", default="paged", choices=["paged", "contiguous"], help="--scale: KV layout")
+    p.add_argument("--rate", type=float, default=20.0, help="--scale: Poisson rate (req/s)")
+    p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.one is not None:
+        print(json.dumps(measure_scale(args.one, args.policy, args.layout, args.rate)))
+        return 0
+    if args.scale is not None:
+        rows = _scale([int(x) for x in args.scale.split(",")], args.policy, args.layout, args.rate)
+        return _write(args, argv, rows, max(r["peak_rss_mb"] for r in rows))
     variants = [True] + ([False] if args.no_fast_forward else [])
     rows = []
     for ff in variants:
@@ -82,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{best['us_per_event']:.0f} us/event", flush=True)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident memory: {peak_mb:.0f} MB")
+    return _write(args, argv, rows, peak_mb)
+
+
+def _write(args: argparse.Namespace, argv: list[str] | None, rows: list[dict], peak_mb: float) -> int:
     record = {
         "date": date.today().isoformat(), "machine": _cpu_model(),
         "cpus_allowed": len(os.sched_getaffinity(0)), "python": sys.version.split()[0],

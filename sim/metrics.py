@@ -27,18 +27,25 @@ def requests_frame(result: SimResult) -> pd.DataFrame:
     single-token output; normalized latency is e2e / output tokens (the vLLM
     paper's metric)."""
     reqs = result.requests
+    n = len(reqs)
+
+    def column(get, dtype) -> np.ndarray:     # one pass, no per-request Python list
+        return np.fromiter(map(get, reqs), dtype, n)
+
     nan = math.nan
+    statuses = [s.value for s in Status]
+    status_code = column(lambda r: statuses.index(r.status.value), np.int8)
     df = pd.DataFrame({
-        "request_id": [r.request_id for r in reqs],
-        "arrival_s": [r.arrival_s for r in reqs],
-        "prompt_tokens": [r.prompt_tokens for r in reqs],
-        "output_tokens": [r.output_tokens for r in reqs],
-        "status": [r.status.value for r in reqs],
-        "reason": [r.reason for r in reqs],
-        "first_token_s": [nan if r.first_token_s is None else r.first_token_s for r in reqs],
-        "finish_s": [nan if r.finish_s is None else r.finish_s for r in reqs],
-        "preemptions": [r.preemptions for r in reqs],
-        "replica": [r.replica for r in reqs],
+        "request_id": column(lambda r: r.request_id, np.int64),
+        "arrival_s": column(lambda r: r.arrival_s, np.float64),
+        "prompt_tokens": column(lambda r: r.prompt_tokens, np.int64),
+        "output_tokens": column(lambda r: r.output_tokens, np.int64),
+        "status": pd.Categorical.from_codes(status_code, statuses).astype(object),
+        "reason": [r.reason for r in reqs] if any(r.reason for r in reqs) else np.full(n, "", object),
+        "first_token_s": column(lambda r: nan if r.first_token_s is None else r.first_token_s, np.float64),
+        "finish_s": column(lambda r: nan if r.finish_s is None else r.finish_s, np.float64),
+        "preemptions": column(lambda r: r.preemptions, np.int64),
+        "replica": column(lambda r: r.replica, np.int64),
     })
     finished = df["status"] == Status.FINISHED.value
     ttft = df["first_token_s"] - df["arrival_s"]
