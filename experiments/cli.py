@@ -6,9 +6,10 @@ line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
+
+from experiments.outputs import check_out_dir, check_out_file
 
 EXIT_BAD_INPUT = 2
 
@@ -27,6 +28,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--csv", action="store_true", help="also write requests.csv")
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary line")
+    _add_force(p)
+
+
+def _add_force(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="write into an existing directory that pagesim did not write (replacing it for a run)")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -38,7 +45,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from experiments.serve import serve_experiment
 
-    _check_out_dir(Path(args.out))
     return _produce_run(args, serve_experiment, "real steps")
 
 
@@ -48,6 +54,10 @@ def _produce_run(args: argparse.Namespace, produce, steps_word: str) -> int:
     from experiments.runner import write_outputs
 
     cfg, _ = load_config(args.config, args.overrides)
+    check_out_dir(Path(args.out), force=args.force)
+    if cfg.sweep and not args.quiet:
+        print(f"pagesim: note: {args.config} has a sweep: section; this runs its base config only "
+              f"(pagesim sweep runs the grid)", file=sys.stderr)
     out = produce(cfg, progress=not args.quiet,
                   log=None if args.quiet else lambda note: print(note, file=sys.stderr))
     write_outputs(out, Path(args.out), csv=args.csv, plots=not args.no_plots)
@@ -74,16 +84,18 @@ def _one_line(s: dict) -> str:
 def _cmd_serve_suite(args: argparse.Namespace) -> int:
     from experiments.suite import serve_suite
 
-    _check_out_dir(Path(args.out))
+    check_out_dir(Path(args.out), force=args.force, replace=False)
     serve_suite(Path(args.suite), Path(args.out), args.only, plots=not args.no_plots,
                 log=lambda line: print(line, flush=True))
     return 0
 
 
 def _cmd_fidelity(args: argparse.Namespace) -> int:
-    from experiments.fidelity import fidelity
+    from experiments.fidelity import REPORT_TITLE, fidelity
 
-    _check_out_dir(Path(args.out))
+    check_out_dir(Path(args.out), force=args.force, replace=False)
+    if args.report:
+        check_out_file(Path(args.report), REPORT_TITLE, force=args.force, flag="--report")
     command = "pagesim fidelity " + " ".join(_abbreviated(args.argv_text, args.runs))
     text = fidelity([Path(d) for d in args.runs], Path(args.out), Path(args.report) if args.report else None,
                     Path(args.notes) if args.notes else None, command=command,
@@ -115,17 +127,6 @@ def _abbreviated(argv: list[str], runs: list[str]) -> list[str]:
     return out
 
 
-def _check_out_dir(out: Path) -> None:
-    """Refuse an output path that cannot be written before any long work starts."""
-    parent = out.resolve().parent
-    while not parent.exists():
-        parent = parent.parent
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out}: {parent} is not writable")
-
-
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from experiments.config import ConfigError, load_config
     from experiments.sweep import run_sweep
@@ -133,6 +134,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     cfg, raw = load_config(args.config, args.overrides)
     if not cfg.sweep:
         raise ConfigError(f"{args.config}: has no 'sweep:' section (dotted path -> list of values)")
+    if args.slo:
+        from sim.metrics import summary_metrics
+
+        known = summary_metrics()
+        for slo in args.slo:
+            if slo.metric not in known:
+                raise ValueError(f"--slo {slo.metric}: not a sweep.csv metric; allowed: {', '.join(known)}")
+    check_out_dir(Path(args.out), force=args.force, replace=False)
     table = run_sweep(raw, cfg, Path(args.out), jobs=args.jobs, x_key=args.x_key,
                       plots=not args.no_plots, progress=not args.quiet)
     if not args.quiet:
@@ -212,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "ttft_s_p99<=1.0: prints, per configuration, the highest x that meets all")
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+    _add_force(p)
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("serve", help="run an experiment on the real engine (GPU) and write run's outputs",
@@ -231,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", default=[], metavar="GLOB",
                    help="serve only runs whose name matches (repeatable), e.g. 'llama-2-7b-*'")
     p.add_argument("--no-plots", action="store_true", help="skip each run's plots")
+    _add_force(p)
     p.set_defaults(func=_cmd_serve_suite)
 
     p = sub.add_parser("fidelity", help="compare real runs (pagesim serve) with their simulation",
@@ -245,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profiles", default=None, type=Path, metavar="DIR",
                    help="profiles root holding <hardware>/<model>/ (default: the committed kernels/profiles)")
     p.add_argument("--quiet", action="store_true", help="no summary table on stdout")
+    p.add_argument("--force", action="store_true",
+                   help="write into a directory, or replace a --report file, that pagesim did not write")
     p.set_defaults(func=_cmd_fidelity)
 
     p = sub.add_parser("plot", help="(re)draw the plots of a run or sweep directory",
@@ -283,6 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pagesim: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of stdout went away (``| head``): stop quietly, as a
+        # command killed by SIGPIPE would, and let nothing flush into the closed pipe
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     return EXIT_BAD_INPUT
 
 

@@ -13,17 +13,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PositiveFloat, PositiveInt, Tag,
-                      ValidationError, field_validator)
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag,
+                      ValidationError, field_validator, model_validator)
 
 from sim.cost.spec import AutoCostSpec, CostModelSpec
+from sim.fields import MAX_TIME_S, Count, Index
 from sim.memory.capacity import MemorySpec
 from sim.policies import BatchingSpec
 from sim.presets import HARDWARE, MODELS, HardwareSpec, ModelSpec
 from workloads.spec import WorkloadSpec
 
 
-_FIELD_VALUE_ERROR = re.compile(r"^Value error, ([A-Za-z_][A-Za-z0-9_]*): (.*)$")
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_FIELD_VALUE_ERROR = re.compile(r"^Value error, ([A-Za-z_][A-Za-z0-9_.]*): (.*)$")
 
 
 class ConfigError(ValueError):
@@ -36,8 +38,19 @@ class EngineSpec(BaseModel):
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
     memory: MemorySpec = Field(default_factory=MemorySpec)
     cost_model: CostModelSpec = Field(default_factory=AutoCostSpec)
-    replicas: PositiveInt = 1
+    replicas: Count = 1
     router: Literal["round_robin", "least_outstanding"] = "round_robin"
+
+    @model_validator(mode="after")
+    def _swap_needs_paged_continuous(self) -> EngineSpec:
+        if self.batching.preemption == "swap":
+            if self.memory.layout != "paged":
+                raise ValueError("batching.preemption: 'swap' applies to layout: paged only "
+                                 "(a contiguous cache never preempts); use 'recompute' or layout: paged")
+            if self.batching.policy != "continuous":
+                raise ValueError("batching.preemption: 'swap' applies to policy: continuous only "
+                                 "(static batching preempts by recompute); use 'recompute'")
+        return self
 
 
 def _preset_or_inline(value: Any) -> str:
@@ -56,17 +69,17 @@ class ExperimentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = "experiment"
-    seed: int = Field(0, ge=0)
+    seed: Index = 0
     model: ModelField = "llama-2-7b"
     hardware: HardwareField = "h100-sxm"
     workload: WorkloadSpec
     engine: EngineSpec = Field(default_factory=EngineSpec)
-    horizon_s: PositiveFloat | None = None
+    horizon_s: Annotated[float, Field(gt=0, le=MAX_TIME_S, allow_inf_nan=False)] | None = None
     """Stop the clock here; requests still in flight end ``unfinished``."""
     fast_forward: bool = True
     """Jump over runs of identical decode steps (same results, much faster)."""
     record_token_times: bool = False
-    timeline_max_rows: PositiveInt | None = 200_000
+    timeline_max_rows: Count | None = 200_000
     """Timeline rows kept per replica; past it adjacent steps merge into
     step-time-weighted rows (column ``steps``). null keeps every step."""
     sweep: dict[str, list[Any]] | None = None
@@ -87,6 +100,9 @@ class ExperimentConfig(BaseModel):
         if v is None:
             return v
         for key, values in v.items():
+            if not _DOTTED.match(key):
+                raise ValueError(f"sweep key {key!r}: must be a dotted path of field names, "
+                                 f"e.g. workload.arrival.rate_rps")
             if not values:
                 raise ValueError(f"sweep.{key}: give at least one value")
         return v
@@ -131,7 +147,10 @@ def _user_path(loc: tuple, raw: Any) -> str:
     if raw is None:
         return ".".join(str(p) for p in loc if not str(p).startswith("function-"))
     keep, node = [], raw
-    for part in loc:
+    for i, part in enumerate(loc):
+        following = loc[i + 1] if i + 1 < len(loc) else None
+        if isinstance(node, dict) and part not in node and following is not None and following in node:
+            continue                          # a branch tag filled in by a default (e.g. process: trace)
         if isinstance(node, dict) and part in node:
             keep.append(str(part))
             node = node[part]
@@ -207,8 +226,12 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. engine.batching.policy=static")
     key, raw = text.split("=", 1)
+    key = key.strip()
+    if not _DOTTED.match(key):
+        raise ConfigError(f"--set {text!r}: KEY must be a dotted path of field names, "
+                          f"e.g. engine.batching.policy=static")
     try:
-        return key.strip(), yaml.safe_load(raw)
+        return key, yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc.__class__.__name__})") from None
 

@@ -15,6 +15,8 @@ import pandas as pd
 import yaml
 
 from experiments.atomic import umask
+from experiments.outputs import write_marker
+from experiments.progress import Progress, stage
 from experiments.config import ExperimentConfig, resolved_dict
 from sim.cost import CostModel, build_cost_model
 from sim.driver import simulate
@@ -38,13 +40,63 @@ class RunOutput:
     notes: list[str]
 
 
-def make_requests(cfg: ExperimentConfig) -> list[Request]:
+LARGE_WORKLOAD = 200_000      # requests; above this, preparation says what it is doing
+BYTES_PER_REQUEST = 600       # peak RSS per simulated request (docs/results.md, scaling table: ~520)
+BASE_BYTES = 200 * 2**20      # interpreter, numpy, pandas, pydantic
+
+
+def check_memory(cfg: ExperimentConfig, available: int | None = None) -> None:
+    """Refuse, before allocating anything, a workload whose requests cannot
+    all be held in this machine's memory (a trace is bounded by its file)."""
+    n = cfg.workload.num_requests
+    if n is None or cfg.workload.trace is not None:
+        return
+    need = BASE_BYTES + n * BYTES_PER_REQUEST
+    available = available_memory() if available is None else available
+    if available is not None and need > available:
+        raise ValueError(f"workload.num_requests: {n:,} requests need about {_gb(need)} of memory to simulate "
+                         f"({BYTES_PER_REQUEST} bytes each); this machine has {_gb(available)} available: "
+                         f"simulate at most {max(1, (available - BASE_BYTES) // BYTES_PER_REQUEST):,}")
+
+
+def available_memory() -> int | None:
+    """Bytes the system can give this process now (Linux MemAvailable), else physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gb(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
+def make_requests(cfg: ExperimentConfig, progress: bool = False) -> list[Request]:
+    n = cfg.workload.num_requests
+    if progress and (n or 0) >= LARGE_WORKLOAD:
+        stage(f"{cfg.name}: generating the workload ({n:,} requests)")
     workload = generate(cfg.workload, np.random.default_rng(cfg.seed))
-    return [
-        Request(request_id=i, arrival_s=float(a), prompt_tokens=int(p), output_tokens=int(o))
-        for i, (a, p, o) in enumerate(zip(workload.arrival_s, workload.prompt_tokens,
-                                         workload.output_tokens))
-    ]
+    arrivals = workload.arrival_s.tolist()
+    prompts = workload.prompt_tokens.tolist()
+    outputs = workload.output_tokens.tolist()
+    bar = Progress(len(arrivals), f"{cfg.name}: building requests", "req",
+                   enabled=progress and len(arrivals) >= LARGE_WORKLOAD)
+    requests = []
+    chunk = 100_000
+    for start in range(0, len(arrivals), chunk):
+        stop = min(start + chunk, len(arrivals))
+        requests.extend(Request(request_id=i, arrival_s=arrivals[i], prompt_tokens=prompts[i],
+                                output_tokens=outputs[i]) for i in range(start, stop))
+        bar.update(stop - start)
+    bar.close()
+    return requests
 
 
 def run_experiment(cfg: ExperimentConfig, progress: bool = False,
@@ -52,9 +104,10 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = False,
     """Build and simulate ``cfg``. ``log`` receives one-line notes (which cost
     model is in use, rejected requests) as soon as they are known. ``cost``,
     if given, prices every replica's steps instead of the config's cost model."""
+    check_memory(cfg)
     model = resolve_model(cfg.model)
     hardware = resolve_hardware(cfg.hardware)
-    requests = make_requests(cfg)
+    requests = make_requests(cfg, progress)
     engine = cfg.engine
     policy_cls = POLICIES[engine.batching.policy]
     notes: list[str] = []
@@ -70,14 +123,13 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = False,
     notes.append(note)
     if log:
         log(note)
-    bar = progress_bar(len(requests), cfg.name) if progress else None
+    bar = Progress(len(requests), cfg.name, "req", enabled=progress)
     result = simulate(
         requests, policies, costs, ROUTERS[engine.router](), horizon_s=cfg.horizon_s,
-        fast_forward=cfg.fast_forward, on_progress=bar.update if bar else None,
+        fast_forward=cfg.fast_forward, on_progress=bar.update if progress else None,
         timeline_max_rows=cfg.timeline_max_rows,
     )
-    if bar:
-        bar.close()
+    bar.close()
     req_df = requests_frame(result)
     rejected = req_df[req_df["status"] == "rejected"]
     if len(rejected):
@@ -93,17 +145,11 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = False,
     return RunOutput(cfg, result, req_df, timeline, summary, notes)
 
 
-def progress_bar(total: int, name: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=name, unit="req", file=sys.stderr, leave=False,
-                mininterval=0.5, disable=None)
-
-
 def write_outputs(out: RunOutput, out_dir: Path, csv: bool = False, plots: bool = True) -> None:
     """Write DIR/{config.yaml, requests.parquet, timeline.parquet, summary.json,
-    plots/} into a fresh sibling temp directory, then swap it into place, so
-    a failed or interrupted run never leaves a half-written DIR."""
+    plots/, .pagesim} into a fresh sibling temp directory, then swap it into
+    place, so a failed or interrupted run never leaves a half-written DIR.
+    The caller checked that DIR may be replaced (``experiments.outputs``)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -115,6 +161,7 @@ def write_outputs(out: RunOutput, out_dir: Path, csv: bool = False, plots: bool 
             out.requests.to_csv(tmp / "requests.csv", index=False)
         out.timeline.to_parquet(tmp / "timeline.parquet", index=False)
         (tmp / "summary.json").write_text(json.dumps(out.summary, indent=2, sort_keys=True) + "\n")
+        write_marker(tmp, "run")
         if plots:
             from experiments.plots import plot_run
 

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Callable
 
 from experiments.config import ConfigError, ExperimentConfig
-from experiments.runner import RunOutput, make_requests, progress_bar
+from experiments.progress import Progress
+from experiments.runner import RunOutput, make_requests
 from sim.memory.capacity import GB, build_kv_manager
 from sim.metrics import requests_frame, summarize
 from sim.policies import POLICIES
@@ -126,11 +127,10 @@ def serve_experiment(cfg: ExperimentConfig, device: Device = Device(), progress:
                          warm_up_steps=device.warm_up_steps)
     requests = make_requests(cfg)
     setup_s = time.perf_counter() - started
-    bar = progress_bar(len(requests), cfg.name) if progress else None
+    bar = Progress(len(requests), cfg.name, "req", enabled=progress)
     with torch.inference_mode():
-        result, steps = serve(requests, policy, runner, on_progress=bar.update if bar else None)
-    if bar:
-        bar.close()
+        result, steps = serve(requests, policy, runner, on_progress=bar.update if progress else None)
+    bar.close()
     req_df = requests_frame(result)
     timeline = result.timeline.to_frame()
     for name, values in steps.items():

@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from experiments.config import ConfigError, ExperimentConfig, read_yaml, resolved_dict, set_path, validate
+from experiments.outputs import write_marker
 
 
 def load_suite(path: Path) -> dict[str, ExperimentConfig]:
@@ -72,6 +73,8 @@ def serve_suite(suite: Path, out: Path, only: list[str], plots: bool = True, log
     from experiments.serve import serve_experiment
 
     runs = select(load_suite(suite), only)
+    out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, "serve-suite")
     written = []
     for i, (name, cfg) in enumerate(runs.items()):
         run_dir = out / name

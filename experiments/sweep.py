@@ -2,10 +2,17 @@
 run in parallel processes, resumable, with one combined table and plots.
 
 Layout of OUT: ``points/<point_id>/`` (each the output contract of ``pagesim
-run``), ``sweep.csv`` (one row per point: its id, configuration label, swept
-values and flattened summary) and ``plots/``. A point's id includes a hash of
-its resolved config, so a re-run skips points already written with the same
-config and recomputes those whose config changed.
+run``), ``sweep.csv`` (one row per point, in grid order: its id,
+configuration label, swept values and flattened summary), ``plots/`` and the
+``.pagesim`` marker. A point's id is a hash of its resolved config alone --
+not of its place in the grid -- so a re-run reuses every finished point with
+the same config, whatever was added to the grid or reordered, and computes
+only the rest.
+
+Interrupting (Ctrl-C) stops the worker processes at once and keeps every
+finished point; running the same command again resumes. Workers ignore
+SIGINT themselves: the parent stops them, so that one Ctrl-C never leaves a
+pool half torn down.
 """
 from __future__ import annotations
 
@@ -13,10 +20,10 @@ import copy
 import hashlib
 import itertools
 import json
+import multiprocessing
 import os
 import shutil
-import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -24,34 +31,49 @@ import pandas as pd
 
 from experiments.atomic import atomic_path
 from experiments.config import ExperimentConfig, resolved_dict, set_path, validate
+from experiments.outputs import write_marker
+from experiments.progress import Progress
 from sim.metrics import flatten
 
 
+def point_id(point_raw: dict) -> str:
+    """A finished point is reused by any sweep whose point resolves to the same config."""
+    resolved = json.dumps(resolved_dict(validate(point_raw)), sort_keys=True)
+    return hashlib.sha1(resolved.encode()).hexdigest()[:12]
+
+
 def sweep_points(raw: dict, cfg: ExperimentConfig) -> list[tuple[str, dict[str, Any], dict]]:
-    """(point_id, swept values, raw config of the point) for every point."""
+    """(point_id, swept values, raw config of the point) for every distinct
+    point, in grid order (a value listed twice is one point)."""
     grid = cfg.sweep or {}
     keys = list(grid)
     base = copy.deepcopy(raw)
     base.pop("sweep", None)
-    points = []
-    for i, values in enumerate(itertools.product(*(grid[k] for k in keys))):
+    points, seen = [], set()
+    for values in itertools.product(*(grid[k] for k in keys)):
         point = copy.deepcopy(base)
         swept = dict(zip(keys, values))
         for key, value in swept.items():
             set_path(point, key, value)
-        digest = hashlib.sha1(json.dumps(resolved_dict(validate(point)), sort_keys=True).encode())
-        points.append((f"{i:03d}-{digest.hexdigest()[:8]}", swept, point))
+        pid = point_id(point)
+        if pid not in seen:
+            seen.add(pid)
+            points.append((pid, swept, point))
     return points
 
 
-def _run_point(point_raw: dict, point_dir: str) -> dict:
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_point(job: tuple[str, dict, str]) -> tuple[str, dict]:
     from experiments.runner import run_experiment, write_outputs
 
-    cfg = validate(point_raw)
-    out = run_experiment(cfg, progress=False)
+    pid, point_raw, point_dir = job
+    out = run_experiment(validate(point_raw), progress=False)
     write_outputs(out, Path(point_dir), plots=False)
     # the written file, as a resumed sweep reads it: one column order either way
-    return json.loads((Path(point_dir) / "summary.json").read_text())
+    return pid, json.loads((Path(point_dir) / "summary.json").read_text())
 
 
 def _row(point_id: str, swept: dict, summary: dict) -> dict:
@@ -62,48 +84,35 @@ def _row(point_id: str, swept: dict, summary: dict) -> dict:
 def run_sweep(raw: dict, cfg: ExperimentConfig, out_dir: Path, jobs: int | None = None,
               x_key: str = "workload.arrival.rate_rps", plots: bool = True,
               progress: bool = True) -> pd.DataFrame:
+    """Run every point not already in ``out_dir`` (the caller checked that
+    ``out_dir`` is absent, empty or pagesim's own)."""
+    from experiments.runner import check_memory
+
     out_dir = Path(out_dir)
     points = sweep_points(raw, cfg)
-    existed = out_dir.exists()
-    try:
-        return _run_points(points, cfg, out_dir, jobs, x_key, plots, progress)
-    except BaseException:
-        if not existed:            # a failed first run leaves nothing behind
-            shutil.rmtree(out_dir, ignore_errors=True)
-        raise
-
-
-def _run_points(points, cfg: ExperimentConfig, out_dir: Path, jobs: int | None, x_key: str,
-                plots: bool, progress: bool) -> pd.DataFrame:
-    (out_dir / "points").mkdir(parents=True, exist_ok=True)
+    for _, _, point in points:
+        check_memory(validate(point))       # refuse an impossible point before running any
+    points_dir = out_dir / "points"
+    created = not out_dir.exists()
+    points_dir.mkdir(parents=True, exist_ok=True)
+    write_marker(out_dir, "sweep")
     rows: dict[str, dict] = {}
     todo = []
-    for point_id, swept, point in points:
-        done = out_dir / "points" / point_id / "summary.json"
+    for pid, swept, point in points:
+        done = points_dir / pid / "summary.json"
         if done.is_file():
-            rows[point_id] = _row(point_id, swept, json.loads(done.read_text()))
+            rows[pid] = _row(pid, swept, json.loads(done.read_text()))
         else:
-            todo.append((point_id, swept, point))
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(points), initial=len(points) - len(todo), desc=cfg.name,
-                   unit="point", file=sys.stderr, leave=False, disable=None)
-    jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo) or 1))
-    if todo:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(_run_point, point, str(out_dir / "points" / pid)): (pid, swept)
-                       for pid, swept, point in todo}
-            for fut in as_completed(futures):
-                pid, swept = futures[fut]
-                rows[pid] = _row(pid, swept, fut.result())
-                if bar:
-                    bar.update(1)
-    if bar:
-        bar.close()
+            todo.append((pid, swept, point))
+    try:
+        _run_points(todo, rows, points_dir, cfg.name, len(points), jobs, progress)
+    finally:
+        _remove_partial_points(points_dir)
+        if created and not rows:            # nothing finished: leave no trace of this sweep
+            shutil.rmtree(out_dir, ignore_errors=True)
     table = pd.DataFrame([rows[pid] for pid, _, _ in points])
-    _write_csv_atomic(table, out_dir / "sweep.csv")
+    with atomic_path(out_dir / "sweep.csv") as tmp:
+        table.to_csv(tmp, index=False)
     if plots:
         from experiments.plots import plot_sweep
 
@@ -111,6 +120,37 @@ def _run_points(points, cfg: ExperimentConfig, out_dir: Path, jobs: int | None, 
     return table
 
 
-def _write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
+def _run_points(todo: list, rows: dict, points_dir: Path, name: str, total: int, jobs: int | None,
+                progress: bool) -> None:
+    bar = Progress(total, name, "points", initial=total - len(todo), enabled=progress)
+    swept_of = {pid: swept for pid, swept, _ in todo}
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo) or 1))
+    work = [(pid, point, str(points_dir / pid)) for pid, _, point in todo]
+    try:
+        if jobs == 1:
+            for job in work:
+                pid, summary = _run_point(job)
+                rows[pid] = _row(pid, swept_of[pid], summary)
+                bar.update(1)
+            return
+        pool = multiprocessing.Pool(jobs, initializer=_ignore_sigint)
+        try:
+            for pid, summary in pool.imap_unordered(_run_point, work):
+                rows[pid] = _row(pid, swept_of[pid], summary)
+                bar.update(1)
+            pool.close()
+        except BaseException:
+            pool.terminate()                 # Ctrl-C or a failed point: stop the others now
+            raise
+        finally:
+            pool.join()
+    finally:
+        bar.close()
+
+
+def _remove_partial_points(points_dir: Path) -> None:
+    """A point stopped mid-write leaves only its own temporary directory
+    (``write_outputs`` swaps a finished point into place): remove those."""
+    for entry in points_dir.glob(".*.tmp-*"):
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)

@@ -58,10 +58,29 @@ def requests_frame(result: SimResult) -> pd.DataFrame:
     return df[list(REQUEST_COLUMNS)].sort_values("request_id", kind="stable").reset_index(drop=True)
 
 
+STATS = ("mean", "p50", "p90", "p99")
+
+
+def summary_metrics() -> tuple[str, ...]:
+    """The numeric columns a run contributes to sweep.csv (its flattened
+    summary), known before anything runs, so that a sweep's ``--slo`` names
+    are checked up front."""
+    return (
+        "duration_s", "throughput_rps", "throughput_tokens_per_s",
+        *(f"{name}_{stat}" for name in LATENCIES for stat in STATS),
+        "kv_utilization_mean", "kv_usage_mean",
+        *(f"kv_waste_{part}" for part in ("internal", "reserved_unused", "external")),
+        "mean_batch_size", "mean_batch_rows", "preemptions",
+        *(f"counts_{c}" for c in ("arrived", "finished", "rejected", "unfinished")),
+        "not_arrived_before_horizon", "sim_time_s", "sim_steps", "sim_events", "sim_wall_s",
+        "kv_total_slots_per_replica",
+    )
+
+
 def _stats(values: pd.Series) -> dict[str, float | None]:
     v = values.dropna().to_numpy()
     if len(v) == 0:
-        return {"mean": None, "p50": None, "p90": None, "p99": None}
+        return dict.fromkeys(STATS)
     p50, p90, p99 = np.percentile(v, [50, 90, 99])
     return {"mean": float(v.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99)}
 
@@ -102,6 +121,7 @@ def summarize(result: SimResult, requests: pd.DataFrame, timeline: pd.DataFrame,
             "external": _weighted(timeline["kv_external_slots"], total, w),
         },
         "mean_batch_size": _weighted(timeline["batch_seqs"], pd.Series(1.0, index=w.index), w),
+        "mean_batch_rows": _weighted(timeline["batch_rows"], pd.Series(1.0, index=w.index), w),
         "preemptions": int(result.preemptions),
         "counts": {
             "arrived": int(len(requests)),

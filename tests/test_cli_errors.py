@@ -26,6 +26,7 @@ from experiments.config import set_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MARKER, MARKER_TEXT = "keep-me.txt", "results of an earlier run\n"
+PAGESIM_MARKER, PAGESIM_MARKER_TEXT = ".pagesim", '{"written_by": "pagesim", "what": "run"}\n'
 TRACE_HEADER = "arrived_at,num_prefill_tokens,num_decode_tokens\n"
 
 BASE: dict = {
@@ -86,8 +87,9 @@ class OutDir:
 
     def assert_untouched(self) -> None:
         if self.preexisting:
-            assert sorted(p.name for p in self.path.iterdir()) == [MARKER]
+            assert sorted(p.name for p in self.path.iterdir()) == [PAGESIM_MARKER, MARKER]
             assert (self.path / MARKER).read_text() == MARKER_TEXT
+            assert (self.path / PAGESIM_MARKER).read_text() == PAGESIM_MARKER_TEXT
         else:
             assert not self.path.exists(), f"{self.path} was created by a failing command"
         leftovers = [p.name for p in self.path.parent.iterdir() if p.name.startswith(".")]
@@ -106,6 +108,7 @@ def out_dir(request, workdir) -> OutDir:
     if request.param:
         path.mkdir()
         (path / MARKER).write_text(MARKER_TEXT)
+        (path / PAGESIM_MARKER).write_text(PAGESIM_MARKER_TEXT)   # an earlier pagesim run
     return OutDir(path, request.param)
 
 

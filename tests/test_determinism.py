@@ -129,10 +129,12 @@ def test_sweep_points_in_worker_processes_match_direct_runs(tmp_path):
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     sweep_dir = tmp_path / "sweep"
     assert main(["sweep", str(config_path), "--out", str(sweep_dir), "--jobs", "2", "--quiet", "--no-plots"]) == 0
-    points = sorted((sweep_dir / "points").iterdir())
-    assert [p.name[:4] for p in points] == ["000-", "001-"]
-    for seed, point in enumerate(points):
-        assert summary_bytes(point) == summary_bytes(run(with_seed(POISSON, seed), tmp_path / f"seed{seed}"))
+    table = pd.read_csv(sweep_dir / "sweep.csv")
+    assert list(table["seed"]) == [0, 1]                       # grid order
+    assert sorted(p.name for p in (sweep_dir / "points").iterdir()) == sorted(table["point_id"])
+    for seed, pid in zip(table["seed"], table["point_id"]):
+        direct = run(with_seed(POISSON, int(seed)), tmp_path / f"seed{seed}")
+        assert summary_bytes(sweep_dir / "points" / pid) == summary_bytes(direct)
 
 
 def test_sweep_resumes_finished_points_and_reruns_changed_ones(tmp_path):
@@ -160,7 +162,34 @@ def test_sweep_resumes_finished_points_and_reruns_changed_ones(tmp_path):
     assert main(args) == 0
     after = written()
     new = set(after) - set(before)
-    assert len(new) == 1 and next(iter(new)).startswith("001-")
-    seed0 = next(name for name in before if name.startswith("000-"))
+    assert len(new) == 1
+    table = pd.read_csv(sweep_dir / "sweep.csv")
+    assert list(table["seed"]) == [0, 2] and table["point_id"].iloc[1] in new
+    seed0 = table["point_id"].iloc[0]
     assert after[seed0] == before[seed0]                       # not recomputed
-    assert len(pd.read_csv(sweep_dir / "sweep.csv")) == 2
+
+
+def test_sweep_reuses_points_when_the_grid_grows_or_is_reordered(tmp_path):
+    """A point is its resolved config: adding a value computes only the new
+    points, and reordering keys or values computes nothing."""
+    config = copy.deepcopy(POISSON)
+    config["workload"]["num_requests"] = 10
+    config["sweep"] = {"seed": [0, 1], "workload.arrival.rate_rps": [2.0, 4.0]}
+    config_path = tmp_path / "sweep.yaml"
+    sweep_dir = tmp_path / "sweep"
+    args = ["sweep", str(config_path), "--out", str(sweep_dir), "--jobs", "1", "--quiet", "--no-plots"]
+
+    def sweep(grid: dict) -> dict[str, int]:
+        config["sweep"] = grid
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        assert main(args) == 0
+        return {p.name: p.stat().st_mtime_ns for p in (sweep_dir / "points").iterdir()}
+
+    first = sweep({"seed": [0, 1], "workload.arrival.rate_rps": [2.0, 4.0]})
+    grown = sweep({"seed": [0, 1], "workload.arrival.rate_rps": [2.0, 4.0, 8.0]})
+    assert len(grown) == 6 and {k: grown[k] for k in first} == first      # two new points only
+    reordered = sweep({"workload.arrival.rate_rps": [8.0, 4.0, 2.0], "seed": [1, 0]})
+    assert reordered == grown
+    table = pd.read_csv(sweep_dir / "sweep.csv")
+    assert list(table["workload.arrival.rate_rps"]) == [8.0, 8.0, 4.0, 4.0, 2.0, 2.0]
+    assert list(table["seed"]) == [1, 0, 1, 0, 1, 0]

@@ -118,7 +118,7 @@ def test_golden_comparison_catches_small_changes():
 
 def test_run_directory_follows_the_output_contract(golden_run):
     assert sorted(p.name for p in golden_run.iterdir()) == [
-        "config.yaml", "plots", "requests.csv", "requests.parquet", "summary.json", "timeline.parquet"]
+        ".pagesim", "config.yaml", "plots", "requests.csv", "requests.parquet", "summary.json", "timeline.parquet"]
     plots = sorted(golden_run.glob("plots/*"))
     assert plots and all(p.suffix == ".png" and p.stat().st_size > 0 for p in plots)
 

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from workloads.cli import main, register
+from experiments.cli import main
+from workloads.cli import register
 from workloads.stats import format_stats, plot_length_histograms, trace_stats
 from workloads.types import Workload
 
@@ -127,4 +128,4 @@ def test_cli_bad_trace_is_one_line_and_exit_2(tmp_path, capsys):
     path.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0,1,1\n1,x,1\n")
     assert main(["workloads", "stats", str(path)]) == 2
     err = capsys.readouterr().err
-    assert err == f"error: {path}: row 2: num_prefill_tokens is not a finite number: 'x'\n"
+    assert err == f"pagesim: error: {path}: row 2: num_prefill_tokens is not a finite number: 'x'\n"

@@ -3,8 +3,7 @@
 ``register(subparsers)`` adds ``workloads stats TRACE ...``; the chosen
 subcommand's handler is stored as ``args.func`` and returns an exit code.
 Bad input raises ``ValueError`` (``TraceError`` is one), which the top-level
-CLI reports as one line with exit code 2; ``main`` does the same when this
-module runs alone (``python -m workloads.cli``).
+CLI reports as one line with exit code 2.
 """
 from __future__ import annotations
 
@@ -91,19 +90,3 @@ def stats_command(args: argparse.Namespace) -> int:
         path = plot_length_histograms(loaded.workload, args.plot)
         print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the ``workloads`` command on its own; bad input exits 2 with one line."""
-    parser = argparse.ArgumentParser(prog="pagesim")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except ValueError as error:  # TraceError and pydantic's ValidationError are ValueErrors
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

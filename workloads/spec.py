@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sim.fields import MAX_TIME_S, Count
 
 from workloads import arrivals, lengths
 from workloads.trace_formats import TraceColumns
@@ -40,10 +42,10 @@ class TraceSpec(_Spec):
     path: str = Field(description="a CSV file, or an embedded trace name such as 'azure_conv_2023'")
     format: Literal["auto", "processed", "azure", "burstgpt", "csv"] = "auto"
     columns: ColumnsSpec | None = None
-    limit: PositiveInt | None = None
+    limit: Count | None = None
     start_s: float | None = Field(None, ge=0, allow_inf_nan=False)
     end_s: float | None = Field(None, gt=0, allow_inf_nan=False)
-    max_context_tokens: int | None = Field(None, ge=2)
+    max_context_tokens: Count | None = Field(None, ge=2)
 
     @model_validator(mode="before")
     @classmethod
@@ -124,8 +126,8 @@ ArrivalSpec = Annotated[
 
 
 class _DistSpec(_Spec):
-    min_tokens: PositiveInt = 1
-    max_tokens: PositiveInt | None = None
+    min_tokens: Count = 1
+    max_tokens: Count | None = None
 
     @model_validator(mode="after")
     def _check_bounds(self) -> _DistSpec:
@@ -136,7 +138,7 @@ class _DistSpec(_Spec):
 
 class FixedSpec(_DistSpec):
     dist: Literal["fixed"]
-    value: PositiveInt
+    value: Count
 
     def build(self) -> lengths.LengthDistribution:
         return lengths.FixedLength(self.value, self.min_tokens, self.max_tokens)
@@ -144,8 +146,8 @@ class FixedSpec(_DistSpec):
 
 class UniformSpec(_DistSpec):
     dist: Literal["uniform"]
-    low: PositiveInt
-    high: PositiveInt
+    low: Count
+    high: Count
 
     @model_validator(mode="after")
     def _check_range(self) -> UniformSpec:
@@ -225,7 +227,7 @@ class WorkloadSpec(_Spec):
     required."""
 
     name: str | None = None
-    num_requests: PositiveInt | None = None
+    num_requests: Count | None = None
     arrival: ArrivalSpec | None = None
     lengths: LengthsSpec | None = None
     trace: TraceSpec | None = None
@@ -255,6 +257,11 @@ class WorkloadSpec(_Spec):
                              "all_at_once ('trace' needs the 'trace' section)")
         if self.lengths is None or self.lengths.from_trace:
             raise ValueError("without a 'trace', 'lengths' needs a 'preset' or 'prompt'+'output' distributions")
+        rate = getattr(self.arrival, "rate_rps", None)
+        if rate is not None and self.num_requests / rate > MAX_TIME_S:
+            raise ValueError(f"arrival.rate_rps: {self.num_requests:,} requests at {rate:g} req/s arrive over "
+                             f"{self.num_requests / rate:.3g} s; the clock holds times up to {MAX_TIME_S:g} s "
+                             f"(about 31 years): raise the rate")
         return self
 
     def default_name(self) -> str:
@@ -284,5 +291,9 @@ def generate_with_trace(spec: WorkloadSpec, rng: np.random.Generator) -> tuple[W
         pair = spec.lengths.build()
         prompt_tokens = pair.prompt.sample(num_requests, rng)
         output_tokens = pair.output.sample(num_requests, rng)
+    if len(arrival_s) and arrival_s[-1] > MAX_TIME_S:
+        field = "arrival.time_scale" if spec.arrival.process == "trace" else "arrival"
+        raise ValueError(f"workload.{field}: the last request arrives at {arrival_s[-1]:.3g} s; the clock "
+                         f"holds times up to {MAX_TIME_S:g} s (about 31 years)")
     workload = Workload(arrival_s, prompt_tokens, output_tokens, name=spec.name or spec.default_name())
     return workload, trace

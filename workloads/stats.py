@@ -119,6 +119,9 @@ def _save_atomically(figure: Figure, path: Path, file_format: str) -> None:
     os.close(handle)
     try:
         figure.savefig(temp_name, format=file_format)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(temp_name, 0o666 & ~mask)     # mkstemp makes 0600; a plot is as readable as any output
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)

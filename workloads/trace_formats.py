@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sim.fields import MAX_TIME_S
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -69,8 +71,13 @@ class RawTrace:
 
 
 def read_header(path: Path, label: str) -> list[str]:
-    with open(path, newline="", encoding="utf-8-sig") as file:
-        header = next(csv.reader(file), None)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            header = next(csv.reader(file), None)
+    except UnicodeDecodeError as error:
+        raise TraceError(f"{label}: not a UTF-8 text file ({error.reason}); expected a CSV trace") from None
+    except csv.Error as error:
+        raise TraceError(f"{label}: not a readable CSV file ({error})") from None
     if not header:
         raise TraceError(f"{label}: empty file, expected a CSV header line")
     return [name.strip() for name in header]
@@ -154,12 +161,21 @@ def _numbers(texts: pd.Series, label: str) -> np.ndarray:
     return values
 
 
+MAX_TOKENS = 2**31 - 1
+"""Per request and column; a count beyond it is a corrupt cell, not a request."""
+
+
 def _token_counts(texts: pd.Series, label: str) -> np.ndarray:
     values = _numbers(texts, label)
     bad = (values < 0) | (values != np.floor(values))
     if bad.any():
         index = _first(bad)
         raise _row_error(label, index, f"{texts.name} must be a whole number >= 0, got {texts.iloc[index]!r}")
+    huge = values > MAX_TOKENS
+    if huge.any():
+        index = _first(huge)
+        raise _row_error(label, index, f"{texts.name} must be at most {MAX_TOKENS:,} tokens, "
+                                       f"got {texts.iloc[index]!r}")
     return values.astype(np.int64)
 
 
@@ -171,7 +187,17 @@ def _arrival_seconds(texts: pd.Series, time_unit: TimeUnit, label: str) -> np.nd
     if negative.any():
         index = _first(negative)
         raise _row_error(label, index, f"{texts.name} is negative: {texts.iloc[index]!r}")
-    return values * SECONDS_PER_UNIT[time_unit]
+    return _within_clock(values * SECONDS_PER_UNIT[time_unit], texts, label)
+
+
+def _within_clock(seconds: np.ndarray, texts: pd.Series, label: str) -> np.ndarray:
+    late = seconds > MAX_TIME_S
+    if late.any():
+        index = _first(late)
+        raise _row_error(label, index, f"{texts.name} is {seconds[index]:.3g} s into the trace, beyond "
+                                       f"{MAX_TIME_S:g} s (about 31 years) where the clock loses precision: "
+                                       f"{texts.iloc[index]!r}")
+    return seconds
 
 
 def _datetime_seconds(texts: pd.Series, label: str) -> np.ndarray:
@@ -192,7 +218,7 @@ def _datetime_seconds(texts: pd.Series, label: str) -> np.ndarray:
         raise _row_error(label, index, f"{texts.name} is not a date-time like {example!r}: {texts.iloc[index]!r}")
     if len(stamps) == 0:
         return np.empty(0)
-    return (stamps - stamps.min()).dt.total_seconds().to_numpy(dtype=np.float64)
+    return _within_clock((stamps - stamps.min()).dt.total_seconds().to_numpy(dtype=np.float64), texts, label)
 
 
 def _row_error(label: str, index: int, what: str) -> TraceError:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from sim.fields import Count
 
 from sim.memory.base import KVManager
 from sim.presets import HardwareSpec, ModelSpec
@@ -48,15 +50,15 @@ class MemorySpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     layout: Literal["paged", "contiguous"] = "paged"
-    block_size: int = 16
+    block_size: Count = 16
     """paged: tokens per block, a power of two in 1..256."""
     watermark: float = Field(0.01, ge=0.0, lt=1.0)
     """paged: fraction of blocks kept free when admitting a new sequence."""
     reservation: Literal["max", "pow2", "exact"] = "max"
     """contiguous: Orca-Max, Orca-Pow2 or Orca-Oracle reservation size."""
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
-    num_blocks: PositiveInt | None = None
-    num_tokens: PositiveInt | None = None
+    num_blocks: Count | None = None
+    num_tokens: Count | None = None
     swap_space_gb: float = Field(4.0, ge=0.0)
     """paged: CPU memory for sequences preempted by swapping."""
 

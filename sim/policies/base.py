@@ -11,9 +11,10 @@ from collections import deque
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field
 
 from sim.batch import Batch
+from sim.fields import Count
 from sim.memory.base import KVManager
 from sim.presets import ModelSpec
 from sim.policies.running import RunningSet
@@ -26,8 +27,8 @@ class BatchingSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     policy: Literal["static", "continuous"] = "continuous"
-    max_batch_size: PositiveInt = 256
-    max_batch_tokens: PositiveInt = 8192
+    max_batch_size: Count = 256
+    max_batch_tokens: Count = 8192
     """continuous: most tokens (prefill tokens + decode sequences) in one step."""
     mixed_prefill_decode: bool = True
     """continuous: prefills and decodes share a step; if false a step with
