@@ -79,7 +79,7 @@ class ExperimentConfig(BaseModel):
     fast_forward: bool = True
     """Jump over runs of identical decode steps (same results, much faster)."""
     record_token_times: bool = False
-    timeline_max_rows: Count | None = 200_000
+    timeline_max_rows: Annotated[Count, Field(ge=2)] | None = 200_000
     """Timeline rows kept per replica; past it adjacent steps merge into
     step-time-weighted rows (column ``steps``). null keeps every step."""
     sweep: dict[str, list[Any]] | None = None
@@ -260,13 +260,17 @@ def read_yaml(path: str | Path) -> dict:
     if not p.is_file():
         raise ConfigError(f"{p}: no such config file")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not a UTF-8 text file ({exc.reason}); expected a YAML config") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or exc.__class__.__name__
         raise ConfigError(f"{p}: {where}not valid YAML ({problem})") from None
-    return raw if raw is not None else {}
+    if raw is None:
+        raise ConfigError(f"{p}: is empty; expected a mapping of fields (name, model, workload, ...)")
+    return raw
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> tuple[ExperimentConfig, dict]:

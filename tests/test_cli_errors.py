@@ -266,3 +266,15 @@ def test_context_limit_is_inclusive(capsys, workdir):
     assert requests["reason"].tolist() == ["", "needs 65 tokens of context, tiny allows 64", ""]
     summary = json.loads(Path("out/summary.json").read_text())
     assert summary["counts"] == {"arrived": 3, "finished": 2, "rejected": 1, "unfinished": 0}
+
+
+def test_closed_stdout_is_not_a_traceback(tmp_path):
+    """``pagesim workloads stats TRACE | head -1``: the reader goes away
+    before pagesim has written; pagesim stops quietly, as if by SIGPIPE."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.cli", "workloads", "stats", "azure_conv_2023"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()                      # the reader is gone before the first line
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, stderr
+    assert stderr == ""

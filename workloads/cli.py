@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from workloads.traces import EMBEDDED_TRACES, FORMAT_NAMES
 
@@ -71,8 +72,11 @@ def _columns(args: argparse.Namespace):
 
 def stats_command(args: argparse.Namespace) -> int:
     """Print the statistics of ``args.trace``; returns the exit code."""
-    from workloads.stats import format_stats, plot_length_histograms, trace_stats
+    from workloads.stats import check_plot_path, format_stats, plot_length_histograms, trace_stats
     from workloads.traces import load_trace
+
+    if args.plot:
+        check_plot_path(Path(args.plot))
 
     loaded = load_trace(
         args.trace, format=args.format, columns=_columns(args), limit=args.limit,

@@ -82,6 +82,20 @@ def format_stats(stats: dict) -> str:
     return "\n".join(lines)
 
 
+def check_plot_path(path: Path) -> str:
+    """The image format of ``path`` (its suffix), or one line on why pagesim
+    cannot write a plot there; checked before any work."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if path.is_dir():
+        raise ValueError(f"--plot {path}: is a directory; give an image file such as lengths.png")
+    file_format = path.suffix.lstrip(".").lower()
+    supported = FigureCanvasAgg.get_supported_filetypes()
+    if file_format not in supported:
+        raise ValueError(f"{path}: unsupported image format {file_format!r}; allowed: {', '.join(sorted(supported))}")
+    return file_format
+
+
 def plot_length_histograms(workload: Workload, path: str | Path) -> Path:
     """Log-x histograms of prompt and output lengths, written atomically to
     ``path`` (format from its suffix, e.g. .png or .pdf)."""
@@ -91,10 +105,7 @@ def plot_length_histograms(workload: Workload, path: str | Path) -> Path:
     if len(workload) == 0:
         raise ValueError("cannot plot an empty workload")
     path = Path(path)
-    file_format = path.suffix.lstrip(".").lower()
-    supported = FigureCanvasAgg.get_supported_filetypes()
-    if file_format not in supported:
-        raise ValueError(f"{path}: unsupported image format {file_format!r}; allowed: {', '.join(sorted(supported))}")
+    file_format = check_plot_path(path)
     largest = max(int(workload.prompt_tokens.max()), int(workload.output_tokens.max()), 2)
     bins = np.geomspace(1, largest * 1.05, 60)
     figure = Figure(figsize=(7, 4), layout="constrained")
