@@ -116,11 +116,11 @@ def simulate(requests: Sequence[Request], policies: Sequence[Policy],
                 k, ends = _run_ends(env.now, cost, batch, k, arrival_s, horizon_s)
             if k > 1:
                 starts = np.concatenate(([env.now], ends[:-1]))
-                timeline.record_run(starts, rep.index, ends - starts, policy, batch)
+                timeline.record_run(starts, rep.index, ends - starts, policy, batch, pending=through)
                 rep.queued_s = [] if through else None
                 yield env.timeout(ends[-1] - env.now)
                 if through:
-                    timeline.amend_last_run(rep.queued_s, policy)
+                    timeline.finish_run(rep.index, rep.queued_s, policy)
                     rep.queued_s = None
                 policy.advance_decode_run(batch, ends.tolist())
             else:

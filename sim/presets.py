@@ -50,12 +50,16 @@ class ModelSpec:
     max_context_tokens: int = 4096
     mlp: Literal["gated_silu", "relu"] = "gated_silu"
     dtype: Dtype = "fp16"
+    tied_embeddings: bool = False
+    """The LM head reuses the input embedding matrix (OPT): its weights count once."""
 
     def __post_init__(self) -> None:
         _require_positive(self, ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim",
                                  "ffn_size", "vocab_size", "max_context_tokens"), int)
         _require_choice(self.mlp, "mlp", MLPS)
         _require_choice(self.dtype, "dtype", tuple(DTYPE_BYTES))
+        if not isinstance(self.tied_embeddings, bool):
+            raise ValueError(f"tied_embeddings: must be true or false (got {self.tied_embeddings!r})")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_kv_heads: must divide num_heads={self.num_heads} "
                              f"(got {self.num_kv_heads})")
@@ -81,7 +85,8 @@ class ModelSpec:
     @property
     def num_params(self) -> int:
         embed = self.vocab_size * self.hidden_size
-        return self.num_layers * self.params_per_layer + 2 * embed  # input embedding + LM head
+        copies = 1 if self.tied_embeddings else 2                  # input embedding, LM head
+        return self.num_layers * self.params_per_layer + copies * embed
 
     @property
     def weight_bytes(self) -> int:
@@ -125,23 +130,36 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(name="llama-3-8b", num_layers=32, hidden_size=4096, num_heads=32, num_kv_heads=8,
                   head_dim=128, ffn_size=14336, vocab_size=128256, max_context_tokens=8192, dtype="bf16"),
         ModelSpec(name="opt-13b", num_layers=40, hidden_size=5120, num_heads=40, num_kv_heads=40,
-                  head_dim=128, ffn_size=20480, vocab_size=50272, max_context_tokens=2048, mlp="relu"),
+                  head_dim=128, ffn_size=20480, vocab_size=50272, max_context_tokens=2048, mlp="relu",
+                  tied_embeddings=True),
         ModelSpec(name="llama-2-70b", num_layers=80, hidden_size=8192, num_heads=64, num_kv_heads=8,
                   head_dim=128, ffn_size=28672, vocab_size=32000, max_context_tokens=4096),
     ]
 }
 
+MIB = 2**20
+
+# memory_bytes is the device memory the driver reports (nvidia-smi's "Total",
+# in MiB), what a serving engine sizes its cache from -- not the marketing
+# "80 GB" (decimal) figure. The card names count GiB of HBM: an "80GB" card
+# has 80 GiB of stacks, of which the driver shows 81,559 MiB (H100 SXM) or
+# 81,920 MiB (A100 80GB).
+#   H100 SXM5 80GB: 81,559 MiB (nvidia-smi on H100 80GB HBM3)
+#   H200 141GB:     143,771 MiB (nvidia-smi on the lent H200, /work/.library/device/KINDS.md);
+#                   the CUDA runtime there reports 150,109,880,320 B usable (summary.json of
+#                   every run in experiments/results/fidelity/h200/runs, engine.memory.gpu_total_bytes)
+#   A100 40GB:      40,960 MiB; A100 80GB: 81,920 MiB (nvidia-smi)
 HARDWARE: dict[str, HardwareSpec] = {
     h.name: h
     for h in [
         # 3.35 TB/s spec; ~3.0 TB/s measured device-to-device copy on the lent H100 (DESIGN.md)
-        HardwareSpec(name="h100-sxm", memory_bytes=80 * 10**9, peak_flops=989e12, mem_bandwidth_Bps=3.35e12,
+        HardwareSpec(name="h100-sxm", memory_bytes=81_559 * MIB, peak_flops=989e12, mem_bandwidth_Bps=3.35e12,
                      pcie_bandwidth_Bps=50e9, num_sms=132),
-        HardwareSpec(name="h200", memory_bytes=141 * 10**9, peak_flops=989e12, mem_bandwidth_Bps=4.8e12,
+        HardwareSpec(name="h200", memory_bytes=143_771 * MIB, peak_flops=989e12, mem_bandwidth_Bps=4.8e12,
                      pcie_bandwidth_Bps=50e9, num_sms=132),
-        HardwareSpec(name="a100-40gb", memory_bytes=40 * 10**9, peak_flops=312e12, mem_bandwidth_Bps=1.555e12,
+        HardwareSpec(name="a100-40gb", memory_bytes=40_960 * MIB, peak_flops=312e12, mem_bandwidth_Bps=1.555e12,
                      pcie_bandwidth_Bps=25e9, num_sms=108),
-        HardwareSpec(name="a100-80gb", memory_bytes=80 * 10**9, peak_flops=312e12, mem_bandwidth_Bps=2.04e12,
+        HardwareSpec(name="a100-80gb", memory_bytes=81_920 * MIB, peak_flops=312e12, mem_bandwidth_Bps=2.04e12,
                      pcie_bandwidth_Bps=25e9, num_sms=108),
     ]
 }

@@ -76,6 +76,7 @@ class Timeline:
         self._rows: list[tuple] = []
         self._runs: list[_Run] = []
         self._chunks: dict[int, list[dict[str, np.ndarray]]] = {}   # replica -> column chunks
+        self._pending: dict[int, _Run] = {}                          # replica -> run through arrivals
         self._stored: dict[int, int] = {}                            # replica -> rows in chunks
 
     # ---- recording -------------------------------------------------------
@@ -99,12 +100,14 @@ class Timeline:
         self._rows.append((t_s, replica, step_s, *snapshot))
 
     def record_run(self, starts_s: np.ndarray, replica: int, steps_s: np.ndarray,
-                   policy: Policy, batch: Batch) -> None:
+                   policy: Policy, batch: Batch, *, pending: bool = False) -> None:
         """Rows of a decode run whose first step's slots are reserved now;
         step j (0-based) has every sequence ``j`` tokens longer. Only what
         stays constant over the run is kept here; its KV columns are expanded
-        in bulk later."""
-        self._maybe_flush()
+        in bulk later. A run that goes on through arrivals is ``pending``
+        until ``finish_run`` completes it when it ends (other replicas may
+        record steps meanwhile); one still pending when the clock stops is
+        kept as it began."""
         kv: KVManager = policy.kv
         u = kv.usage()
         block_hist = None
@@ -112,28 +115,33 @@ class Timeline:
             bs = kv.block_size  # type: ignore[attr-defined]
             # sequences by (tokens - 1) % block_size
             block_hist = np.bincount((policy.decode_contexts() - 1) % bs, minlength=bs).tolist()
-        self._runs.append(_Run(
+        run = _Run(
             starts_s, steps_s, replica, policy.num_running, len(policy.waiting),
             len(policy.swapped), len(batch.requests), batch.num_seqs, batch.num_tokens,
             batch.num_decode_seqs, external_slots(policy), u.real, u.real + u.internal,
             u.reserved, u.free, u.total, block_hist,
-        ))
-
-    def amend_last_run(self, queued_s: list[float], policy: Policy) -> None:
-        """The last recorded run went on through arrivals (which could not
-        change it): each of its steps sees the requests that joined the
-        queue, at ``queued_s``, before it started, as stepping would."""
-        if not queued_s:
+        )
+        if pending:
+            self._pending[replica] = run
             return
-        run = self._runs[-1]
-        joined = np.searchsorted(np.asarray(queued_s), run.starts_s, side="right")
-        waiting = run.waiting + joined
-        external = run.external
-        if run.waiting == 0 and policy.waiting:
-            # the queue's head is the first arrival: its hole fit, in a run's fixed memory
-            head = external_slots(policy)
-            external = np.where(joined > 0, head, 0)
-        self._runs[-1] = run._replace(waiting=waiting, external=external)
+        self._maybe_flush()
+        self._runs.append(run)
+
+    def finish_run(self, replica: int, queued_s: list[float], policy: Policy) -> None:
+        """Record a pending run that went on through arrivals (which could
+        not change it): each of its steps sees the requests that joined the
+        queue, at ``queued_s``, before it started, as stepping would."""
+        run = self._pending.pop(replica)
+        if queued_s:
+            joined = np.searchsorted(np.asarray(queued_s), run.starts_s, side="right")
+            external = run.external
+            if run.waiting == 0 and policy.waiting:
+                # the queue's head is the first arrival: its hole fit, in a run's fixed memory
+                head = external_slots(policy)
+                external = np.where(joined > 0, head, 0)
+            run = run._replace(waiting=run.waiting + joined, external=external)
+        self._maybe_flush()
+        self._runs.append(run)
 
     # ---- bulk conversion ---------------------------------------------------
     def _maybe_flush(self) -> None:
@@ -223,6 +231,8 @@ class Timeline:
     # ---- output ---------------------------------------------------------------
     def to_frame(self) -> pd.DataFrame:
         """One row per step (``steps == 1``), or per group of merged steps."""
+        self._runs.extend(self._pending.values())       # runs the horizon cut short
+        self._pending.clear()
         self._flush()
         chunks = [c for replica in sorted(self._chunks) for c in self._chunks[replica]]
         if not chunks:

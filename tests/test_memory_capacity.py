@@ -14,26 +14,38 @@ def test_llama_2_7b_fp16_on_h100_at_0_9():
     # weights: per layer 4*4096^2 (q, k, v, o) + 3*4096*11008 (gated MLP) = 202,375,168;
     #   * 32 layers + 2*32000*4096 embeddings = 6,738,149,376 params * 2 B = 13,476,298,752 B
     # KV per token: 2 (K, V) * 32 layers * 32 heads * 128 * 2 B = 524,288 B
-    # (80e9 * 0.9 - 13,476,298,752) / 524,288 = 58,523,701,248 / 524,288 = 111,625.10 -> 111,625
+    # memory: 81,559 MiB = 85,520,809,984 B (what the driver reports for an H100 SXM 80GB)
+    # (85,520,809,984 * 0.9 - 13,476,298,752) / 524,288 = 63,492,430,233.6 / 524,288 = 121,102.2 -> 121,102
+    assert H100.memory_bytes == 85_520_809_984
     assert LLAMA_7B.weight_bytes == 13_476_298_752
     assert LLAMA_7B.kv_bytes_per_token == 524_288
-    assert kv_capacity_tokens(LLAMA_7B, H100, 0.9) == 111_625
-    # a 1 GB activation reserve: 57,523,701,248 / 524,288 = 109,717.8 -> 109,717
-    assert kv_capacity_tokens(LLAMA_7B, H100, 0.9, activation_reserve_bytes=10**9) == 109_717
+    assert kv_capacity_tokens(LLAMA_7B, H100, 0.9) == 121_102
+    # a 1 GB activation reserve: 62,492,430,233.6 / 524,288 = 119,194.9 -> 119,194
+    assert kv_capacity_tokens(LLAMA_7B, H100, 0.9, activation_reserve_bytes=10**9) == 119_194
 
 
 def test_llama_3_8b_gqa_on_a100_40gb():
     # KV per token: 2 * 32 layers * 8 KV heads * 128 * 2 B = 131,072 B
-    # (40e9 * 0.9 - 16,059,990,016) / 131,072 = 19,940,009,984 / 131,072 = 152,130.2 -> 152,130
-    assert kv_capacity_tokens(MODELS["llama-3-8b"], HARDWARE["a100-40gb"], 0.9) == 152_130
+    # (40,960 MiB = 42,949,672,960 B * 0.9 - 16,059,990,016) / 131,072 = 22,594,715,648 / 131,072 = 172,384
+    assert kv_capacity_tokens(MODELS["llama-3-8b"], HARDWARE["a100-40gb"], 0.9) == 172_384
+
+
+def test_opt_13b_on_a100_40gb_counts_its_tied_embedding_once():
+    # per layer 4*5120^2 + 2*5120*20480 (ReLU MLP) = 314,572,800; * 40 = 12,582,912,000
+    #   + 50272*5120 = 257,392,640 once (the LM head is the input embedding) = 12,840,304,640 params
+    # KV per token: 2 * 40 * 5120 * 2 B = 819,200 B
+    # (42,949,672,960 * 0.9 - 25,680,609,280) / 819,200 = 15,837.5 -> 15,837 (the vLLM paper's setup)
+    opt = MODELS["opt-13b"]
+    assert opt.tied_embeddings and opt.num_params == 12_840_304_640
+    assert kv_capacity_tokens(opt, HARDWARE["a100-40gb"], 0.9) == 15_837
 
 
 def test_weights_that_do_not_fit_give_a_clear_message():
-    with pytest.raises(ValueError, match=r"^llama-2-70b weights need 138\.0 GB, h100-sxm has 72\.0 GB "
+    with pytest.raises(ValueError, match=r"^llama-2-70b weights need 138\.0 GB, h100-sxm has 77\.0 GB "
                                          r"at gpu_memory_utilization=0\.9"):
         kv_capacity_tokens(MODELS["llama-2-70b"], H100, 0.9)
-    with pytest.raises(ValueError, match=r"\+ 60\.0 GB activation reserve"):
-        kv_capacity_tokens(LLAMA_7B, H100, 0.9, activation_reserve_bytes=60 * 10**9)
+    with pytest.raises(ValueError, match=r"\+ 70\.0 GB activation reserve"):
+        kv_capacity_tokens(LLAMA_7B, H100, 0.9, activation_reserve_bytes=70 * 10**9)
     with pytest.raises(ValueError, match="gpu_memory_utilization must be in"):
         kv_capacity_tokens(LLAMA_7B, H100, 1.5)
 
@@ -41,9 +53,9 @@ def test_weights_that_do_not_fit_give_a_clear_message():
 def test_build_paged_from_the_derived_capacity():
     kv = build_kv_manager(MemorySpec(), LLAMA_7B, H100)
     assert isinstance(kv, PagedKVManager)
-    # 111,625 // 16 = 6,976 blocks; watermark ceil(0.01 * 6,976) = 70;
+    # 121,102 // 16 = 7,568 blocks; watermark ceil(0.01 * 7,568) = 76;
     # swap: 4e9 B / (16 * 524,288 B per block) = 476.8 -> 476 CPU blocks
-    assert (kv.num_blocks, kv.block_size, kv.watermark_blocks, kv.num_cpu_blocks) == (6976, 16, 70, 476)
+    assert (kv.num_blocks, kv.block_size, kv.watermark_blocks, kv.num_cpu_blocks) == (7568, 16, 76, 476)
 
 
 def test_build_with_sizes_given_directly():
