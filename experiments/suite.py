@@ -55,7 +55,8 @@ def select(runs: dict[str, ExperimentConfig], patterns: list[str]) -> dict[str, 
 
 def is_done(run_dir: Path, cfg: ExperimentConfig) -> bool:
     """The directory holds a finished real run of this very config (the
-    engine's own KV capacity aside, which it fills in)."""
+    engine's own KV capacity aside, which it fills in, and the cost model,
+    which a real run does not use)."""
     if not (run_dir / "summary.json").is_file() or not (run_dir / "config.yaml").is_file():
         return False
     try:          # through today's schema, so fields added since keep their defaults
@@ -65,6 +66,7 @@ def is_done(run_dir: Path, cfg: ExperimentConfig) -> bool:
     want = resolved_dict(cfg)
     for tree in (done, want):
         tree.get("engine", {}).get("memory", {}).pop("num_tokens", None)
+        tree.get("engine", {}).pop("cost_model", None)
     return done == want
 
 

@@ -140,7 +140,7 @@ LINEAR_YAML = {"kind": "linear", "base_s": 0.01, "per_prefill_token_s": 0.0001,
 
 
 def test_spec_defaults_to_auto():
-    assert parse_cost_model_spec(None) == AutoCostSpec(paged_attention_overhead=None, step_overhead_s=0.0015,
+    assert parse_cost_model_spec(None) == AutoCostSpec(paged_attention_overhead=None, step_overhead_s=None,
                                                        profile_dir=None)
     assert RooflineCostSpec().paged_attention_overhead == 1.1
     assert parse_cost_model_spec({"step_overhead_s": 0.001}) == AutoCostSpec(step_overhead_s=0.001)

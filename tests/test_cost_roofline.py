@@ -257,6 +257,7 @@ def fake_profiled_module(monkeypatch, tmp_path: Path, has_profiles: bool) -> lis
     module = types.ModuleType("sim.cost.profiled")
     module.default_profile_dir = lambda hardware_name, model_name: tmp_path / hardware_name / model_name
     module.has_profiles = lambda path: has_profiles
+    module.measured_step_overhead_s = lambda hardware_name: None if not has_profiles else (3e-4, "measured")
 
     class ProfiledCostModel:
         name = "profiled"
@@ -291,7 +292,7 @@ def test_auto_falls_back_to_roofline_without_profiles(monkeypatch, tmp_path):
     calls = fake_profiled_module(monkeypatch, tmp_path, has_profiles=False)
     cost, note = build_cost_model(AutoCostSpec(), TINY, TOY)
     assert isinstance(cost, RooflineCostModel) and calls == []
-    # "as measured" (None) means the documented 1.1 without profiles
+    # "as measured" (None) means the documented 1.1 and 1.5 ms without profiles
     assert (cost.paged_attention_overhead, cost.step_overhead_s) == (1.1, 0.0015)
     assert note == (f"cost model: roofline (no profiles for toy/tiny at {tmp_path / 'toy' / 'tiny'}; "
                     f"run `pagesim calibrate`)")
@@ -329,3 +330,23 @@ def test_profiled_when_not_importable_is_an_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "sim.cost.profiled", None)
     with pytest.raises(ValueError, match="profiled is not available"):
         build_cost_model(ProfiledCostSpec(), TINY, TOY)
+
+
+def test_roofline_step_overhead_defaults_to_the_profiles_measurement(monkeypatch, tmp_path):
+    fake_profiled_module(monkeypatch, tmp_path, has_profiles=True)
+    cost, note = build_cost_model(RooflineCostSpec(), TINY, TOY)
+    assert cost.step_overhead_s == 3e-4
+    assert note == "cost model: roofline (toy/tiny; paged attention x1.1, step overhead 0.3 ms (measured))"
+
+
+def test_measured_step_overhead_of_the_committed_profiles():
+    """GPU fixed term plus the engine's host time of a one-sequence step,
+    median over the profiled models; a GPU without profiles borrows all."""
+    from sim.cost.profiled import measured_step_overhead_s
+
+    h200, where = measured_step_overhead_s("h200")
+    assert where == "median of 4 profiled models on h200" and 2e-4 < h200 < 1e-3
+    h100, _ = measured_step_overhead_s("h100-sxm")
+    assert 5e-5 < h100 < h200          # no engine host terms in the H100 profiles
+    _, where = measured_step_overhead_s("a100-40gb")
+    assert where == "median of 8 profiled models on h100-sxm, h200"

@@ -11,7 +11,7 @@ from typing import Callable
 
 from sim.cost.base import CostModel, decode_run_times_by_steps
 from sim.cost.linear import LinearCostModel
-from sim.cost.roofline import DEFAULT_PAGED_ATTENTION_OVERHEAD, RooflineCostModel
+from sim.cost.roofline import DEFAULT_PAGED_ATTENTION_OVERHEAD, DEFAULT_STEP_OVERHEAD_S, RooflineCostModel
 from sim.cost.spec import (
     AutoCostSpec,
     CostModelSpec,
@@ -105,8 +105,21 @@ def _roofline(spec: AutoCostSpec | RooflineCostSpec, model: ModelSpec,
     overhead = spec.paged_attention_overhead
     if overhead is None:   # auto: "as measured" has no meaning without profiles
         overhead = DEFAULT_PAGED_ATTENTION_OVERHEAD
+    step_overhead_s, source = spec.step_overhead_s, "given"
+    if step_overhead_s is None:
+        step_overhead_s, source = _measured_step_overhead_s(hardware)
     return RooflineCostModel(model, hardware, paged_attention_overhead=overhead,
-                             step_overhead_s=spec.step_overhead_s)
+                             step_overhead_s=step_overhead_s, step_overhead_source=source)
+
+
+def _measured_step_overhead_s(hardware: HardwareSpec) -> tuple[float, str]:
+    """The committed profiles' fixed step time, else the documented default."""
+    try:
+        profiled = importlib.import_module("sim.cost.profiled")
+    except ImportError:
+        return DEFAULT_STEP_OVERHEAD_S, "default"
+    measured = profiled.measured_step_overhead_s(hardware.name)
+    return measured if measured is not None else (DEFAULT_STEP_OVERHEAD_S, "default")
 
 
 def _profile_dir(spec: AutoCostSpec | ProfiledCostSpec, model: ModelSpec, hardware: HardwareSpec,
@@ -121,5 +134,7 @@ def _pair(model: ModelSpec, hardware: HardwareSpec) -> str:
 
 
 def _roofline_knobs(cost: RooflineCostModel) -> str:
+    source = cost.step_overhead_source
+    where = "" if source == "given" else f" ({source})"
     return (f"paged attention x{cost.paged_attention_overhead:g}, "
-            f"step overhead {cost.step_overhead_s * 1e3:g} ms")
+            f"step overhead {cost.step_overhead_s * 1e3:.3g} ms{where}")

@@ -58,6 +58,7 @@ cached-context term of prefill attention). Details: docs/calibration.md.
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,36 @@ def default_profile_dir(hardware_name: str, model_name: str) -> Path:
 
 def has_profiles(path: str | Path) -> bool:
     return all((Path(path) / name).is_file() for name in REQUIRED_FILES)
+
+
+@functools.lru_cache(maxsize=None)
+def measured_step_overhead_s(hardware_name: str) -> tuple[float, str] | None:
+    """The fixed part of a step as the committed profiles measured it: per
+    profiled model, the GPU's fixed term (graph launch plus calibration
+    residual) plus the engine's host time of a one-sequence step where
+    engine terms exist; the median over the models of ``hardware_name``, or
+    over every profiled GPU if it has none. ``(seconds, where)``, or None
+    when no profiles are installed. The roofline model's default fixed term,
+    so that a GPU without profiles is priced on the same footing as one with."""
+    from sim.presets import HARDWARE, MODELS   # noqa: PLC0415 (names, beside the module's types)
+
+    root = default_profile_dir(hardware_name, "x").parent.parent
+    if not root.is_dir():
+        return None
+    mine = [d for d in sorted((root / hardware_name).glob("*")) if has_profiles(d)] \
+        if (root / hardware_name).is_dir() else []
+    dirs = mine or [d for d in sorted(root.glob("*/*")) if has_profiles(d)]
+    values = []
+    for d in dirs:
+        if d.name not in MODELS or d.parent.name not in HARDWARE:
+            continue
+        cost = ProfiledCostModel.from_dir(d, MODELS[d.name], HARDWARE[d.parent.name])
+        host = cost.engine.host_s(1, 0, True) if cost.engine is not None else 0.0
+        values.append(cost.fixed_s + host)
+    if not values:
+        return None
+    gpus = hardware_name if mine else ", ".join(sorted({d.parent.name for d in dirs}))
+    return float(np.median(values)), f"median of {len(values)} profiled models on {gpus}"
 
 
 @dataclass(frozen=True)

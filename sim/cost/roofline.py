@@ -33,7 +33,11 @@ paper measured its paged kernel 20-26% slower than a contiguous one; pagesim's
 own kernels target at most 10%."""
 
 DEFAULT_STEP_OVERHEAD_S = 1.5e-3
-"""CPU work around each forward pass (scheduling, input preparation, sampling,
+"""Used only where no kernel profiles are installed: by default the fixed
+term is what the committed profiles measured (``step_overhead_s: null``, see
+``sim.cost.profiled.measured_step_overhead_s``: 0.17 ms on the H100, whose
+profiles have no engine host terms, 0.5 ms on the H200 where they do).
+CPU work around each forward pass (scheduling, input preparation, sampling,
 kernel launches). vLLM's v0.6.0 profile of Llama-3-8B on one H100 found its
 HTTP server and scheduler taking 33% and 29% of execution time, against ~5 ms
 of GPU time per step; 1.5 ms sits between an engine that overlaps this work
@@ -52,7 +56,7 @@ class RooflineCostModel:
 
     def __init__(self, model: ModelSpec, hardware: HardwareSpec,
                  paged_attention_overhead: float = DEFAULT_PAGED_ATTENTION_OVERHEAD,
-                 step_overhead_s: float = DEFAULT_STEP_OVERHEAD_S) -> None:
+                 step_overhead_s: float = DEFAULT_STEP_OVERHEAD_S, step_overhead_source: str = "given") -> None:
         if not paged_attention_overhead > 0:
             raise ValueError(f"paged_attention_overhead must be > 0, got {paged_attention_overhead!r}")
         if not step_overhead_s >= 0:
@@ -61,6 +65,7 @@ class RooflineCostModel:
         self.hardware = hardware
         self.paged_attention_overhead = float(paged_attention_overhead)
         self.step_overhead_s = float(step_overhead_s)
+        self.step_overhead_source = step_overhead_source   # "given", "default" or what measured it
 
         flops_per_s = hardware.peak_flops * hardware.achievable_flops_frac
         bytes_per_s = hardware.mem_bandwidth_Bps * hardware.achievable_bandwidth_frac

@@ -8,7 +8,7 @@ decided by ``build_cost_model``.
       kind: auto                      # auto | roofline | linear | profiled
       paged_attention_overhead: null  # auto, profiled: null keeps the measured paged kernels
                                       #   (1.1 if auto falls back); roofline: default 1.1
-      step_overhead_s: 0.0015         # auto, roofline
+      step_overhead_s: null           # auto, roofline; null: measured by the committed profiles
       profile_dir: null               # auto, profiled; default kernels/profiles/<hardware>/<model>/
 
 ``cost_model: roofline`` is short for ``cost_model: {kind: roofline}``.
@@ -28,9 +28,10 @@ COST_MODEL_KINDS: tuple[str, ...] = get_args(CostModelKind)
 PagedAttentionOverhead = Annotated[float, Field(
     DEFAULT_PAGED_ATTENTION_OVERHEAD, ge=0.5, le=5.0,
     description="paged / contiguous attention time; outside [0.5, 5] is a typo, not a kernel")]
-StepOverheadS = Annotated[float, Field(
-    DEFAULT_STEP_OVERHEAD_S, ge=0.0, le=1.0,
-    description="fixed seconds per step (CPU scheduling, kernel launches)")]
+StepOverheadS = Annotated[float | None, Field(
+    None, ge=0.0, le=1.0,
+    description="fixed seconds per step (CPU scheduling, kernel launches); null: as the committed "
+                "profiles measured it (sim.cost.profiled.measured_step_overhead_s)")]
 MeasuredOrOverhead = Annotated[float | None, Field(
     None, ge=0.5, le=5.0,
     description="null: the profiled paged kernels as measured (roofline fallback: 1.1); "
