@@ -1,5 +1,6 @@
 """Length distributions: exact small cases, the clipped-lognormal mean, presets."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ import pytest
 from workloads.lengths import (
     LENGTH_PRESETS,
     EmpiricalLength,
+    ExponentialLength,
     FixedLength,
     LognormalLength,
     UniformLength,
@@ -116,3 +118,24 @@ def test_same_seed_gives_identical_lengths():
 def test_bad_parameters_are_rejected(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_exponential_lengths_match_their_law():
+    """P(tokens <= k) = 1 - exp(-k / mean) for whole k below the cap (the
+    draw is rounded up); the cap takes the tail's mass."""
+    tokens = ExponentialLength(mean=128.0).sample(200_000, np.random.default_rng(0))
+    assert tokens.min() >= 1
+    for k in (1, 32, 128, 512):
+        assert abs((tokens <= k).mean() - (1 - np.exp(-k / 128.0))) < 0.005
+    assert abs(tokens.mean() - 128.5) < 1.5          # rounding up adds about half a token
+    capped = ExponentialLength(mean=128.0, max_tokens=256).sample(200_000, np.random.default_rng(0))
+    assert capped.max() == 256
+    assert abs((capped == 256).mean() - np.exp(-255 / 128.0)) < 0.005
+
+
+def test_offline_throughput_config_draws_exponential_outputs():
+    from experiments.config import load_config
+
+    cfg, _ = load_config(Path(__file__).parents[1] / "experiments" / "configs" / "offline_throughput.yaml")
+    output = cfg.workload.lengths.output
+    assert (output.dist, output.mean, output.max_tokens) == ("exponential", 128, 1536)

@@ -110,6 +110,25 @@ class LognormalLength:
         return _clip(rounded, self.min_tokens, self.max_tokens)
 
 
+@dataclass(frozen=True)
+class ExponentialLength:
+    """Exponential lengths of mean ``mean`` before rounding up to whole
+    tokens and clipping (the Anyscale continuous-batching benchmark's output
+    lengths: mean 128, capped)."""
+
+    mean: float
+    min_tokens: int = 1
+    max_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.mean) and self.mean > 0):
+            raise ValueError(f"mean must be a finite number > 0, got {self.mean}")
+        _check_bounds(self.min_tokens, self.max_tokens)
+
+    def sample(self, num_requests: int, rng: np.random.Generator) -> np.ndarray:
+        return _clip(np.ceil(rng.exponential(self.mean, size=num_requests)), self.min_tokens, self.max_tokens)
+
+
 @dataclass(frozen=True, eq=False)
 class EmpiricalLength:
     """Resamples, with replacement, from observed lengths (e.g. a trace column)."""

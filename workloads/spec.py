@@ -175,6 +175,14 @@ class LognormalSpec(_DistSpec):
         return lengths.LognormalLength(self.mean, self.sigma, self.min_tokens, self.max_tokens)
 
 
+class ExponentialSpec(_DistSpec):
+    dist: Literal["exponential"]
+    mean: float = Field(gt=0, allow_inf_nan=False, description="mean tokens before rounding up and clipping")
+
+    def build(self) -> lengths.LengthDistribution:
+        return lengths.ExponentialLength(self.mean, self.min_tokens, self.max_tokens)
+
+
 class EmpiricalSpec(_DistSpec):
     dist: Literal["empirical"]
     trace: TraceSpec
@@ -187,7 +195,7 @@ class EmpiricalSpec(_DistSpec):
 
 
 DistSpec = Annotated[
-    Union[FixedSpec, UniformSpec, LognormalSpec, EmpiricalSpec],
+    Union[FixedSpec, UniformSpec, LognormalSpec, ExponentialSpec, EmpiricalSpec],
     Field(discriminator="dist"),
 ]
 
