@@ -134,7 +134,7 @@ SYNTHETIC = {"num_requests": 5, "arrival": {"process": "poisson", "rate_rps": 1.
     ({"lengths": {"preset": "sharegpt", "from_trace": True}}, "exactly one of"),
     ({"lengths": {"prompt": {"dist": "fixed", "value": 4}}}, "give both 'prompt' and 'output'"),
     ({"lengths": {"prompt": {"dist": "normal"}, "output": {"dist": "fixed", "value": 1}}},
-     "'fixed', 'uniform', 'lognormal', 'empirical'"),
+     "'fixed', 'uniform', 'lognormal', 'exponential', 'empirical'"),
     ({"lengths": {"prompt": {"dist": "uniform", "low": 9, "high": 3}, "output": {"dist": "fixed", "value": 1}}},
      "high \\(3\\) must be >= low \\(9\\)"),
     ({"lengths": {"prompt": {"dist": "lognormal", "mean": 5000, "sigma": 1, "max_tokens": 1024},

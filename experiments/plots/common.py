@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from experiments.atomic import atomic_path
 
@@ -153,7 +154,7 @@ def draw_kv_area(ax: Axes, edges_s: np.ndarray, binned: pd.DataFrame, legend: bo
     ax.fill_between(edges_s, _stepped(bottom), _stepped(np.where(np.isnan(bottom), np.nan, 1.0)),
                     step="post", color=colour, label=label, linewidth=0)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("fraction of KV slots")
+    ax.set_ylabel("fraction of all KV slots")
     if legend:
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="x-small")
 
@@ -169,8 +170,9 @@ def draw_timeline_lines(ax: Axes, edges_s: np.ndarray, binned: pd.DataFrame,
                 color=colour)
     ax.set_ylabel(ylabel)
     ax.set_ylim(bottom=0)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))      # these are counts
     if len(columns) > 1:
-        ax.legend(loc="upper left", fontsize="x-small")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="x-small")
 
 
 # ----------------------------------------------------------------- helpers

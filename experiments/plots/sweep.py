@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, NullLocator
 
 from experiments.plots.common import (
     FREE_LAYER,
@@ -45,10 +46,36 @@ THROUGHPUT_PANELS: tuple[LinePanel, ...] = (
 NORMALIZED_LATENCY_PANELS: tuple[LinePanel, ...] = (
     ("mean normalized latency (s/token)", (("normalized_latency_s_per_token_mean", "-", ""),)),
 )
+# one panel per metric: a static batch's TTFT can be 100x continuous batching's,
+# and on a shared axis the smaller one would lie flat on zero
 TTFT_TPOT_PANELS: tuple[LinePanel, ...] = (
-    ("TTFT (s)", (("ttft_s_p50", "-", " p50"), ("ttft_s_p99", "--", " p99"))),
-    ("TPOT (s/token)", (("tpot_s_p50", "-", " p50"), ("tpot_s_p99", "--", " p99"))),
+    ("TTFT p50 (s)", (("ttft_s_p50", "-", ""),)),
+    ("TTFT p99 (s)", (("ttft_s_p99", "-", ""),)),
+    ("TPOT p50 (s/token)", (("tpot_s_p50", "-", ""),)),
+    ("TPOT p99 (s/token)", (("tpot_s_p99", "-", ""),)),
 )
+# the swept key as a quantity and unit, for the x axis
+AXIS_LABELS = {
+    "workload.arrival.rate_rps": "request rate (req/s)",
+    "workload.arrival.cv": "inter-arrival CV",
+    "workload.arrival.time_scale": "trace time scale (x recorded)",
+    "workload.num_requests": "requests",
+    "engine.batching.max_batch_size": "max batch size (sequences)",
+    "engine.batching.max_batch_tokens": "max batch tokens",
+    "engine.batching.max_wait_s": "max wait for a batch (s)",
+    "engine.batching.policy": "batching policy",
+    "engine.memory.layout": "KV layout",
+    "engine.memory.block_size": "block size (tokens)",
+    "engine.memory.reservation": "contiguous reservation",
+    "engine.memory.gpu_memory_utilization": "GPU memory utilization",
+    "engine.memory.num_blocks": "KV blocks",
+    "engine.memory.num_tokens": "KV token slots",
+    "engine.memory.watermark": "watermark (fraction of blocks)",
+    "engine.memory.swap_space_gb": "swap space (GB)",
+    "engine.replicas": "replicas",
+    "horizon_s": "horizon (s)",
+}
+LOG_SPAN = 8.0      # an x (or latency) range of at least this ratio is drawn on a log scale
 
 
 @dataclass(frozen=True)
@@ -63,10 +90,31 @@ class SweepAxis:
     def label(self, x: float) -> str:
         return self.categories[int(x)] if self.categories else f"{x:g}"
 
-    def decorate(self, ax: Axes) -> None:
-        ax.set_xlabel(self.key)
+    @property
+    def title(self) -> str:
+        """The quantity and its unit (``request rate (req/s)``), not the config key."""
+        if self.key in AXIS_LABELS:
+            return AXIS_LABELS[self.key]
+        name = self.key.rsplit(".", 1)[-1]
+        for suffix, unit in (("_rps", " (req/s)"), ("_gb", " (GB)"), ("_s", " (s)")):
+            if name.endswith(suffix):
+                return name[: -len(suffix)].replace("_", " ") + unit
+        return name.replace("_", " ")
+
+    def decorate(self, ax: Axes, values: np.ndarray) -> None:
+        """Label the axis; categories at 0, 1, ...; a positive range that
+        spans ``LOG_SPAN`` or more (rates that double) on a log scale, ticked
+        at the swept values."""
+        ax.set_xlabel(self.title)
         if self.categories:
             ax.set_xticks(range(len(self.categories)), self.categories)
+            return
+        ticks = np.unique(values[np.isfinite(values)])
+        if len(ticks) >= 3 and ticks.min() > 0 and ticks.max() / ticks.min() >= LOG_SPAN:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(FixedLocator(ticks))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xticklabels([f"{t:g}" for t in ticks])
 
 
 def read_sweep(sweep_dir: Path, x_key: str) -> tuple[pd.DataFrame, SweepAxis]:
@@ -136,7 +184,8 @@ def _timeline_path(sweep_dir: Path, point_id: str) -> Path:
 def plot_sweep(sweep_dir: Path, x_key: str = DEFAULT_X_KEY, *,
                log_latency: bool = False) -> list[Path]:
     """Draw a sweep's figures into ``sweep_dir/plots/`` and return their paths:
-    ``throughput.png``, ``normalized_latency.png`` (log y if ``log_latency``),
+    ``throughput.png``, ``normalized_latency.png`` (log y if ``log_latency``,
+    or where the values span ``LOG_SPAN``),
     ``ttft_tpot.png``, ``kv_waste.png``, ``timelines.png``."""
     sweep_dir = Path(sweep_dir)
     table, axis = read_sweep(sweep_dir, x_key)
@@ -147,10 +196,9 @@ def plot_sweep(sweep_dir: Path, x_key: str = DEFAULT_X_KEY, *,
         save_figure(_line_figure(table, axis, colours, THROUGHPUT_PANELS, "Throughput"),
                     plots / "throughput.png"),
         save_figure(_line_figure(table, axis, colours, NORMALIZED_LATENCY_PANELS,
-                                 "Normalized latency", log_y=log_latency),
+                                 "Normalized latency", log_y=True if log_latency else None),
                     plots / "normalized_latency.png"),
-        save_figure(_line_figure(table, axis, colours, TTFT_TPOT_PANELS,
-                                 "TTFT and TPOT (solid p50, dashed p99)"),
+        save_figure(_line_figure(table, axis, colours, TTFT_TPOT_PANELS, "TTFT and TPOT", log_y=None),
                     plots / "ttft_tpot.png"),
     ]
     chosen_x, missing = choose_x(table, sweep_dir)
@@ -168,7 +216,7 @@ def plot_sweep(sweep_dir: Path, x_key: str = DEFAULT_X_KEY, *,
 def _chosen_x_note(axis: SweepAxis, chosen_x: float | None, missing: list[str]) -> str:
     if chosen_x is None:
         return "no point has a timeline"
-    where = f"{axis.key} = {axis.label(chosen_x)}"
+    where = f"{axis.title} = {axis.label(chosen_x)}"
     if not missing:
         return f"{where}\n(highest value with data for every configuration)"
     note = f"(highest value with the most data; missing: {', '.join(missing)})"
@@ -176,24 +224,38 @@ def _chosen_x_note(axis: SweepAxis, chosen_x: float | None, missing: list[str]) 
 
 
 def _line_figure(table: pd.DataFrame, axis: SweepAxis, colours: dict[str, tuple],
-                 panels: Sequence[LinePanel], title: str, log_y: bool = False) -> Figure:
-    fig = Figure(figsize=(5.5 * len(panels), 4.2), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+                 panels: Sequence[LinePanel], title: str, log_y: bool | None = False,
+                 columns: int = 2) -> Figure:
+    """One panel per entry of ``panels`` (at most ``columns`` a row), one
+    legend outside them all. ``log_y=None``: log where a panel's positive
+    values span ``LOG_SPAN`` or more."""
+    columns = min(columns, len(panels))
+    rows = -(-len(panels) // columns)
+    fig = Figure(figsize=(4.6 * columns + 2.2, 3.6 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
     for ax, (ylabel, lines) in zip(axes, panels):
-        for name, rows in table.sort_values("x").groupby("series"):
+        shown = []
+        for name, series in table.sort_values("x").groupby("series"):
             for column, linestyle, suffix in lines:
-                points = rows.dropna(subset=[column])
+                points = series.dropna(subset=[column])
                 ax.plot(points["x"], points[column], linestyle=linestyle, marker="o",
                         markersize=4, color=colours[name], label=f"{name}{suffix}")
-        axis.decorate(ax)
+                shown.append(points[column].to_numpy(float))
+        axis.decorate(ax, table["x"].to_numpy(float))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        if log_y:
+        values = np.concatenate(shown) if shown else np.array([])
+        positive = values[np.isfinite(values) & (values > 0)]
+        span = positive.max() / positive.min() if len(positive) else 1.0
+        if log_y or (log_y is None and span >= LOG_SPAN):
             ax.set_yscale("log")
         else:
             ax.set_ylim(bottom=0)
-    axes[0].legend(fontsize="x-small")
-    fig.suptitle(f"{title} vs {axis.key}")
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize="small")
+    fig.suptitle(f"{title} vs {axis.title}")
     return fig
 
 
@@ -208,12 +270,17 @@ def _kv_waste_figure(names: list[str], timelines: dict[str, pd.DataFrame], where
         ax.bar(positions, heights, bottom=bottom, color=colour, label=label)
         bottom += heights
     for position, name in zip(positions, names):
-        real = fractions.get(name, {}).get("kv_token_slots_used")
-        text = "no data" if real is None else f"{real:.0%} real"
-        ax.text(position, 1.01, text, ha="center", va="bottom", fontsize="small")
+        f = fractions.get(name, {})
+        real = f.get("kv_token_slots_used")
+        held = sum(f.get(c, 0.0) for c in ("kv_token_slots_used", "kv_internal_slots", "kv_reserved_slots"))
+        if real is None:
+            text = "no data"
+        else:   # the second figure is summary.json's kv_utilization_mean (real / held)
+            text = f"real: {real:.0%} of all\n{real / held:.0%} of held" if held > 0 else f"real: {real:.0%} of all"
+        ax.text(position, 1.01, text, ha="center", va="bottom", fontsize="x-small")
     ax.set_xticks(positions, names, rotation=15, ha="right")
-    ax.set_ylim(0, 1.1)
-    ax.set_ylabel("time-weighted fraction of KV slots")
+    ax.set_ylim(0, 1.18)
+    ax.set_ylabel("time-weighted fraction of all KV slots")
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
     fig.suptitle(f"Where KV memory goes, at {where}", fontsize="medium")
     return fig
@@ -222,8 +289,12 @@ def _kv_waste_figure(names: list[str], timelines: dict[str, pd.DataFrame], where
 def _timelines_figure(names: list[str], colours: dict[str, tuple],
                       timelines: dict[str, pd.DataFrame], where: str) -> Figure:
     fig = Figure(figsize=(12, 1.0 + 2.4 * len(names)), layout="constrained")
-    axes = fig.subplots(len(names), 2, squeeze=False, sharex="row")
+    # one time axis for every configuration, one batch-size scale for every row
+    axes = fig.subplots(len(names), 2, squeeze=False, sharex=True)
+    for batch_ax in axes[1:, 0]:
+        batch_ax.sharey(axes[0, 0])
     legend_row = next((row for row, name in enumerate(names) if name in timelines), None)
+    most = 1.0
     for row, name in enumerate(names):
         batch_ax, kv_ax = axes[row]
         batch_ax.set_title(name, loc="left", fontsize="small")
@@ -232,9 +303,12 @@ def _timelines_figure(names: list[str], colours: dict[str, tuple],
             _no_data(kv_ax, "no point with a timeline here")
             continue
         edges_s, binned = bin_timeline(timelines[name])
+        if not binned.empty:
+            most = max(most, float(binned["batch_seqs"].max()))
         draw_timeline_lines(batch_ax, edges_s, binned, ["batch_seqs"], "sequences in batch",
                             colours[name])
         draw_kv_area(kv_ax, edges_s, binned, legend=row == legend_row)
+    axes[0, 0].set_ylim(0, most * 1.05)       # shared by every row's batch panel
     for ax in axes[-1]:
         ax.set_xlabel("simulated time (s)")
     fig.suptitle(f"Batch size and KV memory over time, at {where}", fontsize="medium")
