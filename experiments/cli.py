@@ -76,9 +76,18 @@ def _one_line(s: dict) -> str:
             f"{f(s['throughput_tokens_per_s'], '.0f')} tok/s, "
             f"TTFT p50 {f(s['ttft_s']['p50'], '.3f')} s, TPOT p50 {f(s['tpot_s']['p50'], '.4f')} s, "
             f"norm. latency {f(s['normalized_latency_s_per_token']['mean'], '.4f')} s/tok, "
-            f"KV util {f(s['kv_utilization_mean'], '.1%')}, batch {f(s['mean_batch_size'], '.1f')}, "
+            f"KV util {f(s['kv_utilization_mean'], '.1%')} of held, batch {f(s['mean_batch_size'], '.1f')}"
+            f"{_rows(s)}, "
             f"finished {c['finished']}/{c['arrived']} (rejected {c['rejected']}, "
             f"unfinished {c['unfinished']}), {s['sim_steps']} steps in {s['sim_wall_s']:.2f} s")
+
+
+def _rows(s: dict) -> str:
+    """Static batching computes padded rows of finished sequences too: say so."""
+    seqs, rows = s.get("mean_batch_size"), s.get("mean_batch_rows")
+    if seqs is None or rows is None or abs(rows - seqs) < 0.05:
+        return ""
+    return f" seqs ({rows:.1f} rows computed)"
 
 
 def _cmd_serve_suite(args: argparse.Namespace) -> int:
