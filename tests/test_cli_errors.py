@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from experiments.atomic import umask
 from experiments.cli import main
 from experiments.config import set_path
 
@@ -278,3 +279,27 @@ def test_closed_stdout_is_not_a_traceback(tmp_path):
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, stderr
     assert stderr == ""
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_unwritable_out_is_refused_before_simulating(capsys, workdir):
+    locked = workdir / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    write_inputs(variant({"workload.num_requests": 10}), {})
+    try:
+        result = run_cli(capsys, ["run", "exp.yaml", "--out", "locked/run", "--quiet", "--no-plots"])
+    finally:
+        locked.chmod(0o755)
+    assert_one_error_line(result, "--out locked/run: ", "is not writable")
+    assert list(locked.iterdir()) == []
+
+
+def test_stats_plot_has_the_permissions_of_every_other_output(capsys, workdir):
+    """mkstemp makes 0600 files; a plot must be as readable as a run's files."""
+    Path("t.csv").write_text(TRACE_HEADER + "0.0,10,5\n0.5,12,6\n")
+    assert run_cli(capsys, ["workloads", "stats", "t.csv", "--plot", "h.png"]).exit_code == 0
+    write_inputs(variant({"workload.num_requests": 5}), {})
+    assert run_cli(capsys, ["run", "exp.yaml", "--out", "out", "--quiet"]).exit_code == 0
+    mode = lambda p: Path(p).stat().st_mode & 0o777
+    assert mode("h.png") == mode("out/summary.json") == mode("out/plots/latency_cdf.png") == 0o666 & ~umask()
