@@ -16,6 +16,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 from experiments.atomic import atomic_path
 
@@ -37,9 +38,12 @@ def write_marker(directory: Path, what: str) -> None:
         tmp.write_text(json.dumps(record) + "\n")
 
 
-def check_out_dir(out: Path, *, force: bool = False, flag: str = "--out", replace: bool = True) -> None:
+def check_out_dir(out: Path, *, force: bool = False, flag: str = "--out", replace: bool = True,
+                  ours: Callable[[Path], bool] = is_pagesim_dir, can_force: bool = True) -> None:
     """Refuse, in one line, an output directory pagesim must not replace or
-    cannot write (see the module docstring)."""
+    cannot write (see the module docstring). ``ours`` recognises a directory
+    pagesim wrote (default: the marker; kernel profiles and benchmarks also
+    know their own files)."""
     out = Path(out)
     here = Path.cwd().resolve()
     target = out.resolve()
@@ -49,9 +53,9 @@ def check_out_dir(out: Path, *, force: bool = False, flag: str = "--out", replac
     if out.exists() and not out.is_dir():
         raise OutputError(f"{flag} {out}: exists and is not a directory; pagesim writes a directory "
                           f"there and never deletes a file")
-    if out.is_dir() and not force and not is_pagesim_dir(out) and any(out.iterdir()):
+    if out.is_dir() and not force and not ours(out) and any(out.iterdir()):
         raise OutputError(f"{flag} {out}: exists and was not written by pagesim (no {MARKER} marker); "
-                          f"choose a new directory, or pass --force to replace it")
+                          f"choose a new directory" + (", or pass --force to replace it" if can_force else ""))
     _check_writable(out, flag, replace)
 
 

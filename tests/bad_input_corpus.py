@@ -304,6 +304,10 @@ CASES: list[Case] = [
          files={"mine/notes.txt": "important\n"}),
     Case("out-fidelity-report-user-file", ["fidelity", "out", "--out", "fid", "--report", "notes.md"], None,
          ("--report notes.md: exists and was not written by pagesim",), files={"notes.md": "# my notes\n"}),
+    Case("out-calibrate-profiles-user-directory",
+         ["calibrate", "--model", "llama-2-7b", "--hardware", "h200", "--profiles", "prof"], None,
+         ("--profiles prof/h200/llama-2-7b: exists and was not written by pagesim", "choose a new directory"),
+         files={"prof/h200/llama-2-7b/notes.txt": "mine\n"}),
     Case("out-calibrate-results-user-file", ["calibrate", "--check", "--results", "notes.md"], None,
          ("--results notes.md: exists and was not written by pagesim",), files={"notes.md": "# my notes\n"}),
 ]

@@ -74,6 +74,14 @@ def run(args: argparse.Namespace) -> int:
     if args.model is None:
         raise ValueError("calibrate: --model is required to profile (or pass --check)")
     names = [resolve_model(m.strip()).name for m in args.model.split(",") if m.strip()]
+    from experiments.outputs import check_out_dir, is_pagesim_dir
+
+    def is_profile(directory: Path) -> bool:
+        return is_pagesim_dir(directory) or (directory / "provenance.json").is_file()
+
+    for name in names:      # before any GPU time: never write over a user's folder
+        check_out_dir(root / hardware.name / name, flag="--profiles", replace=False, ours=is_profile,
+                      can_force=False)
     from kernels.calibration.profile import main as profile_main
 
     for name in names:

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from experiments.outputs import check_out_dir, is_pagesim_dir, write_marker
 from kernels.harness.bench_timing import device_info, gpu_slug, host_us, measure_ceilings, time_ms
 from sim.presets import MODELS
 
@@ -286,6 +287,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="time tile/split variants of the target shapes instead")
 
 
+def _is_bench_dir(directory: Path) -> bool:
+    """A directory this benchmark wrote: the marker, or (before markers) its summary."""
+    summary = directory / "summary.md"
+    if is_pagesim_dir(directory):
+        return True
+    try:
+        return summary.is_file() and summary.read_text().startswith("# Kernel benchmark: ")
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def run(quick: bool, out: str | None, do_sweep: bool, argv: list[str], log=print) -> int:
     import torch
 
@@ -295,7 +307,9 @@ def run(quick: bool, out: str | None, do_sweep: bool, argv: list[str], log=print
         raise ValueError("no CUDA device is visible; the benchmark needs a GPU")
     info = device_info(argv)
     out_dir = Path(out) if out else Path(__file__).parent.parent / "results" / gpu_slug(info["gpu"])
+    check_out_dir(out_dir, replace=False, ours=_is_bench_dir, can_force=False)   # never write over a user's files
     out_dir.mkdir(parents=True, exist_ok=True)
+    write_marker(out_dir, "kernels bench")
     started = time.perf_counter()
     gen = torch.Generator(device="cuda").manual_seed(0)
     ceilings = measure_ceilings()
