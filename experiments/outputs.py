@@ -28,7 +28,13 @@ class OutputError(ValueError):
 
 
 def is_pagesim_dir(path: Path) -> bool:
-    return (Path(path) / MARKER).is_file()
+    """The marker; or, for directories written before markers existed, the
+    output contract's own files (a run's, or a sweep's)."""
+    path = Path(path)
+    if (path / MARKER).is_file():
+        return True
+    run = all((path / name).is_file() for name in ("config.yaml", "summary.json", "timeline.parquet"))
+    return run or ((path / "sweep.csv").is_file() and (path / "points").is_dir())
 
 
 def write_marker(directory: Path, what: str) -> None:
