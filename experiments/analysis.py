@@ -30,7 +30,13 @@ def capacity(table: pd.DataFrame, x_key: str, slos: list[SLO],
     swept keys such as ``engine.replicas``): the highest ``x_key`` value whose point meets every
     SLO, the lowest that misses one, and a linear interpolation of the
     crossing between them (the ``x`` at which the worst SLO ratio reaches 1).
-    ``at_least`` is true when even the highest swept value meets them."""
+    ``at_least`` is true when even the highest swept value meets them.
+
+    A point whose run was ``saturated`` (``steady_state_verdict``: the queue
+    grew through the measurement window) never counts as meeting the SLOs,
+    whatever its latencies: a finite run drains its burst and can look fine
+    at a rate it could never sustain. No crossing is interpolated into a
+    saturated point (its ratio is not a latency ratio)."""
     keys = ["config_label"] + [k for k in (group_keys or []) if k not in ("config_label", x_key)]
     for col in [x_key, *keys] + [s.metric for s in slos]:
         if col not in table.columns:
@@ -39,6 +45,8 @@ def capacity(table: pd.DataFrame, x_key: str, slos: list[SLO],
     for label, group in table.groupby(keys, sort=False):
         g = group.sort_values(x_key)
         ratio = pd.concat([g[s.metric] / s.limit for s in slos], axis=1).max(axis=1).fillna(math.inf)
+        if "steady_state_verdict" in g.columns:
+            ratio = ratio.where(g["steady_state_verdict"] != "saturated", math.inf)
         ok = ratio <= 1.0
         passing = g[x_key][ok]
         best = float(passing.max()) if len(passing) else None

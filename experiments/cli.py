@@ -156,7 +156,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if not args.quiet:
         cols = [c for c in ["config_label", *cfg.sweep, "throughput_rps",
                             "normalized_latency_s_per_token_mean", "ttft_s_p99",
-                            "kv_utilization_mean", "mean_batch_size"] if c in table.columns]
+                            "kv_utilization_mean", "mean_batch_size", "steady_state_verdict"] if c in table.columns]
         cols = list(dict.fromkeys(cols))
         print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         if args.slo:

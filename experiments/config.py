@@ -21,6 +21,7 @@ from sim.fields import MAX_TIME_S, Count, Index
 from sim.memory.capacity import MemorySpec
 from sim.policies import BatchingSpec
 from sim.presets import HARDWARE, MODELS, HardwareSpec, ModelSpec
+from sim.steady import SteadyStateSpec
 from workloads.spec import WorkloadSpec
 
 
@@ -78,6 +79,8 @@ class ExperimentConfig(BaseModel):
     """Stop the clock here; requests still in flight end ``unfinished``."""
     fast_forward: bool = True
     """Jump over runs of identical decode steps (same results, much faster)."""
+    steady_state: SteadyStateSpec = Field(default_factory=SteadyStateSpec)
+    """The measurement window and the stable/saturated verdict (sim/steady.py)."""
     record_token_times: bool = False
     timeline_max_rows: Annotated[Count, Field(ge=2)] | None = 200_000
     """Timeline rows kept per replica; past it adjacent steps merge into

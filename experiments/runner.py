@@ -139,7 +139,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = False,
         if log:
             log(notes[-1])
     timeline = result.timeline.to_frame()
-    summary = summarize(result, req_df, timeline, cfg.label())
+    summary = summarize(result, req_df, timeline, cfg.label(), cfg.steady_state)
     summary["cost_model"] = costs[0].name
     summary["kv_total_slots_per_replica"] = int(policies[0].kv.total_tokens)
     return RunOutput(cfg, result, req_df, timeline, summary, notes)

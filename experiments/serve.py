@@ -135,7 +135,7 @@ def serve_experiment(cfg: ExperimentConfig, device: Device = Device(), progress:
     timeline = result.timeline.to_frame()
     for name, values in steps.items():
         timeline[name] = values
-    summary = summarize(result, req_df, timeline, cfg.label())
+    summary = summarize(result, req_df, timeline, cfg.label(), cfg.steady_state)
     summary["cost_model"] = "real"
     summary["kv_total_slots_per_replica"] = int(kv.total_tokens)
     summary["executor"] = "engine"

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from sim.result import SimResult
+from sim.steady import SteadyStateSpec, steady_state
 from sim.request import Status
 
 REQUEST_COLUMNS = (
@@ -74,6 +75,9 @@ def summary_metrics() -> tuple[str, ...]:
         *(f"counts_{c}" for c in ("arrived", "finished", "rejected", "unfinished")),
         "not_arrived_before_horizon", "sim_time_s", "sim_steps", "sim_events", "sim_wall_s",
         "kv_total_slots_per_replica",
+        *(f"steady_state_{name}" for name in ("window_start_s", "window_end_s", "requests", "arrival_rate_rps",
+                                               "completion_rate_rps", "backlog_slope_rps")),
+        *(f"steady_state_{name}_{stat}" for name in LATENCIES for stat in STATS),
     )
 
 
@@ -91,7 +95,7 @@ def _weighted(num: pd.Series, den: pd.Series, w: pd.Series) -> float | None:
 
 
 def summarize(result: SimResult, requests: pd.DataFrame, timeline: pd.DataFrame,
-              config_label: str = "") -> dict:
+              config_label: str = "", steady: SteadyStateSpec | None = None) -> dict:
     """The summary.json contents. KV figures are step-time-weighted means over
     busy time: ``kv_utilization_mean`` is real-token slots over slots
     allocated or reserved; ``kv_waste`` splits *all* slots' time into
@@ -132,6 +136,7 @@ def summarize(result: SimResult, requests: pd.DataFrame, timeline: pd.DataFrame,
         "sim_steps": int(result.sim_steps),
         "sim_events": int(result.sim_events),
         "sim_wall_s": float(result.sim_wall_s),
+        "steady_state": steady_state(requests, steady or SteadyStateSpec(), _stats),
     }
     return summary
 

@@ -32,6 +32,7 @@ DEFAULT_X_KEY = "workload.arrival.rate_rps"
 SWEEP_COLUMNS = ("point_id", "config_label", "throughput_rps", "throughput_tokens_per_s",
                  "normalized_latency_s_per_token_mean", "ttft_s_p50", "ttft_s_p99",
                  "tpot_s_p50", "tpot_s_p99")
+VERDICT = "steady_state_verdict"     # optional: sweeps written before it lack the column
 # A swept key is a dotted config path or one of these top-level config fields;
 # every other column of sweep.csv comes from the summary.
 TOP_LEVEL_CONFIG_KEYS = frozenset({"name", "seed", "model", "hardware", "horizon_s",
@@ -132,6 +133,7 @@ def read_sweep(sweep_dir: Path, x_key: str) -> tuple[pd.DataFrame, SweepAxis]:
     table = sweep[list(SWEEP_COLUMNS)].copy()
     for column in SWEEP_COLUMNS[2:]:
         table[column] = pd.to_numeric(table[column], errors="coerce")
+    table["saturated"] = (sweep[VERDICT] == "saturated") if VERDICT in sweep.columns else False
     table["series"] = _series_names(sweep, x_key)
     table["x"] = x
     table = table.dropna(subset=["x"]).drop_duplicates(["series", "x"])
@@ -240,6 +242,9 @@ def _line_figure(table: pd.DataFrame, axis: SweepAxis, colours: dict[str, tuple]
                 points = series.dropna(subset=[column])
                 ax.plot(points["x"], points[column], linestyle=linestyle, marker="o",
                         markersize=4, color=colours[name], label=f"{name}{suffix}")
+                over = points[points["saturated"]]      # hollow: the run could not keep up
+                ax.plot(over["x"], over[column], linestyle="none", marker="o", markersize=7,
+                        markerfacecolor="white", markeredgecolor=colours[name])
                 shown.append(points[column].to_numpy(float))
         axis.decorate(ax, table["x"].to_numpy(float))
         ax.set_ylabel(ylabel)
@@ -255,7 +260,8 @@ def _line_figure(table: pd.DataFrame, axis: SweepAxis, colours: dict[str, tuple]
         ax.set_visible(False)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right upper", fontsize="small")
-    fig.suptitle(f"{title} vs {axis.title}")
+    saturated = "\n(hollow: saturated, the queue grew through the run)" if table["saturated"].any() else ""
+    fig.suptitle(f"{title} vs {axis.title}{saturated}")
     return fig
 
 
