@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, TypeAdapter
 
-from sim.cost.roofline import DEFAULT_PAGED_ATTENTION_OVERHEAD, DEFAULT_STEP_OVERHEAD_S
+from sim.cost.roofline import DEFAULT_PAGED_ATTENTION_OVERHEAD
 
 CostModelKind = Literal["auto", "roofline", "linear", "profiled"]
 COST_MODEL_KINDS: tuple[str, ...] = get_args(CostModelKind)
