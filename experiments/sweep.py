@@ -36,15 +36,15 @@ from experiments.progress import Progress
 from sim.metrics import flatten
 
 
-def point_id(point_raw: dict) -> str:
+def point_id(point: ExperimentConfig) -> str:
     """A finished point is reused by any sweep whose point resolves to the same config."""
-    resolved = json.dumps(resolved_dict(validate(point_raw)), sort_keys=True)
+    resolved = json.dumps(resolved_dict(point), sort_keys=True)
     return hashlib.sha1(resolved.encode()).hexdigest()[:12]
 
 
-def sweep_points(raw: dict, cfg: ExperimentConfig) -> list[tuple[str, dict[str, Any], dict]]:
-    """(point_id, swept values, raw config of the point) for every distinct
-    point, in grid order (a value listed twice is one point)."""
+def sweep_points(raw: dict, cfg: ExperimentConfig) -> list[tuple[str, dict[str, Any], ExperimentConfig]]:
+    """(point_id, swept values, validated config of the point) for every
+    distinct point, in grid order (a value listed twice is one point)."""
     grid = cfg.sweep or {}
     keys = list(grid)
     base = copy.deepcopy(raw)
@@ -55,10 +55,11 @@ def sweep_points(raw: dict, cfg: ExperimentConfig) -> list[tuple[str, dict[str, 
         swept = dict(zip(keys, values))
         for key, value in swept.items():
             set_path(point, key, value)
-        pid = point_id(point)
+        point_cfg = validate(point)
+        pid = point_id(point_cfg)
         if pid not in seen:
             seen.add(pid)
-            points.append((pid, swept, point))
+            points.append((pid, swept, point_cfg))
     return points
 
 
@@ -66,11 +67,11 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _run_point(job: tuple[str, dict, str]) -> tuple[str, dict]:
+def _run_point(job: tuple[str, ExperimentConfig, str]) -> tuple[str, dict]:
     from experiments.runner import run_experiment, write_outputs
 
-    pid, point_raw, point_dir = job
-    out = run_experiment(validate(point_raw), progress=False)
+    pid, point, point_dir = job
+    out = run_experiment(point, progress=False)
     write_outputs(out, Path(point_dir), plots=False)
     # the written file, as a resumed sweep reads it: one column order either way
     return pid, json.loads((Path(point_dir) / "summary.json").read_text())
@@ -91,7 +92,7 @@ def run_sweep(raw: dict, cfg: ExperimentConfig, out_dir: Path, jobs: int | None 
     out_dir = Path(out_dir)
     points = sweep_points(raw, cfg)
     for _, _, point in points:
-        check_memory(validate(point))       # refuse an impossible point before running any
+        check_memory(point)                 # refuse an impossible point before running any
     points_dir = out_dir / "points"
     created = not out_dir.exists()
     points_dir.mkdir(parents=True, exist_ok=True)
