@@ -75,7 +75,7 @@ def steady_state(requests: pd.DataFrame, spec: SteadyStateSpec, stats) -> dict:
     leave = np.where(status == Status.FINISHED.value, finish,
                      np.where(status == Status.REJECTED.value, arrival, np.inf))
     times = np.linspace(start, end, SAMPLES)
-    arrived = np.searchsorted(np.sort(arrival), times, side="right")
+    arrived = np.searchsorted(arrival[order], times, side="right")
     left = np.searchsorted(np.sort(leave), times, side="right")
     backlog = (arrived - left).astype(float)
     slope = float(np.polyfit(times - start, backlog, 1)[0])
