@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.ops.decode_common import SUPPORTED_DTYPES, interpreting, invalid
+from kernels.ops.decode_common import check_dtype_device_head_dim, invalid
 
 MAX_HEADS_PER_PROGRAM = 16
 
@@ -53,14 +53,7 @@ def _check_tensors(where: str, k, v, k_cache, v_cache) -> None:
             raise invalid(where, f"{name} must be a 3-d tensor [tokens, num_kv_heads, head_dim]")
     if k.shape != v.shape:
         raise invalid(where, f"k {tuple(k.shape)} and v {tuple(v.shape)} differ in shape")
-    if k.dtype not in SUPPORTED_DTYPES:
-        raise invalid(where, f"k.dtype is {k.dtype}; allowed: float16, bfloat16, float32")
-    if k.device.type != "cuda" and not interpreting():
-        raise invalid(where, f"tensors are on {k.device}; the Triton kernels need a CUDA device "
-                             "(or TRITON_INTERPRET=1 for the CPU interpreter)")
-    head_dim = k.shape[2]
-    if not (16 <= head_dim <= 256 and head_dim & (head_dim - 1) == 0):
-        raise invalid(where, f"head_dim {head_dim} must be a power of two in [16, 256]")
+    head_dim = check_dtype_device_head_dim(where, "k", k)
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         if not (isinstance(t, torch.Tensor) and t.dim() == 4):
             raise invalid(where, f"{name} must be a 4-d tensor")

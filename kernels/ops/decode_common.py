@@ -297,20 +297,28 @@ def _describe(t) -> str:
     return f"shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
 
 
+def check_dtype_device_head_dim(where: str, name: str, t: torch.Tensor) -> int:
+    """``t`` (the tensor the others must match) has a dtype the kernels take,
+    lives where they run, and ends in a power-of-two head_dim in [16, 256];
+    returns that head_dim. Shared by the attention and cache-write kernels."""
+    if t.dtype not in SUPPORTED_DTYPES:
+        raise invalid(where, f"{name}.dtype is {t.dtype}; allowed: float16, bfloat16, float32")
+    if not (t.device.type == "cuda" or interpreting()):
+        raise invalid(where, f"tensors are on {t.device}; the Triton kernels need a CUDA device "
+                             "(or TRITON_INTERPRET=1 for the CPU interpreter)")
+    head_dim = t.shape[-1]
+    if not (16 <= head_dim <= 256 and head_dim & (head_dim - 1) == 0):
+        raise invalid(where, f"head_dim {head_dim} must be a power of two in [16, 256]")
+    return head_dim
+
+
 def check_decode_inputs(where: str, q, k_cache, v_cache, context_lens, out) -> None:
     """Checks common to both layouts: q ``[B, Hq, D]``, 4-d caches with q's
     dtype, device and head_dim, int32 ``context_lens [B]``, optional ``out``."""
     if not (isinstance(q, torch.Tensor) and q.dim() == 3):
         raise invalid(where, "q must be a 3-d tensor [batch, num_heads, head_dim], got "
                              f"{_describe(q)}")
-    if q.dtype not in SUPPORTED_DTYPES:
-        raise invalid(where, f"q.dtype is {q.dtype}; allowed: float16, bfloat16, float32")
-    if not (q.device.type == "cuda" or interpreting()):
-        raise invalid(where, f"tensors are on {q.device}; the Triton kernels need a CUDA device "
-                             "(or TRITON_INTERPRET=1 for the CPU interpreter)")
-    head_dim = q.shape[2]
-    if not (16 <= head_dim <= 256 and head_dim & (head_dim - 1) == 0):
-        raise invalid(where, f"head_dim {head_dim} must be a power of two in [16, 256]")
+    head_dim = check_dtype_device_head_dim(where, "q", q)
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         if not (isinstance(t, torch.Tensor) and t.dim() == 4):
             raise invalid(where, f"{name} must be a 4-d tensor, got {_describe(t)}")
