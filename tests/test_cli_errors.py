@@ -21,6 +21,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from bad_input_corpus import BASE, TINY_MODEL
+from bad_input_corpus import HEADER as TRACE_HEADER
 from experiments.atomic import umask
 from experiments.cli import main
 from experiments.config import set_path
@@ -28,23 +30,6 @@ from experiments.config import set_path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MARKER, MARKER_TEXT = "keep-me.txt", "results of an earlier run\n"
 PAGESIM_MARKER, PAGESIM_MARKER_TEXT = ".pagesim", '{"written_by": "pagesim", "what": "run"}\n'
-TRACE_HEADER = "arrived_at,num_prefill_tokens,num_decode_tokens\n"
-
-BASE: dict = {
-    "name": "cli-errors",
-    "seed": 0,
-    "model": "llama-2-7b",
-    "hardware": "h100-sxm",
-    "workload": {
-        "num_requests": 20,
-        "arrival": {"process": "poisson", "rate_rps": 5.0},
-        "lengths": {"preset": "alpaca"},
-    },
-    "engine": {"cost_model": {"kind": "roofline"}},
-}
-
-TINY_MODEL = {"name": "tiny", "num_layers": 2, "hidden_size": 64, "num_heads": 4, "num_kv_heads": 4,
-              "head_dim": 16, "ffn_size": 128, "vocab_size": 100, "max_context_tokens": 64}
 
 BROKEN_YAML = "name: broken\nworkload:\n  num_requests: 20\n  arrival: {process: poisson, rate_rps: [5}\n"
 BAD_ROW_TRACE = TRACE_HEADER + "0.0,10,5\n0.5,12,6\n1.0,14,lots\n1.5,16,8\n"
