@@ -47,3 +47,18 @@ def test_other_swept_keys_split_a_configuration():
     cap = capacity(t, "rate", [SLO("ttft", 1.0)], group_keys=["replicas", "rate"]).set_index("replicas")
     assert cap.loc[1, "max_passing"] == 10 and cap.loc[1, "first_failing"] == 20
     assert cap.loc[2, "max_passing"] == 20 and bool(cap.loc[2, "at_least"])
+
+
+def test_the_known_sweep_metrics_are_exactly_a_runs_numeric_columns():
+    """``--slo`` names are checked against ``summary_metrics()`` before a
+    sweep runs; that list must not drift from what a run writes."""
+    from experiments.config import validate
+    from experiments.runner import run_experiment
+    from sim.metrics import flatten, summary_metrics
+
+    cfg = validate({"name": "metrics", "workload": {"num_requests": 20, "arrival": {"process": "poisson", "rate_rps": 5.0},
+                                                    "lengths": {"preset": "alpaca"}},
+                    "engine": {"cost_model": {"kind": "roofline"}}})
+    columns = flatten(run_experiment(cfg).summary)
+    numeric = {name for name, value in columns.items() if not isinstance(value, str)}
+    assert numeric == set(summary_metrics())
