@@ -110,15 +110,16 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = False,
     engine = cfg.engine
     policy_cls = POLICIES[engine.batching.policy]
     notes: list[str] = []
-    policies, costs = [], []
+    policies = []
     for _ in range(engine.replicas):
         kv = build_kv_manager(engine.memory, model, hardware)
         policies.append(policy_cls(engine.batching, kv, model, cfg.record_token_times))
-        if cost is None:
-            built, note = build_cost_model(engine.cost_model, model, hardware, engine.batching.max_batch_size)
-        else:
-            built, note = cost, f"cost model: {cost.name} (given)"
-        costs.append(built)
+    # replicas are identical: one cost model (stateless but for its caches) prices them all
+    if cost is None:
+        cost, note = build_cost_model(engine.cost_model, model, hardware, engine.batching.max_batch_size)
+    else:
+        note = f"cost model: {cost.name} (given)"
+    costs = [cost] * engine.replicas
     notes.append(note)
     if log:
         log(note)
