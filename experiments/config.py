@@ -19,8 +19,9 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag,
 from sim.cost.spec import AutoCostSpec, CostModelSpec
 from sim.fields import MAX_TIME_S, Count, Index
 from sim.memory.capacity import MemorySpec
+from sim.parallel import Parallelism, check_split
 from sim.policies import BatchingSpec
-from sim.presets import HARDWARE, MODELS, HardwareSpec, ModelSpec
+from sim.presets import HARDWARE, MODELS, HardwareSpec, ModelSpec, resolve_model
 from sim.steady import SteadyStateSpec
 from workloads.spec import WorkloadSpec
 
@@ -33,12 +34,25 @@ class ConfigError(ValueError):
     """A bad config: the message is one line for the user."""
 
 
+class ParallelSpec(BaseModel):
+    """``engine.parallel``: one replica spans ``tensor x pipeline`` GPUs (sim/parallel.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tensor: Annotated[Count, Field(le=64)] = 1
+    pipeline: Annotated[Count, Field(le=64)] = 1
+
+    def value(self) -> Parallelism:
+        return Parallelism(self.tensor, self.pipeline)
+
+
 class EngineSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
     memory: MemorySpec = Field(default_factory=MemorySpec)
     cost_model: CostModelSpec = Field(default_factory=AutoCostSpec)
+    parallel: ParallelSpec = Field(default_factory=ParallelSpec)
     replicas: Count = 1
     router: Literal["round_robin", "least_outstanding"] = "round_robin"
 
@@ -110,6 +124,21 @@ class ExperimentConfig(BaseModel):
                 raise ValueError(f"sweep.{key}: give at least one value")
         return v
 
+    @model_validator(mode="after")
+    def _model_splits(self) -> ExperimentConfig:
+        par = self.engine.parallel
+        if par.tensor > 1 or par.pipeline > 1:
+            try:
+                check_split(resolve_model(self.model), par.tensor, par.pipeline)
+            except ValueError as exc:
+                raise ValueError(f"engine.parallel.{exc}") from None
+        return self
+
+    @property
+    def gpus(self) -> int:
+        """GPUs the configuration occupies: replicas x tensor x pipeline."""
+        return self.engine.replicas * self.engine.parallel.value().gpus
+
     def label(self) -> str:
         """Names the configuration on the two axes, e.g. ``continuous+paged``."""
         b, m = self.engine.batching, self.engine.memory
@@ -133,7 +162,8 @@ def format_validation_error(err: ValidationError, prefix: str = "", raw: Any = N
     msg = first["msg"]
     named = _FIELD_VALUE_ERROR.match(msg)
     if named:       # a spec's own check that names its field: "Value error, num_layers: ..."
-        path, msg = f"{path}.{named.group(1)}", named.group(2)
+        path = named.group(1) if path == "config" else f"{path}.{named.group(1)}"
+        msg = named.group(2)
     unknown_key = first["type"] in ("extra_forbidden", "unexpected_keyword_argument")
     if unknown_key:
         allowed = _allowed_keys(err.title, first["loc"])

@@ -23,6 +23,7 @@ from sim.result import SimResult
 from sim.memory.capacity import build_kv_manager
 from sim.metrics import requests_frame, summarize
 from sim.policies import POLICIES
+from sim.parallel import COMMUNICATION_NOTE, CommModel, ParallelCostModel, compute_shard, memory_shard
 from sim.presets import resolve_hardware, resolve_model
 from sim.request import Request
 from sim.router import ROUTERS
@@ -98,6 +99,19 @@ def make_requests(cfg: ExperimentConfig, progress: bool = False) -> list[Request
     return requests
 
 
+def build_replica_cost_model(cfg: ExperimentConfig) -> tuple[CostModel, str]:
+    """The cost model that prices one replica's steps -- the config's cost
+    model on what one GPU computes, plus communication when the replica spans
+    several GPUs -- and a one-line note saying which model prices the run and why."""
+    model, hardware = resolve_model(cfg.model), resolve_hardware(cfg.hardware)
+    par = cfg.engine.parallel.value()
+    inner, note = build_cost_model(cfg.engine.cost_model, compute_shard(model, par), hardware,
+                                   cfg.engine.batching.max_batch_size)
+    if par.is_single:
+        return inner, note
+    return ParallelCostModel(inner, CommModel(model, hardware, par)), f"{note}; communication: {COMMUNICATION_NOTE}"
+
+
 def run_experiment(cfg: ExperimentConfig, progress: bool = False,
                    log: Callable[[str], None] | None = None, cost: CostModel | None = None) -> RunOutput:
     """Build and simulate ``cfg``. ``log`` receives one-line notes (which cost
@@ -108,15 +122,16 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = False,
     hardware = resolve_hardware(cfg.hardware)
     requests = make_requests(cfg, progress)
     engine = cfg.engine
+    par = engine.parallel.value()
     policy_cls = POLICIES[engine.batching.policy]
     notes: list[str] = []
     policies = []
     for _ in range(engine.replicas):
-        kv = build_kv_manager(engine.memory, model, hardware)
+        kv = build_kv_manager(engine.memory, memory_shard(model, par), hardware)
         policies.append(policy_cls(engine.batching, kv, model, cfg.record_token_times))
     # replicas are identical: one cost model (stateless but for its caches) prices them all
     if cost is None:
-        cost, note = build_cost_model(engine.cost_model, model, hardware, engine.batching.max_batch_size)
+        cost, note = build_replica_cost_model(cfg)
     else:
         note = f"cost model: {cost.name} (given)"
     costs = [cost] * engine.replicas
@@ -141,6 +156,9 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = False,
     timeline = result.timeline.to_frame()
     summary = summarize(result, req_df, timeline, cfg.label(), cfg.steady_state)
     summary["cost_model"] = costs[0].name
+    summary["parallel"] = {"tensor": par.tensor, "pipeline": par.pipeline, "gpus_per_replica": par.gpus,
+                           "gpus": cfg.gpus,
+                           "communication": "none" if par.is_single else COMMUNICATION_NOTE}
     summary["kv_total_slots_per_replica"] = int(policies[0].kv.total_tokens)
     return RunOutput(cfg, result, req_df, timeline, summary, notes)
 

@@ -50,6 +50,10 @@ def check_servable(cfg: ExperimentConfig, device: Device) -> None:
     model = resolve_model(cfg.model)
     if cfg.engine.replicas != 1:
         raise ConfigError(f"engine.replicas: pagesim serve drives one GPU; allowed: 1 (got {cfg.engine.replicas})")
+    par = cfg.engine.parallel
+    if par.tensor != 1 or par.pipeline != 1:
+        raise ConfigError(f"engine.parallel: pagesim serve drives one GPU; allowed: tensor 1, pipeline 1 "
+                          f"(got tensor {par.tensor}, pipeline {par.pipeline})")
     if cfg.horizon_s is not None:
         raise ConfigError("horizon_s: pagesim serve runs every request to completion; allowed: null "
                           f"(got {cfg.horizon_s})")

@@ -75,6 +75,7 @@ def summary_metrics() -> tuple[str, ...]:
         *(f"counts_{c}" for c in ("arrived", "finished", "rejected", "unfinished")),
         "not_arrived_before_horizon", "sim_time_s", "sim_steps", "sim_events", "sim_wall_s",
         "kv_total_slots_per_replica",
+        *(f"parallel_{name}" for name in ("tensor", "pipeline", "gpus_per_replica", "gpus")),
         *(f"steady_state_{name}" for name in ("window_start_s", "window_end_s", "requests", "arrival_rate_rps",
                                                "completion_rate_rps", "backlog_slope_rps")),
         *(f"steady_state_{name}_{stat}" for name in LATENCIES for stat in STATS),

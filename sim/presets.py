@@ -110,12 +110,16 @@ class HardwareSpec:
     achievable_flops_frac: float = 0.8
     pcie_bandwidth_Bps: float = 25e9       # host<->device, one direction, achieved
     num_sms: int = 132
+    nvlink_bandwidth_Bps: float = 450e9    # GPU<->GPU line rate, one direction (NVLink 4: 18 x 25 GB/s)
+    achievable_nvlink_frac: float = 0.82   # NCCL's protocol overhead: ~370 of 450 GB/s
+    collective_latency_s: float = 6e-6     # one small-message all-reduce (NVSwitch: one hop, any GPU count)
 
     def __post_init__(self) -> None:
         _require_positive(self, ("memory_bytes", "num_sms"), int)
         _require_positive(self, ("peak_flops", "mem_bandwidth_Bps", "pcie_bandwidth_Bps",
-                                 "achievable_bandwidth_frac", "achievable_flops_frac"), float)
-        for name in ("achievable_bandwidth_frac", "achievable_flops_frac"):
+                                 "achievable_bandwidth_frac", "achievable_flops_frac", "nvlink_bandwidth_Bps",
+                                 "achievable_nvlink_frac", "collective_latency_s"), float)
+        for name in ("achievable_bandwidth_frac", "achievable_flops_frac", "achievable_nvlink_frac"):
             if getattr(self, name) > 1:
                 raise ValueError(f"{name}: must be in (0, 1] (got {getattr(self, name)!r})")
 
@@ -134,6 +138,9 @@ MODELS: dict[str, ModelSpec] = {
                   tied_embeddings=True),
         ModelSpec(name="llama-2-70b", num_layers=80, hidden_size=8192, num_heads=64, num_kv_heads=8,
                   head_dim=128, ffn_size=28672, vocab_size=32000, max_context_tokens=4096),
+        # Meta-Llama-3-70B config.json: llama-2-70b's blocks, a 128,256-token vocabulary, 8K context
+        ModelSpec(name="llama-3-70b", num_layers=80, hidden_size=8192, num_heads=64, num_kv_heads=8,
+                  head_dim=128, ffn_size=28672, vocab_size=128256, max_context_tokens=8192, dtype="bf16"),
     ]
 }
 
@@ -149,6 +156,15 @@ MIB = 2**20
 #                   the CUDA runtime there reports 150,109,880,320 B usable (summary.json of
 #                   every run in experiments/results/fidelity/h200/runs, engine.memory.gpu_total_bytes)
 #   A100 40GB:      40,960 MiB; A100 80GB: 81,920 MiB (nvidia-smi)
+#
+# GPU-to-GPU links (tensor/pipeline parallelism, sim/parallel.py), SXM boards on NVSwitch:
+#   NVLink 4 (H100, H200): 900 GB/s bidirectional = 450 GB/s per direction (NVIDIA H100/H200
+#   datasheets); NVLink 3 (A100 SXM): 600 GB/s = 300 GB/s per direction (A100 datasheet).
+#   NCCL's ring protocol reaches ~370 GB/s bus bandwidth of the 450 (its maintainer, NVIDIA/nccl-tests
+#   issue #212), hence achievable_nvlink_frac 0.82. A small all-reduce on 2 H100s with CUDA graphs
+#   takes ~6 us (NVIDIA/nccl issue #1259); with every GPU one NVSwitch hop away, one-shot
+#   all-reduces (vLLM's custom all-reduce) keep small messages near that at 4 and 8 GPUs.
+#   Assumptions until measured on several GPUs (`pagesim calibrate --tp` on a multi-GPU machine).
 HARDWARE: dict[str, HardwareSpec] = {
     h.name: h
     for h in [
@@ -158,9 +174,9 @@ HARDWARE: dict[str, HardwareSpec] = {
         HardwareSpec(name="h200", memory_bytes=143_771 * MIB, peak_flops=989e12, mem_bandwidth_Bps=4.8e12,
                      pcie_bandwidth_Bps=50e9, num_sms=132),
         HardwareSpec(name="a100-40gb", memory_bytes=40_960 * MIB, peak_flops=312e12, mem_bandwidth_Bps=1.555e12,
-                     pcie_bandwidth_Bps=25e9, num_sms=108),
+                     pcie_bandwidth_Bps=25e9, num_sms=108, nvlink_bandwidth_Bps=300e9),
         HardwareSpec(name="a100-80gb", memory_bytes=81_920 * MIB, peak_flops=312e12, mem_bandwidth_Bps=2.04e12,
-                     pcie_bandwidth_Bps=25e9, num_sms=108),
+                     pcie_bandwidth_Bps=25e9, num_sms=108, nvlink_bandwidth_Bps=300e9),
     ]
 }
 
