@@ -110,6 +110,17 @@ def shard(model: ModelSpec, tensor: int = 1, pipeline: int = 1) -> ModelSpec:
     )
 
 
+def resolve_profiled(name: str) -> ModelSpec:
+    """The model a profile directory is named for: a preset, or a preset's
+    tensor shard written ``<preset>-tp<T>`` (what ``pagesim calibrate --tp`` files)."""
+    from sim.presets import MODELS, resolve_model
+
+    base, sep, degree = name.rpartition("-tp")
+    if name not in MODELS and sep and base in MODELS and degree.isdigit():
+        return shard(MODELS[base], int(degree))
+    return resolve_model(name)
+
+
 def compute_shard(model: ModelSpec, par: Parallelism) -> ModelSpec:
     """The model whose step time is one step of the replica's GPU work: the
     tensor shard with every layer (the stages run one after another)."""

@@ -2,6 +2,7 @@
 profiles against the held-out real steps measured with them.
 
     pagesim calibrate --model llama-2-7b[,llama-3-8b] --hardware h200 [--quick]   # on the GPU
+    pagesim calibrate --model llama-3-70b --tp 2,4,8 --hardware h200              # tensor shards
     pagesim calibrate --check [--model NAME] [--hardware h200]                      # anywhere
 
 Profiling times every operator and a held-out set of whole steps
@@ -37,6 +38,10 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="model preset(s), comma-separated (profiling: required; --check: filter, default all)")
     p.add_argument("--hardware", default="h200",
                    help="hardware preset (default h200, the lent GPU); --check: comma-separated list")
+    p.add_argument("--tp", default="1", metavar="T[,T...]",
+                   help="tensor-parallel degrees: also profile, on this one GPU, exactly the GEMM and "
+                        "attention shapes each GPU of a T-way group runs (filed as <model>-tp<T>; "
+                        "communication stays analytic); default 1")
     p.add_argument("--quick", action="store_true", help="coarse grid, one step per kind (smoke test)")
     p.add_argument("--engine", choices=("yes", "no", "only"), default="yes",
                    help="run the engine phase (engine_steps.csv) after the operators: yes (default), "
@@ -55,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
 
     root = args.profiles or _installed_root()
     if args.check:
-        models = None if args.model is None else [resolve_model(m.strip()).name for m in args.model.split(",")]
+        from sim.parallel import resolve_profiled
+
+        models = None if args.model is None else [resolve_profiled(m.strip()).name for m in args.model.split(",")]
         names = [resolve_hardware(h.strip()).name for h in args.hardware.split(",") if h.strip()]
         if args.results != "-":
             from experiments.outputs import check_out_file
@@ -73,24 +80,34 @@ def run(args: argparse.Namespace) -> int:
     hardware = resolve_hardware(args.hardware)
     if args.model is None:
         raise ValueError("calibrate: --model is required to profile (or pass --check)")
-    names = [resolve_model(m.strip()).name for m in args.model.split(",") if m.strip()]
+    from sim.parallel import shard
+
+    degrees = parse_tp(args.tp)
+    bases = [resolve_model(m.strip()) for m in args.model.split(",") if m.strip()]
+    try:
+        shards = [(base.name, t, shard(base, t).name) for base in bases for t in degrees]
+    except ValueError as exc:         # "tensor: llama-3-70b has 64 attention heads, ..."
+        raise ValueError(f"--tp: {str(exc).partition(': ')[2]}") from None
     from experiments.outputs import check_out_dir, is_pagesim_dir
 
     def is_profile(directory: Path) -> bool:
         return is_pagesim_dir(directory) or (directory / "provenance.json").is_file()
 
-    for name in names:      # before any GPU time: never write over a user's folder
+    for _, _, name in shards:      # before any GPU time: never write over a user's folder
         check_out_dir(root / hardware.name / name, flag="--profiles", replace=False, ours=is_profile,
                       can_force=False)
     from kernels.calibration.profile import main as profile_main
 
-    for name in names:
+    for base, tensor, name in shards:
         if args.engine != "only":
-            argv = ["--model", name, "--hardware", hardware.name, "--out", str(root)]
+            argv = ["--model", base, "--tp", str(tensor), "--hardware", hardware.name, "--out", str(root)]
             code = profile_main(argv + (["--quick"] if args.quick else []))
             if code:
                 return code
-        if args.engine != "no":
+        if tensor > 1:        # the engine serves whole models on one GPU
+            print(f"[{name}] engine phase skipped: a tensor shard is profiled as operators and whole steps",
+                  flush=True)
+        elif args.engine != "no":
             from kernels.engine.calibrate import write_engine_steps
 
             dest = root / hardware.name / name
@@ -98,6 +115,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"[{name}] engine phase", flush=True)
             print(f"wrote {write_engine_steps(resolve_model(name), dest, quick=args.quick)}", flush=True)
     return 0
+
+
+def parse_tp(value: str) -> list[int]:
+    """``--tp 1,2,4``: distinct positive degrees, in the order given."""
+    try:
+        degrees = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        degrees = []
+    if not degrees or min(degrees) < 1:
+        raise ValueError(f"--tp: expected positive integers, comma-separated, e.g. 1,2,4,8 (got {value!r})")
+    return list(dict.fromkeys(degrees))
 
 
 def _installed_root() -> Path:
@@ -166,9 +194,10 @@ def _errors(path: Path, hardware_name: str, name: str):
 
     from sim.batch import Batch
     from sim.cost.profiled import ProfiledCostModel
-    from sim.presets import resolve_hardware, resolve_model
+    from sim.parallel import resolve_profiled
+    from sim.presets import resolve_hardware
 
-    model, hardware = resolve_model(name), resolve_hardware(hardware_name)
+    model, hardware = resolve_profiled(name), resolve_hardware(hardware_name)
     steps_path = path / "steps.csv"
     if not steps_path.is_file():
         raise ValueError(f"{steps_path}: missing; the check needs the held-out steps of the profiling run")

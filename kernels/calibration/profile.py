@@ -41,6 +41,8 @@ import torch
 from kernels.calibration.cache import ContiguousKVCache, PagedKVCache, place
 from kernels.calibration.inputs import Composition, prepare_step
 from kernels.calibration.model import Transformer, dense_logits, random_token_ids, random_weights
+from kernels.calibration.cli import parse_tp
+from sim.parallel import shard
 from sim.presets import MODELS, ModelSpec
 
 DEVICE = "cuda"
@@ -484,8 +486,13 @@ def provenance(g: ModelSpec, hardware: str, quick: bool, checks: dict, wall_s: f
     }
 
 
-def profile_model(name: str, hardware: str, out_dir: Path, quick: bool, seed: int, check: bool) -> Path:
-    g, grid = MODELS[name], QUICK if quick else FULL
+def profile_model(g: ModelSpec, hardware: str, out_dir: Path, quick: bool, seed: int, check: bool,
+                  tensor: int = 1) -> Path:
+    """Profile ``g`` -- a preset, or (``tensor`` > 1) what one GPU of a
+    tensor-parallel group of it computes (``sim.parallel.shard``: the
+    group's sharded GEMM and attention shapes, no communication) -- into
+    ``out_dir/hardware/g.name``."""
+    name, grid = g.name, QUICK if quick else FULL
     started, timer, rng = time.time(), GraphTimer(grid.replays), np.random.default_rng(seed)
     checks = check_backends(g) if check else {}
     print(f"[{name}] backend check: {checks}", flush=True)
@@ -505,8 +512,9 @@ def profile_model(name: str, hardware: str, out_dir: Path, quick: bool, seed: in
         rows = run()
         pd.DataFrame(rows).to_csv(dest / file_name, index=False)
         print(f"[{name}] {file_name}: {len(rows)} rows in {time.time() - t0:.1f} s", flush=True)
-    (dest / "provenance.json").write_text(
-        json.dumps(provenance(g, hardware, quick, checks, time.time() - started), indent=2) + "\n")
+    prov = provenance(g, hardware, quick, checks, time.time() - started)
+    prov["tensor_parallel"] = tensor
+    (dest / "provenance.json").write_text(json.dumps(prov, indent=2) + "\n")
     return dest
 
 
@@ -520,6 +528,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hardware", required=True, help="hardware preset name the profiles are filed under")
     p.add_argument("--quick", action="store_true", help="coarse grid and 1 step per kind (smoke test)")
     p.add_argument("--out", default="kernels/profiles", type=Path, help="root folder (default kernels/profiles)")
+    p.add_argument("--tp", default="1", metavar="T[,T...]",
+                   help="tensor-parallel degrees: profile the shapes one GPU of each group runs "
+                        "(default 1: the whole model), filed as <model>-tp<T>")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-check", action="store_true", help="skip the Triton-vs-reference check")
     p.add_argument("--validate-ring", action="store_true",
@@ -540,21 +551,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         models = resolve_models(args.model)
+        degrees = parse_tp(args.tp)
+        specs = [(t, shard(MODELS[name], t)) for name in models for t in degrees]
         if not torch.cuda.is_available():
             raise ValueError("profiling needs a CUDA GPU (torch.cuda.is_available() is False)")
     except ValueError as exc:
         print(f"profile: error: {exc}", file=sys.stderr)
         return 2
-    for name in models:
+    for tensor, g in specs:
         if args.validate_ring:
-            rows = validate_ring(MODELS[name], GraphTimer(7), np.random.default_rng(args.seed))
-            dest = args.out / args.hardware / name
+            rows = validate_ring(g, GraphTimer(7), np.random.default_rng(args.seed))
+            dest = args.out / args.hardware / g.name
             dest.mkdir(parents=True, exist_ok=True)
             pd.DataFrame(rows).to_csv(dest / "ring_check.csv", index=False)
             print(pd.DataFrame(rows).to_string(), flush=True)
-        print(f"wrote {profile_model(name, args.hardware, args.out, args.quick, args.seed, not args.no_check)}",
+        print(f"wrote {profile_model(g, args.hardware, args.out, args.quick, args.seed, not args.no_check, tensor)}",
               flush=True)
     return 0
+
 
 
 if __name__ == "__main__":
