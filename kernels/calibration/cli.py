@@ -163,9 +163,14 @@ def _model_section(path: Path, hardware_name: str, name: str) -> list[str]:
     lines = [f"## {name} on {hardware_name}", "",
              f"{prov.get('gpu', '?')}, driver {prov.get('driver', '?')}, torch {prov.get('torch', '?')}, "
              f"triton {prov.get('triton', '?')}, commit {prov.get('git_commit', '?')}, {prov.get('date_utc', '?')}, "
-             f"grid {prov.get('grid', '?')}.", "",
-             "| steps | n | profiled mean APE | profiled p95 APE | roofline mean APE | roofline p95 APE |",
-             "|---|---|---|---|---|---|"]
+             f"grid {prov.get('grid', '?')}.", ""]
+    tensor = prov.get("tensor_parallel", 1)
+    if tensor > 1:
+        lines += [f"One GPU of a {tensor}-way tensor-parallel group: the shard's GEMM and attention shapes, "
+                  f"timed on one GPU; the group's communication is not in these steps (it is priced "
+                  f"analytically, sim/parallel.py).", ""]
+    lines += ["| steps | n | profiled mean APE | profiled p95 APE | roofline mean APE | roofline p95 APE |",
+              "|---|---|---|---|---|---|"]
     groups = [(kind, errors["kind"] == kind) for kind in KINDS]
     groups += [(f"{lay} (all kinds)", errors["layout"] == lay) for lay in ("paged", "contiguous")]
     groups.append(("**all**", np.ones(len(errors), dtype=bool)))
