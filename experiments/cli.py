@@ -1,4 +1,4 @@
-"""The ``pagesim`` command: run, sweep, plot, workloads, kernels, calibrate.
+"""The ``pagesim`` command: run, sweep, capacity, plot, workloads, kernels, calibrate.
 
 Bad input (config, trace, arguments) ends with one ``pagesim: error: ...``
 line on stderr and exit code 2, never a traceback.
@@ -169,6 +169,93 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_capacity(args: argparse.Namespace) -> int:
+    from experiments.capacity import Search, plan, write_results, candidates, load_axis
+    from experiments.config import load_config
+    from sim.presets import HARDWARE
+
+    overrides = list(args.overrides)
+    if args.requests is not None:
+        overrides.append(f"workload.num_requests={args.requests}")
+    cfg, raw = load_config(args.config, overrides)
+    gpu_cost = {}
+    for text in args.gpu_cost:
+        hw, sep, price = text.partition("=")
+        try:
+            value = float(price)
+        except ValueError:
+            value = -1.0
+        if not sep or not (value > 0 and value < 1e6):
+            raise ValueError(f"--gpu-cost {text!r}: expected HARDWARE=DOLLARS_PER_GPU_HOUR, e.g. h200=3.5")
+        if hw not in HARDWARE and hw not in _inline_hardware(cfg):
+            raise ValueError(f"--gpu-cost {hw}: unknown hardware; allowed: {', '.join(HARDWARE)}")
+        gpu_cost[hw] = value
+    if args.target_rate is not None and not (0 < args.target_rate <= 1e6):
+        raise ValueError(f"--target-rate: must be a rate in (0, 1e6] req/s (got {args.target_rate:g})")
+    if args.gpu_cost and args.target_rate is None:
+        print("pagesim: note: --gpu-cost without --target-rate prices each configuration at its capacity "
+              "($ per 1M output tokens)", file=sys.stderr)
+    search = Search(tuple(args.slo), args.attainment, args.seeds, args.tolerance)
+    if any(o.per_request for o in search.objectives) is False and args.attainment_given:
+        raise ValueError("--attainment: give per-request objectives with it, e.g. --slo ttft_s<=1 --slo tpot_s<=0.1")
+    check_out_dir(Path(args.out), force=args.force, replace=False)
+    table = plan(raw, cfg, Path(args.out), search, target_rps=args.target_rate, gpu_cost=gpu_cost or None,
+                 max_replicas=args.max_replicas, workers=args.jobs, quiet=args.quiet)
+    cands = {c.cid: c for c in candidates(raw, cfg, load_axis(cfg))}
+    if args.target_rate is not None:
+        from experiments.capacity import with_replicas
+
+        cands = {cid: with_replicas(c, 1) for cid, c in cands.items()}
+    command = "pagesim capacity " + " ".join(args.argv_text)
+    paths = write_results(table, Path(args.out), cfg.name, command, search, args.target_rate, gpu_cost or None,
+                          cands)
+    if not args.quiet:
+        text = paths["md"].read_text()
+        print(text[text.index("| configuration"):].strip())
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def _inline_hardware(cfg) -> set[str]:
+    """Names of inline hardware specs a config or its sweep uses."""
+    names = set()
+    for value in [cfg.hardware, *(cfg.sweep or {}).get("hardware", [])]:
+        name = getattr(value, "name", None) or (value.get("name") if isinstance(value, dict) else None)
+        if name:
+            names.add(name)
+    return names
+
+
+def _objective(text: str):
+    from experiments.capacity import parse_objective
+
+    try:
+        return parse_objective(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _bounded(kind, low: float, high: float, low_open: bool = True):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a{'n integer' if kind is int else ' number'}, "
+                                             f"got {text!r}") from None
+        if not ((value > low if low_open else value >= low) and value <= high):
+            raise argparse.ArgumentTypeError(f"must be in {'(' if low_open else '['}{low:g}, {high:g}], got {text}")
+        return value
+    return parse
+
+
+class _Given(argparse.Action):
+    """Stores the value and notes that the flag was given."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_given", True)
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from experiments.plots import plot_run, plot_sweep
 
@@ -232,6 +319,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
     _add_force(p)
     p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser(
+        "capacity", help="highest sustainable load per configuration, or the cheapest for a target",
+        description="For every configuration of the config's sweep: section (the load key left out), "
+                    "find the highest arrival rate at which the simulated system is stable and meets every "
+                    "--slo (bracket, then bisection, over --seeds seeds); with --target-rate, the fewest "
+                    "GPUs and the lowest cost that serve it. Writes OUT/capacity.csv, capacity.md, "
+                    "recommended.yaml (runnable, with the equivalent vLLM flags), plots/ and a probe "
+                    "cache (re-runs resume).")
+    _add_config_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--slo", action="append", default=[], type=_objective, metavar="METRIC<=VALUE",
+                   help="objective (repeatable): a summary metric, latencies over the steady-state window "
+                        "(ttft_s_p99<=1, tpot_s_p50<=0.05), or a per-request latency (ttft_s<=1, tpot_s<=0.1, "
+                        "e2e_s<=20) that --attainment of requests must meet (goodput)")
+    p.add_argument("--attainment", type=_bounded(float, 0.0, 1.0), default=0.99, action=_Given, metavar="A",
+                   help="share of requests that must meet every per-request objective (default 0.99)")
+    p.add_argument("--seeds", type=_bounded(int, 1, 100, low_open=False), default=3, metavar="N",
+                   help="repeat each search over N seeds and report the spread (default 3)")
+    p.add_argument("--tolerance", type=_bounded(float, 0.0, 0.5), default=0.02, metavar="REL",
+                   help="stop bisecting when the bracket is within this relative width (default 0.02)")
+    p.add_argument("--target-rate", type=float, default=None, metavar="RPS",
+                   help="find the cheapest configuration (replicas x GPUs) that serves this many req/s")
+    p.add_argument("--gpu-cost", action="append", default=[], metavar="HARDWARE=DOLLARS",
+                   help="price of one GPU-hour (repeatable), e.g. h200=3.5; ranks by GPUs when absent")
+    p.add_argument("--max-replicas", type=_bounded(int, 1, 4096, low_open=False), default=64, metavar="N",
+                   help="--target-rate: most replicas tried per configuration (default 64)")
+    p.add_argument("--requests", type=_bounded(int, 10, 10**7, low_open=False), default=None, metavar="N",
+                   help="requests per probe (default: the config's workload.num_requests)")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="parallel processes (default: number of CPU cores)")
+    p.add_argument("--quiet", action="store_true", help="no probe lines and no table")
+    _add_force(p)
+    p.set_defaults(func=_cmd_capacity, attainment_given=False)
 
     p = sub.add_parser("serve", help="run an experiment on the real engine (GPU) and write run's outputs",
                        description="Serve the config's requests on the real engine -- the simulator's own "

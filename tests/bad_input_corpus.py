@@ -14,6 +14,7 @@ from typing import Any
 
 RUN = ["run", "exp.yaml", "--out", "out", "--quiet", "--no-plots"]
 SWEEP = ["sweep", "exp.yaml", "--out", "out", "--quiet", "--no-plots", "--jobs", "1"]
+CAPACITY = ["capacity", "exp.yaml", "--out", "cap", "--quiet", "--jobs", "1"]
 HEADER = "arrived_at,num_prefill_tokens,num_decode_tokens\n"
 
 BASE: dict = {
@@ -288,6 +289,35 @@ CASES: list[Case] = [
     Case("cli-serve-suite-missing", ["serve-suite", "nosuite.yaml", "--out", "out"], None, ("nosuite.yaml",)),
     Case("cli-calibrate-unknown-hardware", ["calibrate", "--check", "--hardware", "tpu-v9", "--results", "-"],
          None, ("tpu-v9",)),
+    # ------------------------------------------------------------ parallelism and capacity
+    Case("parallel-tensor-does-not-divide", RUN, with_({"engine.parallel": {"tensor": 3}}),
+         ("engine.parallel.tensor: llama-2-7b has 32 attention heads, which 3 does not divide", "allowed: 1, 2, 4")),
+    Case("parallel-too-many-stages", RUN, with_({"engine.parallel": {"pipeline": 33}}),
+         ("engine.parallel.pipeline: llama-2-7b has 32 layers, fewer than 33 stages",)),
+    Case("parallel-unknown-key", RUN, with_({"engine.parallel": {"tensors": 2}}),
+         ("engine.parallel.tensors: unknown key; allowed: pipeline, tensor",)),
+    Case("parallel-serve", ["serve", "exp.yaml", "--out", "srv", "--quiet"], with_({"engine.parallel": {"tensor": 2}}),
+         ("engine.parallel: pagesim serve drives one GPU",)),
+    Case("capacity-unknown-slo", [*CAPACITY, "--slo", "ttft_p99<=1"], BASE,
+         ("--slo ttft_p99: unknown metric", "ttft_s_p99")),
+    Case("capacity-slo-zero-limit", [*CAPACITY, "--slo", "ttft_s_p99<=0"], BASE,
+         ("the limit must be a finite number > 0",)),
+    Case("capacity-attainment-without-request-slo", [*CAPACITY, "--attainment", "0.9", "--slo", "ttft_s_p99<=1"],
+         BASE, ("--attainment: give per-request objectives with it",)),
+    Case("capacity-attainment-above-one", [*CAPACITY, "--attainment", "1.5"], BASE, ("--attainment", "(0, 1]")),
+    Case("capacity-negative-target", [*CAPACITY, "--target-rate", "-4"], BASE, ("--target-rate: must be a rate",)),
+    Case("capacity-cost-unknown-hardware", [*CAPACITY, "--target-rate", "4", "--gpu-cost", "tpu-v9=2"], BASE,
+         ("--gpu-cost tpu-v9: unknown hardware", "h200")),
+    Case("capacity-cost-not-a-price", [*CAPACITY, "--target-rate", "4", "--gpu-cost", "h200=cheap"], BASE,
+         ("--gpu-cost 'h200=cheap': expected HARDWARE=DOLLARS_PER_GPU_HOUR",)),
+    Case("capacity-cost-missing-for-candidate", [*CAPACITY, "--target-rate", "4", "--gpu-cost", "h200=3"], BASE,
+         ("--gpu-cost: no price for h100-sxm",)),
+    Case("capacity-unsplittable-tensor-in-sweep", CAPACITY,
+         with_({"sweep": {"engine.parallel.tensor": [1, 3]}}),
+         ("sweep engine.parallel.tensor=3", "which 3 does not divide")),
+    Case("capacity-target-with-swept-replicas", [*CAPACITY, "--target-rate", "4"],
+         with_({"sweep": {"engine.replicas": [1, 2]}}), ("engine.replicas is what --target-rate searches",)),
+    Case("capacity-seeds-zero", [*CAPACITY, "--seeds", "0"], BASE, ("--seeds", "must be in [1, 100]")),
     # ------------------------------------------------------------ output locations
     Case("out-user-directory", ["run", "exp.yaml", "--out", "mine", "--quiet", "--no-plots"], BASE,
          ("--out mine: exists and was not written by pagesim",), files={"mine/notes.txt": "important\n"}),

@@ -14,7 +14,7 @@ from sim.cost.profiled import ProfiledCostModel
 from sim.cost.roofline import RooflineCostModel
 from sim.memory.capacity import kv_capacity_tokens
 from sim.parallel import CommModel, Parallelism, ParallelCostModel, check_split, shard, tensor_degrees
-from sim.presets import HARDWARE, MODELS, HardwareSpec, ModelSpec
+from sim.presets import HARDWARE, MODELS, HardwareSpec
 from tests.test_cost_profiled import TINY, write_profile
 
 H200 = HARDWARE["h200"]
