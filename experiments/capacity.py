@@ -10,7 +10,11 @@ by ``time_scale`` (load factor ``x`` replays it at ``time_scale = 1/x``, that
 is at ``x`` times its own mean rate). Rates are reported in requests per
 second either way.
 
-**A probe** simulates a candidate at one load and one seed and *passes* when
+**A probe** simulates a candidate at one load and one seed -- stopping early,
+half its arrival span after the last arrival (``probe_horizon_s``), if
+requests are still queued then -- and *passes* when
+
+* every request was served by then,
 
 * its steady-state verdict is ``stable`` (sim/steady.py: the backlog does
   not grow through the measurement window),
@@ -50,7 +54,6 @@ import hashlib
 import itertools
 import json
 import math
-import multiprocessing
 import os
 import re
 import sys
@@ -217,7 +220,18 @@ class Probe:
     row: dict = field(repr=False)
 
 
+def probe_horizon_s(span_s: float, search: Search) -> float:
+    """Where a probe stops: half its arrival span after the last arrival, and
+    at least twice the longest TTFT or E2E objective. A system that keeps up
+    has served everyone long before; one that still holds requests then is
+    clearly saturated, and draining its queue would only cost time."""
+    limits = [o.limit for o in search.objectives if o.metric.startswith(("ttft_s", "e2e_s"))]
+    return 1.5 * span_s + max([2.0 * max(limits)] if limits else [0.0])
+
+
 def _judge(row: dict, search: Search) -> tuple[bool, str]:
+    if row.get("counts_unfinished"):
+        return False, f"saturated: {row['counts_unfinished']} requests unserved at the horizon"
     if row.get("steady_state_verdict") == "saturated":
         return False, "saturated"
     for o in search.objectives:
@@ -262,10 +276,15 @@ class ProbeRunner:
 
     def __init__(self, cache_dir: Path | None, search: Search, log: Callable[[str], None] | None):
         self.cache_dir, self.search, self.log = cache_dir, search, log
+        self.new: dict[str, dict] = {}     # probes simulated here, for a parent on another machine
 
-    def __call__(self, cand: Candidate, load: Load, rate_rps: float, seed: int, what: str = "") -> Probe:
+    def __call__(self, cand: Candidate, load: Load, rate_rps: float, seed: int, what: str = "",
+                 early_stop: bool = True) -> Probe:
         point = load.apply(cand.raw, rate_rps)
         point["seed"] = seed
+        n = cand.cfg.workload.num_requests
+        if early_stop and cand.cfg.horizon_s is None and n:
+            point["horizon_s"] = probe_horizon_s(n / rate_rps, self.search)
         cfg = validate(point)
         key = _hash(resolved_dict(cfg))
         row = self._cached(key)
@@ -295,10 +314,15 @@ class ProbeRunner:
         if self.search.request_objectives:
             row["attainment"][self.search.attainment_key()] = attainment(
                 out.requests, out.summary, self.search.request_objectives)
-        if self.cache_dir is not None:
-            with atomic_path(self.cache_dir / f"{key}.json") as tmp:
-                tmp.write_text(json.dumps(row, sort_keys=True))
+        self.new[key] = row
+        if self.cache_dir is not None and self.cache_dir.is_dir():     # not there on a remote Ray worker
+            store_probe(self.cache_dir, key, row)
         return row
+
+
+def store_probe(cache_dir: Path, key: str, row: dict) -> None:
+    with atomic_path(cache_dir / f"{key}.json") as tmp:
+        tmp.write_text(json.dumps(row, sort_keys=True))
 
 
 # ---- the search ---------------------------------------------------------------
@@ -364,9 +388,16 @@ def search_candidate(cand: Candidate, load: Load, probe: ProbeRunner, search: Se
     return answers
 
 
-def with_replicas(cand: Candidate, replicas: int) -> Candidate:
+def with_replicas(cand: Candidate, replicas: int, scale_requests: bool = False) -> Candidate:
+    """``cand`` with ``replicas`` replicas; ``scale_requests``: and as many
+    requests per replica as it had in all, so that a load ``replicas`` times
+    higher lasts as long (the steady-state window must stay long compared with
+    request latencies)."""
     raw = copy.deepcopy(cand.raw)
     set_path(raw, "engine.replicas", replicas)
+    n = cand.cfg.workload.num_requests
+    if scale_requests and n is not None and cand.cfg.workload.trace is None:
+        set_path(raw, "workload.num_requests", n * replicas // max(1, cand.cfg.engine.replicas))
     if replicas > 1 and "router" not in raw.get("engine", {}):
         set_path(raw, "engine.router", "least_outstanding")
     return Candidate(cand.cid, cand.swept, raw, validate(raw))
@@ -382,6 +413,7 @@ class Job:
     target_rps: float | None
     max_replicas: int
     quiet: bool
+    index: int = 0
 
 
 def _log(quiet: bool) -> Callable[[str], None] | None:
@@ -390,10 +422,14 @@ def _log(quiet: bool) -> Callable[[str], None] | None:
     return lambda line: print(f"pagesim: capacity: {line}", file=sys.stderr, flush=True)
 
 
-def run_job(job: Job) -> dict:
-    """One candidate's whole answer: its capacity over seeds and, with a
-    target, the replicas that meet it."""
+def run_job(job: Job) -> tuple[int, dict, dict[str, dict]]:
+    """One candidate's whole answer -- its capacity over seeds and, with a
+    target, the replicas that meet it -- and the probes it simulated."""
     probe = ProbeRunner(Path(job.cache_dir), job.search, _log(job.quiet))
+    return job.index, _answer(job, probe), probe.new
+
+
+def _answer(job: Job, probe: ProbeRunner) -> dict:
     ceiling = upper_bound_rps(job.cand, job.load, probe)
     answers = search_candidate(job.cand, job.load, probe, job.search, ceiling)
     found = [a.rate_rps for a in answers if a.rate_rps is not None]
@@ -402,7 +438,7 @@ def run_job(job: Job) -> dict:
         return row
     replicas = max(1, math.ceil(job.target_rps / min(found) - 1e-9))
     while replicas <= job.max_replicas:
-        scaled = with_replicas(job.cand, replicas)
+        scaled = with_replicas(job.cand, replicas, scale_requests=True)
         probes = [probe(scaled, job.load, job.target_rps, job.cand.cfg.seed + i, f" x{replicas} replicas")
                   for i in range(job.search.seeds)]
         if all(p.passed for p in probes):
@@ -441,36 +477,37 @@ def _summary_row(cand: Candidate, answers: list[SeedAnswer]) -> dict:
 
 def upper_bound_rps(cand: Candidate, load: Load, probe: ProbeRunner) -> float:
     """The throughput of one probe far beyond capacity (seed of the config),
-    every request queued at once in effect: no configuration sustains more
-    than it completes when saturated. A finite run can be judged stable a little above it -- a
+    every request queued at once in effect and all of them served (no early
+    stop: a cut-off run would have served the short ones and overstate it):
+    no configuration sustains more than it completes when saturated. A finite run can be judged stable a little above it -- a
     slowly growing queue that the verdict's tolerance lets pass -- so the
     search never credits a load above it."""
-    p = probe(cand, load, load.start_rps * OVERLOAD_FACTOR, cand.cfg.seed, " overload bound")
+    p = probe(cand, load, load.start_rps * OVERLOAD_FACTOR, cand.cfg.seed, " overload bound", early_stop=False)
     rate = p.row.get("throughput_rps")          # requests finished over the whole (queue-bound) run
     return float(rate) if rate else math.inf
 
 
-def run_jobs(jobs: list[Job], workers: int) -> list[dict]:
-    if workers <= 1 or len(jobs) <= 1:
-        return [run_job(j) for j in jobs]
-    from experiments.sweep import _ignore_sigint
+def run_jobs(jobs: list[Job], workers: int, backend: str = "local", address: str | None = None) -> list[dict]:
+    from experiments.backends import pool
 
-    pool = multiprocessing.Pool(min(workers, len(jobs)), initializer=_ignore_sigint)
-    try:
-        rows = pool.map(run_job, jobs, chunksize=1)
-        pool.close()
-        return rows
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
+    for i, job in enumerate(jobs):
+        job.index = i
+    rows: list[dict] = [{} for _ in jobs]
+    cache_dir = Path(jobs[0].cache_dir) if jobs else None
+    for index, row, new in pool(backend, min(workers, len(jobs) or 1), address).imap_unordered(run_job, jobs):
+        rows[index] = row
+        for key, probe_row in new.items():          # a remote worker could not write them here
+            if not (cache_dir / f"{key}.json").is_file():
+                store_probe(cache_dir, key, probe_row)
+    return rows
 
 
 def plan(raw: dict, cfg: ExperimentConfig, out_dir: Path, search: Search, *,
          target_rps: float | None = None, gpu_cost: dict[str, float] | None = None, max_replicas: int = 64,
-         workers: int | None = None, quiet: bool = False) -> pd.DataFrame:
-    """Search every candidate; returns the capacity table (see module doc)."""
+         workers: int | None = None, quiet: bool = False, backend: str = "local",
+         address: str | None = None) -> pd.DataFrame:
+    """Search every candidate; returns the capacity table (see module doc).
+    Searches run on ``backend`` (experiments/backends.py)."""
     load = load_axis(cfg)
     cands = candidates(raw, cfg, load)
     _check_costs(cands, gpu_cost)
@@ -485,7 +522,8 @@ def plan(raw: dict, cfg: ExperimentConfig, out_dir: Path, search: Search, *,
     workers = max(1, workers or os.cpu_count() or 1)
     log = _log(quiet)
     if target_rps is None:
-        rows = run_jobs([Job(c, load, search, str(cache), None, max_replicas, quiet) for c in cands], workers)
+        rows = run_jobs([Job(c, load, search, str(cache), None, max_replicas, quiet) for c in cands], workers,
+                        backend, address)
         return _table(rows, gpu_cost, None)
     # cheapest bound first; prune what cannot beat the best found
     probe = ProbeRunner(cache, search, log)
@@ -505,7 +543,7 @@ def plan(raw: dict, cfg: ExperimentConfig, out_dir: Path, search: Search, *,
                 if log:
                     log(f"{c.label}: pruned (its cost bound {lower[c.cid]:g} >= best {best:g})")
         for c, row in zip(todo, run_jobs([Job(c, load, search, str(cache), target_rps, max_replicas, quiet)
-                                          for c in todo], workers)):
+                                          for c in todo], workers, backend, address)):
             row.update(status="searched", cost_lower_bound=lower[c.cid])
             if row.get("target_verified"):
                 best = min(best, row["replicas_at_target"] * price[c.cid])
@@ -571,7 +609,8 @@ def write_results(table: pd.DataFrame, out_dir: Path, cfg_name: str, command: st
         cand = cands[best["candidate"]]
         replicas = int(best["replicas_at_target"]) if target_rps is not None else cand.cfg.engine.replicas
         rate = target_rps if target_rps is not None else best["max_rate_rps"]
-        raw = with_replicas(cand, replicas).raw if replicas != cand.cfg.engine.replicas else copy.deepcopy(cand.raw)
+        raw = (with_replicas(cand, replicas, scale_requests=True).raw if replicas != cand.cfg.engine.replicas
+               else copy.deepcopy(cand.raw))
         raw = load_axis(cand.cfg).apply(raw, rate)
         raw["name"] = f"{cfg_name}-recommended"
         import yaml

@@ -31,6 +31,14 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     _add_force(p)
 
 
+def _add_backend(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="where the work runs: local processes (default) or Ray tasks (optional extra)")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="--backend ray: an existing Ray cluster (e.g. ray://head:10001 or auto); "
+                        "default: a local Ray instance started for this command")
+
+
 def _add_force(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true",
                    help="write into an existing directory that pagesim did not write (replacing it for a run)")
@@ -151,8 +159,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             if slo.metric not in known:
                 raise ValueError(f"--slo {slo.metric}: not a sweep.csv metric; allowed: {', '.join(known)}")
     check_out_dir(Path(args.out), force=args.force, replace=False)
+    if args.address and args.backend != "ray":
+        raise ValueError("--address: applies to --backend ray only")
     table = run_sweep(raw, cfg, Path(args.out), jobs=args.jobs, x_key=args.x_key,
-                      plots=not args.no_plots, progress=not args.quiet)
+                      plots=not args.no_plots, progress=not args.quiet, backend=args.backend,
+                      address=args.address)
     if not args.quiet:
         cols = [c for c in ["config_label", *cfg.sweep, "throughput_rps",
                             "normalized_latency_s_per_token_mean", "ttft_s_p99",
@@ -198,9 +209,12 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
     search = Search(tuple(args.slo), args.attainment, args.seeds, args.tolerance)
     if any(o.per_request for o in search.objectives) is False and args.attainment_given:
         raise ValueError("--attainment: give per-request objectives with it, e.g. --slo ttft_s<=1 --slo tpot_s<=0.1")
+    if args.address and args.backend != "ray":
+        raise ValueError("--address: applies to --backend ray only")
     check_out_dir(Path(args.out), force=args.force, replace=False)
     table = plan(raw, cfg, Path(args.out), search, target_rps=args.target_rate, gpu_cost=gpu_cost or None,
-                 max_replicas=args.max_replicas, workers=args.jobs, quiet=args.quiet)
+                 max_replicas=args.max_replicas, workers=args.jobs, quiet=args.quiet, backend=args.backend,
+                 address=args.address)
     cands = {c.cid: c for c in candidates(raw, cfg, load_axis(cfg))}
     if args.target_rate is not None:
         from experiments.capacity import with_replicas
@@ -317,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "ttft_s_p99<=1.0: prints, per configuration, the highest x that meets all")
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+    _add_backend(p)
     _add_force(p)
     p.set_defaults(func=_cmd_sweep)
 
@@ -351,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="parallel processes (default: number of CPU cores)")
     p.add_argument("--quiet", action="store_true", help="no probe lines and no table")
+    _add_backend(p)
     _add_force(p)
     p.set_defaults(func=_cmd_capacity, attainment_given=False)
 

@@ -10,9 +10,8 @@ the same config, whatever was added to the grid or reordered, and computes
 only the rest.
 
 Interrupting (Ctrl-C) stops the worker processes at once and keeps every
-finished point; running the same command again resumes. Workers ignore
-SIGINT themselves: the parent stops them, so that one Ctrl-C never leaves a
-pool half torn down.
+finished point; running the same command again resumes. Points run in local
+processes or as Ray tasks (``--backend ray``, experiments/backends.py).
 """
 from __future__ import annotations
 
@@ -20,10 +19,8 @@ import copy
 import hashlib
 import itertools
 import json
-import multiprocessing
 import os
 import shutil
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -63,18 +60,26 @@ def sweep_points(raw: dict, cfg: ExperimentConfig) -> list[tuple[str, dict[str, 
     return points
 
 
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _run_point(job: tuple[str, ExperimentConfig, str, bool]):
+    """Simulate one point; write it here (a local worker) or hand its tables
+    back for the parent to write (a Ray task, maybe on another machine)."""
+    from experiments.runner import RunOutput, run_experiment, write_outputs
 
-
-def _run_point(job: tuple[str, ExperimentConfig, str]) -> tuple[str, dict]:
-    from experiments.runner import run_experiment, write_outputs
-
-    pid, point, point_dir = job
+    pid, point, point_dir, write_here = job
     out = run_experiment(point, progress=False)
+    if not write_here:
+        return pid, RunOutput(out.config, None, out.requests, out.timeline, out.summary, out.notes)
     write_outputs(out, Path(point_dir), plots=False)
+    return pid, None
+
+
+def _finish_point(pid: str, payload, points_dir: Path) -> dict:
+    from experiments.runner import write_outputs
+
+    if payload is not None:
+        write_outputs(payload, points_dir / pid, plots=False)
     # the written file, as a resumed sweep reads it: one column order either way
-    return pid, json.loads((Path(point_dir) / "summary.json").read_text())
+    return json.loads((points_dir / pid / "summary.json").read_text())
 
 
 def _row(point_id: str, swept: dict, summary: dict) -> dict:
@@ -84,9 +89,10 @@ def _row(point_id: str, swept: dict, summary: dict) -> dict:
 
 def run_sweep(raw: dict, cfg: ExperimentConfig, out_dir: Path, jobs: int | None = None,
               x_key: str = "workload.arrival.rate_rps", plots: bool = True,
-              progress: bool = True) -> pd.DataFrame:
+              progress: bool = True, backend: str = "local", address: str | None = None) -> pd.DataFrame:
     """Run every point not already in ``out_dir`` (the caller checked that
-    ``out_dir`` is absent, empty or pagesim's own)."""
+    ``out_dir`` is absent, empty or pagesim's own), on ``backend``
+    (experiments/backends.py)."""
     from experiments.runner import check_memory
 
     out_dir = Path(out_dir)
@@ -106,7 +112,7 @@ def run_sweep(raw: dict, cfg: ExperimentConfig, out_dir: Path, jobs: int | None 
         else:
             todo.append((pid, swept, point))
     try:
-        _run_points(todo, rows, points_dir, cfg.name, len(points), jobs, progress)
+        _run_points(todo, rows, points_dir, cfg.name, len(points), jobs, progress, backend, address)
     finally:
         _remove_partial_points(points_dir)
         if created and not rows:            # nothing finished: leave no trace of this sweep
@@ -122,29 +128,17 @@ def run_sweep(raw: dict, cfg: ExperimentConfig, out_dir: Path, jobs: int | None 
 
 
 def _run_points(todo: list, rows: dict, points_dir: Path, name: str, total: int, jobs: int | None,
-                progress: bool) -> None:
+                progress: bool, backend: str = "local", address: str | None = None) -> None:
+    from experiments.backends import pool
+
     bar = Progress(total, name, "points", initial=total - len(todo), enabled=progress)
     swept_of = {pid: swept for pid, swept, _ in todo}
-    jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo) or 1))
-    work = [(pid, point, str(points_dir / pid)) for pid, _, point in todo]
+    workers = pool(backend, max(1, min(jobs or os.cpu_count() or 1, len(todo) or 1)), address)
+    work = [(pid, point, str(points_dir / pid), not workers.remote) for pid, _, point in todo]
     try:
-        if jobs == 1:
-            for job in work:
-                pid, summary = _run_point(job)
-                rows[pid] = _row(pid, swept_of[pid], summary)
-                bar.update(1)
-            return
-        pool = multiprocessing.Pool(jobs, initializer=_ignore_sigint)
-        try:
-            for pid, summary in pool.imap_unordered(_run_point, work):
-                rows[pid] = _row(pid, swept_of[pid], summary)
-                bar.update(1)
-            pool.close()
-        except BaseException:
-            pool.terminate()                 # Ctrl-C or a failed point: stop the others now
-            raise
-        finally:
-            pool.join()
+        for pid, payload in workers.imap_unordered(_run_point, work):
+            rows[pid] = _row(pid, swept_of[pid], _finish_point(pid, payload, points_dir))
+            bar.update(1)
     finally:
         bar.close()
 

@@ -105,8 +105,9 @@ def summarize(result: SimResult, requests: pd.DataFrame, timeline: pd.DataFrame,
     the oldest waiting request)."""
     fin = requests[requests["status"] == Status.FINISHED.value]
     first_arrival = float(requests["arrival_s"].min()) if len(requests) else 0.0
-    end_s = result.horizon_s if result.horizon_s is not None else (
-        float(fin["finish_s"].max()) if len(fin) else first_arrival)
+    # the clock stopped at the horizon only if work was left: otherwise at the last finish
+    cut = result.horizon_s is not None and bool((requests["status"] == Status.UNFINISHED.value).any())
+    end_s = result.horizon_s if cut else (float(fin["finish_s"].max()) if len(fin) else first_arrival)
     duration_s = max(end_s - first_arrival, 0.0)
     counts = requests["status"].value_counts()
     w = timeline["step_s"]
