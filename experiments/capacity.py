@@ -187,6 +187,16 @@ class Candidate:
                           if k not in ("engine.batching.policy", "engine.memory.layout"))
         return self.cfg.label() + (f" [{extra}]" if extra else "")
 
+    @property
+    def short(self) -> str:
+        """A few characters per swept value, for plot annotations."""
+        return " ".join(f"{_SHORT.get(k.rsplit('.', 1)[-1], k.rsplit('.', 1)[-1] + '=')}{v}"
+                        for k, v in self.swept.items()) or self.cfg.label()
+
+
+_SHORT = {"tensor": "tp", "pipeline": "pp", "max_batch_size": "b", "max_batch_tokens": "bt", "block_size": "bs",
+          "replicas": "x", "layout": "", "policy": "", "hardware": "", "reservation": ""}
+
 
 def candidates(raw: dict, cfg: ExperimentConfig, load: Load) -> list[Candidate]:
     grid = {k: v for k, v in (cfg.sweep or {}).items() if k != load.key}
@@ -457,7 +467,8 @@ def _summary_row(cand: Candidate, answers: list[SeedAnswer]) -> dict:
     complete = bool(rates) and all(r is not None for r in rates)
     par = cand.cfg.engine.parallel
     gpus = cand.cfg.gpus
-    row = {"candidate": cand.cid, "config": cand.label, **cand.swept, "hardware": _hw_name(cand.cfg),
+    row = {"candidate": cand.cid, "config": cand.label, "short": cand.short, **cand.swept,
+           "hardware": _hw_name(cand.cfg),
            "tensor": par.tensor, "pipeline": par.pipeline, "replicas": cand.cfg.engine.replicas, "gpus": gpus,
            "max_rate_rps": None, "max_rate_min_rps": None, "max_rate_max_rps": None, "goodput_per_gpu_rps": None,
            "seed_rates_rps": json.dumps([None if r is None else round(r, 6) for r in rates]),

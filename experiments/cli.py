@@ -220,7 +220,9 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
         from experiments.capacity import with_replicas
 
         cands = {cid: with_replicas(c, 1) for cid, c in cands.items()}
-    command = "pagesim capacity " + " ".join(args.argv_text)
+    import shlex
+
+    command = "pagesim capacity " + shlex.join(args.argv_text)
     paths = write_results(table, Path(args.out), cfg.name, command, search, args.target_rate, gpu_cost or None,
                           cands)
     if not args.quiet:

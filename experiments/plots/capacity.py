@@ -21,6 +21,12 @@ def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return keep
 
 
+def _annotate(ax, x, y, names) -> None:
+    """Name the Pareto-front points (capacity.csv's ``short`` labels)."""
+    for xi, yi, name in zip(x, y, list(names)):
+        ax.annotate(name, (xi, yi), fontsize=8, xytext=(4, 4), textcoords="offset points")
+
+
 def plot_capacity(table: pd.DataFrame, plots_dir: Path, target_rps: float | None = None) -> list[Path]:
     plots_dir = Path(plots_dir)
     plots_dir.mkdir(parents=True, exist_ok=True)
@@ -33,12 +39,11 @@ def plot_capacity(table: pd.DataFrame, plots_dir: Path, target_rps: float | None
         ax = fig.add_subplot()
         x, y = have["ttft_s_p99"].to_numpy(float), have["goodput_per_gpu_rps"].to_numpy(float)
         front = pareto_front(x, y)
-        ax.scatter(x[~front], y[~front], color="0.6", label="dominated")
+        ax.scatter(x[~front], y[~front], color="0.6", label="dominated (see capacity.csv)")
         ax.scatter(x[front], y[front], color="tab:red", label="Pareto front")
         order = np.argsort(x[front])
         ax.plot(x[front][order], y[front][order], color="tab:red", lw=1)
-        for xi, yi, name in zip(x, y, have["config"]):
-            ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        _annotate(ax, x[front], y[front], have["short"][front])
         ax.set_xscale("log")
         ax.set_xlabel("p99 TTFT at capacity, steady state (s)")
         ax.set_ylabel("capacity per GPU (req/s per GPU)")
@@ -50,10 +55,9 @@ def plot_capacity(table: pd.DataFrame, plots_dir: Path, target_rps: float | None
         ax = fig.add_subplot()
         rate, cost = have["max_rate_rps"].to_numpy(float), have["dollars_per_1m_output_tokens"].to_numpy(float)
         front = pareto_front(cost, rate)
-        ax.scatter(rate[~front], cost[~front], color="0.6", label="dominated")
+        ax.scatter(rate[~front], cost[~front], color="0.6", label="dominated (see capacity.csv)")
         ax.scatter(rate[front], cost[front], color="tab:red", label="Pareto front")
-        for xi, yi, name in zip(rate, cost, have["config"]):
-            ax.annotate(name, (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        _annotate(ax, rate[front], cost[front], have["short"][front])
         if target_rps is not None:
             ax.axvline(target_rps, color="k", ls="--", lw=1, label=f"target {target_rps:g} req/s")
         ax.set_xscale("log")
