@@ -658,6 +658,11 @@ def recommend(table: pd.DataFrame, target_rps: float | None) -> dict | None:
     return ok.sort_values("goodput_per_gpu_rps", ascending=False).iloc[0].to_dict()
 
 
+def _fewest_gpus(table: pd.DataFrame) -> dict | None:
+    ok = table[table["target_verified"].astype("boolean").fillna(False).astype(bool)]
+    return None if ok.empty else ok.sort_values("gpus_at_target").iloc[0].to_dict()
+
+
 def vllm_flags(cfg: ExperimentConfig) -> str:
     """The vLLM launch flags equivalent to a configuration (paged, continuous batching)."""
     e = cfg.engine
@@ -717,6 +722,11 @@ def report(table: pd.DataFrame, name: str, command: str, search: Search, target_
                       f"replica(s) of {cand.cfg.engine.parallel.value().gpus} GPU(s) = "
                       f"{int(best['gpus_at_target'])} GPUs"
                       + (f", ${best['dollars_per_hour']:.2f}/hour" if gpu_cost else "") + "."]
+            fewest = _fewest_gpus(table)
+            if fewest is not None and fewest["gpus_at_target"] < best["gpus_at_target"]:
+                lines += ["", f"Fewest GPUs: {fewest['config']}, {int(fewest['replicas_at_target'])} replica(s) = "
+                              f"{int(fewest['gpus_at_target'])} GPUs"
+                              + (f", ${fewest['dollars_per_hour']:.2f}/hour" if gpu_cost else "") + "."]
         else:
             lines += [f"**Highest capacity per GPU:** {cand.label}, {best['max_rate_rps']:.3g} req/s on "
                       f"{best['gpus']} GPU(s)."]

@@ -167,3 +167,18 @@ def test_the_command_prints_the_table_and_writes_its_files(tmp_path, capsys):
     probe_rows = [json.loads(p.read_text()) for p in (tmp_path / "cap" / "probes").glob("*.json")]
     assert all("ttft_s<=0.5" in p["attainment"] for p in probe_rows)
     assert row["max_rate_rps"] > 0
+
+
+def test_the_recommendation_is_the_cheapest_verified_and_fewest_gpus_is_named_apart():
+    from experiments.capacity import _fewest_gpus, recommend
+
+    table = pd.DataFrame([
+        dict(config="a", max_rate_rps=10.0, target_verified=True, gpus_at_target=12, dollars_per_hour=30.0,
+             margin_at_target=0.1),
+        dict(config="b", max_rate_rps=20.0, target_verified=True, gpus_at_target=8, dollars_per_hour=40.0,
+             margin_at_target=0.2),
+        dict(config="c", max_rate_rps=None, target_verified=False, gpus_at_target=None, dollars_per_hour=None,
+             margin_at_target=None)])
+    assert recommend(table, 50.0)["config"] == "a"
+    assert _fewest_gpus(table)["config"] == "b"
+    assert recommend(table.drop(columns="dollars_per_hour"), 50.0)["config"] == "b"   # no prices: GPUs rank
