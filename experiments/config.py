@@ -57,6 +57,13 @@ class EngineSpec(BaseModel):
     router: Literal["round_robin", "least_outstanding"] = "round_robin"
 
     @model_validator(mode="after")
+    def _prefix_caching_needs_continuous(self) -> EngineSpec:
+        if self.memory.prefix_caching and self.batching.policy != "continuous":
+            raise ValueError("memory.prefix_caching: applies to policy: continuous only (a static batch "
+                             "pads every prompt to its longest and computes it whole)")
+        return self
+
+    @model_validator(mode="after")
     def _swap_needs_paged_continuous(self) -> EngineSpec:
         if self.batching.preemption == "swap":
             if self.memory.layout != "paged":

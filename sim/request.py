@@ -34,6 +34,10 @@ class Request:
     preemptions: int = 0
     replica: int = -1
     token_times_s: list[float] | None = field(default=None)
+    segments: tuple[tuple[int, int], ...] | None = field(default=None, repr=False)
+    """What its tokens are, prompt then output: ``(content id, length)``
+    pairs (sim/memory/prefix.py); None: content unknown, nothing shared."""
+    cached_tokens: int = 0         # prefill tokens reused from the prefix cache, over all admissions
 
     @property
     def final_tokens(self) -> int:

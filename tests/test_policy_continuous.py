@@ -135,7 +135,7 @@ class NeverFits(PagedKVManager):
     """A manager whose admission always fails although it claims every
     request could run: the policy must not spin or deadlock on it."""
 
-    def can_allocate(self, request_id, num_tokens, final_tokens):
+    def can_allocate(self, request_id, num_tokens, final_tokens, segments=None):
         return False
 
 

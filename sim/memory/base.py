@@ -48,11 +48,17 @@ class KVManager(Protocol):
         (even with the whole memory to itself), or None if it can."""
         ...
 
-    def can_allocate(self, request_id: int, num_tokens: int, final_tokens: int) -> bool: ...
+    def prefix_hit_tokens(self, num_tokens: int, segments) -> int:
+        """Leading tokens of a ``num_tokens`` prefill whose KV is already
+        cached (prefix caching; 0 where nothing is shared)."""
+        ...
 
-    def allocate(self, request_id: int, num_tokens: int, final_tokens: int) -> None:
+    def can_allocate(self, request_id: int, num_tokens: int, final_tokens: int, segments=None) -> bool: ...
+
+    def allocate(self, request_id: int, num_tokens: int, final_tokens: int, segments=None) -> int:
         """Start holding ``num_tokens`` tokens for a new sequence that will
-        grow to ``final_tokens``."""
+        grow to ``final_tokens``; ``segments`` (its content, prefix caching)
+        lets it reuse a cached prefix. Returns the tokens reused."""
         ...
 
     def can_append(self, request_id: int, num_tokens: int = 1) -> bool: ...

@@ -61,6 +61,9 @@ class MemorySpec(BaseModel):
     num_tokens: Count | None = None
     swap_space_gb: float = Field(4.0, ge=0.0)
     """paged: CPU memory for sequences preempted by swapping."""
+    prefix_caching: bool = False
+    """paged: reuse the KV of cached full blocks of a request's longest cached
+    prefix (sim/memory/prefix.py); needs requests that say their content."""
 
     @field_validator("block_size")
     @classmethod
@@ -77,6 +80,9 @@ class MemorySpec(BaseModel):
         if self.num_blocks is not None and self.layout == "contiguous":
             raise ValueError("num_blocks applies to layout: paged only; "
                              "give a contiguous cache's size as num_tokens")
+        if self.prefix_caching and self.layout != "paged":
+            raise ValueError("prefix_caching: applies to layout: paged only (a contiguous reservation "
+                             "belongs to one request and cannot be shared)")
         return self
 
     def cache_tokens(self, model: ModelSpec, hardware: HardwareSpec) -> int:

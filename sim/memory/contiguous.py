@@ -111,12 +111,17 @@ class ContiguousKVManager:
         return None
 
     # ---- allocation --------------------------------------------------
-    def can_allocate(self, request_id: int, num_tokens: int, final_tokens: int) -> bool:
+    def prefix_hit_tokens(self, num_tokens: int, segments=None) -> int:
+        """A reservation is one request's alone: nothing is shared."""
+        return 0
+
+    def can_allocate(self, request_id: int, num_tokens: int, final_tokens: int, segments=None) -> bool:
         """True when some hole fits the whole reservation (first fit)."""
         self._check_new(request_id, num_tokens, final_tokens)
         return self._first_fit(self.reservation_tokens(final_tokens)) is not None
 
-    def allocate(self, request_id: int, num_tokens: int, final_tokens: int) -> None:
+    def allocate(self, request_id: int, num_tokens: int, final_tokens: int, segments=None) -> int:
+        """Reserve for a new sequence; returns 0 (no prefix is ever reused)."""
         self._check_new(request_id, num_tokens, final_tokens)
         size = self.reservation_tokens(final_tokens)
         i = self._first_fit(size)
@@ -134,6 +139,7 @@ class ContiguousKVManager:
         cols["start"][slot], cols["size"][slot], cols["tokens"][slot] = start, size, num_tokens
         self._real_slots += num_tokens
         self._reserved_slots += size
+        return 0
 
     def can_append(self, request_id: int, num_tokens: int = 1) -> bool:
         """True while the sequence stays within its reservation (never grown)."""

@@ -25,7 +25,19 @@ Structure and invariants:
 
 Every check/act pair keeps ``can_x() is True`` => ``x()`` succeeds. The bulk
 act ``append_slots`` grows a whole array of sequences with a few numpy calls;
-with no shared block anywhere it never loops over sequences.
+unless a shared block is some sequence's partially filled last block, it
+never loops over sequences.
+
+**Prefix caching** (``prefix_caching=True``, ``sim/memory/prefix.py``): a
+sequence allocated with its content (``segments``) reuses every cached full
+block of its longest cached prefix (ref counts + 1; a cached block that was
+free leaves the free queue) and takes new blocks for the rest. Its full
+blocks get their keys when its prefill is allocated (the prompt) and when it
+is freed (the output), so they outlive it as cached free blocks until
+evicted. Then the free queue is an ``LRUFreeList`` and a released
+sequence's blocks enter it deepest first. Extra invariants: ``_key_of`` and
+``_block_of`` are inverse maps; a keyed block is owned or free; handing a
+keyed free block out again drops its key (an eviction).
 """
 from __future__ import annotations
 
@@ -36,6 +48,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sim.memory.base import KVUsage, MemoryError_
+from sim.memory.prefix import LRUFreeList, Segments, block_keys
 from sim.memory.slots import BlockQueue, SlotTable
 
 if TYPE_CHECKING:
@@ -51,7 +64,7 @@ class PagedKVManager:
     layout = "paged"
 
     def __init__(self, num_blocks: int, block_size: int = 16, watermark_frac: float = 0.01,
-                 num_cpu_blocks: int = 0) -> None:
+                 num_cpu_blocks: int = 0, prefix_caching: bool = False) -> None:
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
         if block_size < 1:
@@ -65,7 +78,14 @@ class PagedKVManager:
         self.num_cpu_blocks = num_cpu_blocks
         self.total_tokens = num_blocks * block_size
         self.watermark_blocks = math.ceil(round(watermark_frac * num_blocks, 9))
-        self._free = BlockQueue(num_blocks)
+        self.prefix_caching = prefix_caching
+        self._free = LRUFreeList(num_blocks) if prefix_caching else BlockQueue(num_blocks)
+        self._key_of: dict[int, int] = {}          # block -> key (prefix caching)
+        self._block_of: dict[int, int] = {}        # key -> block
+        self._content: dict[int, Segments] = {}    # request id -> segments
+        self._keys: dict[int, list[int]] = {}      # request id -> keys of its full blocks so far
+        self.prefix_stats = {"queried_tokens": 0, "hit_tokens": 0, "queried_blocks": 0, "hit_blocks": 0,
+                             "evictions": 0}
         self._shared: dict[int, int] = {}
         self._seqs = SlotTable({"tokens": np.int64, "blocks": np.int64})
         self._tok, self._nblk = self._seqs.cols["tokens"], self._seqs.cols["blocks"]
@@ -84,7 +104,7 @@ class PagedKVManager:
                              f"block_size={spec.block_size} tokens")
         block_bytes = spec.block_size * model.kv_bytes_per_token
         num_cpu_blocks = int(spec.swap_space_gb * 10**9) // block_bytes
-        return cls(num_blocks, spec.block_size, spec.watermark, num_cpu_blocks)
+        return cls(num_blocks, spec.block_size, spec.watermark, num_cpu_blocks, spec.prefix_caching)
 
     # ---- queries -----------------------------------------------------
     @property
@@ -153,21 +173,63 @@ class PagedKVManager:
         return need
 
     # ---- allocation --------------------------------------------------
-    def can_allocate(self, request_id: int, num_tokens: int, final_tokens: int) -> bool:
-        """Admission keeps ``watermark_blocks`` blocks free for running sequences."""
+    def prefix_hit_tokens(self, num_tokens: int, segments: Segments | None) -> int:
+        """Leading tokens of a ``num_tokens`` prefill already cached: whole
+        blocks, and never all of it (the last token is computed for its logits)."""
+        return len(self._hits(num_tokens, segments)[0]) * self.block_size
+
+    def _hits(self, num_tokens: int, segments: Segments | None) -> tuple[list[int], list[int]]:
+        """(cached blocks of the longest cached prefix, keys of every full block)."""
+        if not self.prefix_caching or segments is None or num_tokens < 1:
+            return [], []
+        keys = block_keys(segments, num_tokens // self.block_size, self.block_size)
+        hits = []
+        for key in keys[: (num_tokens - 1) // self.block_size]:
+            block = self._block_of.get(key)
+            if block is None:
+                break
+            hits.append(block)
+        return hits, keys
+
+    def can_allocate(self, request_id: int, num_tokens: int, final_tokens: int,
+                     segments: Segments | None = None) -> bool:
+        """Admission keeps ``watermark_blocks`` blocks free for running
+        sequences (a cached prefix block that is free counts as taken)."""
         self._check_new(request_id, num_tokens, final_tokens)
-        need = _ceil_div(num_tokens, self.block_size)
+        hits, _ = self._hits(num_tokens, segments)
+        revived = sum(1 for b in hits if b in self._free) if hits else 0
+        need = _ceil_div(num_tokens, self.block_size) - len(hits) + revived
         return len(self._free) - need >= self.watermark_blocks
 
-    def allocate(self, request_id: int, num_tokens: int, final_tokens: int) -> None:
-        if not self.can_allocate(request_id, num_tokens, final_tokens):
+    def allocate(self, request_id: int, num_tokens: int, final_tokens: int,
+                 segments: Segments | None = None) -> int:
+        """Hold ``num_tokens`` tokens for a new sequence; with prefix caching
+        and ``segments``, reuse the cached prefix. Returns the reused tokens."""
+        if not self.can_allocate(request_id, num_tokens, final_tokens, segments):
             raise MemoryError_(f"allocate({request_id}, {num_tokens}) without room: "
                                f"{len(self._free)} free blocks, watermark {self.watermark_blocks}")
+        hits, keys = self._hits(num_tokens, segments)
+        bs = self.block_size
+        for block in hits:                   # before taking new blocks: a hit is never evicted now
+            if block in self._free:
+                self._free.remove(block)
+                self._real_slots += bs
+            else:
+                self._shared[block] = self._shared.get(block, 1) + 1
         slot = self._add_seq(request_id)
-        count = _ceil_div(num_tokens, self.block_size)
-        self._set_blocks(slot, self._free.take(count))
+        count = _ceil_div(num_tokens, bs)
+        self._set_blocks(slot, np.concatenate([np.array(hits, np.int64), self._take(count - len(hits))]))
         self._tok[slot] = num_tokens
-        self._real_slots += num_tokens
+        self._real_slots += num_tokens - len(hits) * bs
+        if self.prefix_caching and segments is not None:
+            self._content[request_id], self._keys[request_id] = segments, keys
+            self._register(slot, keys)
+            st = self.prefix_stats
+            st["queried_tokens"] += num_tokens
+            st["hit_tokens"] += len(hits) * bs
+            st["queried_blocks"] += len(keys)
+            st["hit_blocks"] += len(hits)
+        return len(hits) * bs
 
     def can_append(self, request_id: int, num_tokens: int = 1) -> bool:
         """Growth may use the watermark blocks."""
@@ -193,7 +255,7 @@ class PagedKVManager:
         if num_tokens and tokens % bs and int(self._table[slot, blocks - 1]) in self._shared:
             self._copy_last_block(slot, tokens % bs)
         grow = _ceil_div(tokens + num_tokens, bs) - blocks
-        self._set_blocks(slot, np.concatenate([self._table[slot, :blocks], self._free.take(grow)]))
+        self._set_blocks(slot, np.concatenate([self._table[slot, :blocks], self._take(grow)]))
         self._tok[slot] = tokens + num_tokens
         self._real_slots += num_tokens
 
@@ -208,7 +270,7 @@ class PagedKVManager:
         path. Blocks go to the sequences in the order ``slots`` lists them."""
         if num_tokens == 0 or len(slots) == 0:
             return True
-        if self._shared:
+        if self._shared and self._any_shared_partial_last(slots):
             return self._append_slots_shared(slots, num_tokens)
         bs = self.block_size
         tokens = self._tok[slots]
@@ -222,7 +284,7 @@ class PagedKVManager:
                 cols = self._nblk[rows]
                 if int(cols.max()) >= self._table.shape[1]:
                     self._ensure_width(int(cols.max()) + 1)
-                self._table[rows, cols] = self._free.take(count)
+                self._table[rows, cols] = self._take(count)
                 self._nblk[rows] = cols + 1
             self._tok[slots] = tokens + 1
             self._real_slots += len(slots)
@@ -239,7 +301,7 @@ class PagedKVManager:
             first = np.repeat(have[grow], counts)
             cols = first + np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
             self._ensure_width(int(cols.max()) + 1)
-            self._table[rows, cols] = self._free.take(total)
+            self._table[rows, cols] = self._take(total)
             self._nblk[slots] = have + need
         self._tok[slots] = tokens + num_tokens
         self._real_slots += num_tokens * len(slots)
@@ -273,6 +335,10 @@ class PagedKVManager:
         if request_id not in self._seqs:
             raise MemoryError_(f"free({request_id}): it holds no KV (double free?)")
         cpu_table = self._cpu_tables.pop(request_id, None)
+        if cpu_table is None and request_id in self._content:
+            self._register_output(request_id)
+        self._content.pop(request_id, None)
+        self._keys.pop(request_id, None)
         slot = self._seqs.release(request_id)
         if cpu_table is not None:
             self._cpu_free.put(cpu_table)
@@ -305,6 +371,8 @@ class PagedKVManager:
         if not self.can_swap_out(request_id):
             raise MemoryError_(f"swap_out({request_id}): needs {blocks} CPU blocks, {len(self._cpu_free)} free")
         table = self._table[slot, :blocks].tolist()
+        if request_id in self._content:
+            self._register_output(request_id)
         self._real_slots -= self._release_gpu(slot)
         self._nblk[slot] = 0
         cpu_table = self._cpu_free.take(blocks).tolist()
@@ -326,7 +394,7 @@ class PagedKVManager:
         cpu_table = self._cpu_tables.pop(request_id)
         self._cpu_free.put(cpu_table)
         slot = self._seqs.slot_of[request_id]
-        table = self._free.take(len(cpu_table))
+        table = self._take(len(cpu_table))
         self._set_blocks(slot, table)
         self._real_slots += int(self._tok[slot])
         return list(zip(cpu_table, table.tolist()))
@@ -352,6 +420,12 @@ class PagedKVManager:
         expect_shared = {b: c for b, c in owned.items() if c > 1}
         if expect_shared != self._shared:
             raise MemoryError_("GPU ref counts disagree with the block tables")
+        if any(self._block_of.get(k) != b for b, k in self._key_of.items()) or \
+                len(self._block_of) != len(self._key_of):
+            raise MemoryError_("prefix cache: block and key maps disagree")
+        free_ids = set(self._free.ids())
+        if any(b not in owned and b not in free_ids for b in self._key_of):
+            raise MemoryError_("prefix cache: a keyed block is neither held nor free")
         cpu_owned = Counter(b for table in self._cpu_tables.values() for b in table)
         _check_pool("CPU", self._cpu_free.ids(), cpu_owned, self.num_cpu_blocks)
         if any(c > 1 for c in cpu_owned.values()):
@@ -411,7 +485,7 @@ class PagedKVManager:
         """Copy-on-write: give this table a private copy of its shared last block."""
         last = int(self._table[slot, self._nblk[slot] - 1])
         self._drop_ref(last)
-        self._table[slot, self._nblk[slot] - 1] = self._free.take_one()
+        self._table[slot, self._nblk[slot] - 1] = int(self._take(1)[0])
         self._real_slots += fill
 
     def _drop_ref(self, block: int) -> bool:
@@ -432,14 +506,57 @@ class PagedKVManager:
         bs = self.block_size
         blocks = self._table[slot, : self._nblk[slot]]
         tokens = int(self._tok[slot])
+        if self.prefix_caching:
+            blocks = blocks[::-1]          # deepest first: the longest prefix is evicted first
         if not self._shared or not any(int(b) in self._shared for b in blocks):   # nothing shared: all go
             self._free.put(blocks)
             return min(tokens, len(blocks) * bs)
         freed_real = 0
+        n = len(blocks)
         for i, block in enumerate(blocks.tolist()):
+            index = n - 1 - i if self.prefix_caching else i
             if self._drop_ref(block):
-                freed_real += min(bs, tokens - i * bs)
+                freed_real += min(bs, tokens - index * bs)
         return freed_real
+
+    def _take(self, count: int) -> np.ndarray:
+        """``count`` free blocks; a cached one loses its key (an eviction)."""
+        blocks = self._free.take(count)
+        if self._key_of:
+            for block in blocks.tolist():
+                key = self._key_of.pop(block, None)
+                if key is not None:
+                    del self._block_of[key]
+                    self.prefix_stats["evictions"] += 1
+        return blocks
+
+    def _register(self, slot: int, keys: list[int]) -> None:
+        """Key the slot's first ``len(keys)`` (full) blocks, where neither the
+        block nor the key is taken (the same content cached twice keeps the first)."""
+        for block, key in zip(self._table[slot, : len(keys)].tolist(), keys):
+            if block not in self._key_of and key not in self._block_of:
+                self._key_of[block] = key
+                self._block_of[key] = block
+
+    def _register_output(self, request_id: int) -> None:
+        """Key every full block a sequence holds now (its output included)."""
+        slot = self._seqs.slot_of[request_id]
+        full = int(self._tok[slot]) // self.block_size
+        keys = self._keys[request_id]
+        if full > len(keys):
+            keys = keys + block_keys(self._content[request_id], full, self.block_size, len(keys),
+                                     keys[-1] if keys else 0)
+        self._register(slot, keys[:full])
+
+    def _any_shared_partial_last(self, slots: np.ndarray) -> bool:
+        """Whether some sequence's partially filled last block is shared (it
+        must be copied before the sequence writes into it)."""
+        tokens = self._tok[slots]
+        partial = slots[(tokens % self.block_size) != 0]
+        if not len(partial):
+            return False
+        last = self._table[partial, self._nblk[partial] - 1]
+        return bool(np.isin(last, np.fromiter(self._shared, np.int64, len(self._shared))).any())
 
     def _append_slots_shared(self, slots: np.ndarray, num_tokens: int) -> bool:
         """``append_slots`` when some block is shared: one sequence at a time,

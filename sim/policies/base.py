@@ -63,6 +63,7 @@ class Policy:
         self.rejected: list[Request] = []
         self._run = RunningSet()
         self._emitting: slice | np.ndarray = slice(0, 0)   # running positions the last batch computes
+        self._admitted_cached: list[int] = []   # this step's admissions: prefix tokens reused, in order
         self._repeatable = True   # the last schedule() would decide the same way next step
         self.num_preemptions = 0
 
@@ -202,12 +203,15 @@ class Policy:
         None if not."""
         req = self.waiting[0]
         n = prefill_length(req)
-        if token_budget is not None and n > token_budget:
+        cached = self.kv.prefix_hit_tokens(n, req.segments) if req.segments is not None else 0
+        if token_budget is not None and n - cached > token_budget:
             return None
-        if not self.kv.can_allocate(req.request_id, n, req.final_tokens):
+        if not self.kv.can_allocate(req.request_id, n, req.final_tokens, req.segments):
             return None
         self.waiting.popleft()
-        self.kv.allocate(req.request_id, n, req.final_tokens)
+        cached = self.kv.allocate(req.request_id, n, req.final_tokens, req.segments)
+        req.cached_tokens += cached
+        self._admitted_cached.append(cached)
         req.computed_tokens = n
         req.status = Status.RUNNING
         if req.schedule_s is None:

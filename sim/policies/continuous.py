@@ -47,6 +47,7 @@ class ContinuousPolicy(Policy):
         swap_in_tokens = swap_out_tokens = num_decodes = 0
         admitted = 0
         first_admitted = run.n
+        self._admitted_cached.clear()
         if not self.spec.mixed_prefill_decode and not self.swapped:
             admitted = self._admit(now, 0)          # a step with admissions is prefill-only
         if not admitted:
@@ -74,9 +75,10 @@ class ContinuousPolicy(Policy):
             self._emitting = np.r_[0:num_decodes, first_admitted:run.n]
         requests, held, contexts = self._batch_rows(first_admitted, num_decodes)
         prefills = held[: run.n - first_admitted]
+        cached = tuple(self._admitted_cached) if any(self._admitted_cached) else (0,) * len(prefills)
         return Batch(
-            prefill_new_tokens=prefills,
-            prefill_context_tokens=(0,) * len(prefills),
+            prefill_new_tokens=tuple(p - c for p, c in zip(prefills, cached)) if any(cached) else prefills,
+            prefill_context_tokens=cached,
             decode_context_tokens=contexts,
             kv_layout=self.kv.layout,  # type: ignore[arg-type]
             swap_in_tokens=swap_in_tokens,
@@ -100,9 +102,10 @@ class ContinuousPolicy(Policy):
     def _head_admissible(self, num_decodes: int) -> bool:
         req = self.waiting[0]
         n = req.prompt_tokens + req.generated_tokens
-        if n > self.spec.max_batch_tokens - num_decodes:
+        cached = self.kv.prefix_hit_tokens(n, req.segments) if req.segments is not None else 0
+        if n - cached > self.spec.max_batch_tokens - num_decodes:
             return False
-        return self.kv.can_allocate(req.request_id, n, req.final_tokens)
+        return self.kv.can_allocate(req.request_id, n, req.final_tokens, req.segments)
 
     def _evict(self, req: Request, swap_out: list[tuple[int, int]]) -> int:
         """Preempt ``req``; returns KV tokens moved to swap space."""
@@ -140,5 +143,5 @@ class ContinuousPolicy(Policy):
             if req is None:
                 break
             admitted += 1
-            budget -= req.computed_tokens
+            budget -= req.computed_tokens - self._admitted_cached[-1]
         return admitted

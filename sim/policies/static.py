@@ -48,6 +48,7 @@ class StaticPolicy(Policy):
         return self._form_batch(now)
 
     def _form_batch(self, now: float) -> Batch:
+        self._admitted_cached.clear()      # a static batch pads every prompt: it reuses no prefix
         while self.waiting and self._run.n < self.spec.max_batch_size:
             if self._try_admit_head(now) is None:
                 break

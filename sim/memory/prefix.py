@@ -1,0 +1,125 @@
+"""Prefix caching for the paged layout: what a block holds, and which free
+blocks to evict.
+
+**Content.** A request may say what its tokens are as *segments*: a tuple of
+``(content_id, length)`` pairs covering its prompt and then its output, in
+token order. Two token positions hold the same token when they lie in
+segments with the same id at the same offset. A trace's per-block hash ids
+(Mooncake: one id per 512 prompt tokens; Qwen/Bailian: per 16) become
+segments of that length, whatever the engine's ``block_size``; a synthetic
+system prompt is one segment shared by its tenant's requests; a conversation
+turn's prompt repeats the previous turn's segments, its answer's and a new
+message's.
+
+**Block keys.** Block ``k`` of a sequence (tokens ``k*B .. (k+1)*B - 1``) is
+identified by a hash chained over the blocks before it (as vLLM v1 keys
+blocks): ``key_k = hash((key_{k-1}, pieces_k))``, ``pieces_k`` the
+``(content_id, start offset, end offset)`` pieces of its tokens. Two blocks
+share a key exactly when their whole prefixes hold the same tokens. Only
+full blocks are keyed.
+
+**Eviction order** (``LRUFreeList``). Free blocks form one queue, oldest
+release first; never-used blocks come before all released ones. A cached
+free block stays findable until it reaches the head and is handed out again
+(its key is then dropped: an eviction), or until a prefix hit takes it back
+out of the queue. A sequence's blocks are released deepest first, so among
+blocks freed at the same moment the one with the longest prefix is evicted
+first. Invariant: the queue holds exactly the blocks with no reference, each
+once, in that order.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Iterable
+
+import numpy as np
+
+Segments = tuple[tuple[int, int], ...]
+
+
+def block_keys(segments: Segments, num_blocks: int, block_size: int, start: int = 0,
+               previous: int = 0) -> list[int]:
+    """Keys of blocks ``start .. num_blocks - 1`` (all full), ``previous``
+    being block ``start - 1``'s key (0 before the first block)."""
+    keys: list[int] = []
+    if start >= num_blocks:
+        return keys
+    # walk to the segment holding token start * block_size
+    seg, offset, pos = 0, 0, start * block_size
+    while seg < len(segments) and pos >= offset + segments[seg][1]:
+        offset += segments[seg][1]
+        seg += 1
+    key = previous
+    for _ in range(start, num_blocks):
+        end = pos + block_size
+        pieces = []
+        while pos < end:
+            if seg >= len(segments):
+                raise ValueError(f"content covers {offset} tokens, block needs {end}")
+            cid, length = segments[seg]
+            take = min(end, offset + length)
+            pieces.append((cid, pos - offset, take - offset))
+            pos = take
+            if pos == offset + length:
+                offset += length
+                seg += 1
+        key = hash((key, tuple(pieces)))
+        keys.append(key)
+    return keys
+
+
+def total_tokens(segments: Segments) -> int:
+    return sum(length for _, length in segments)
+
+
+class LRUFreeList:
+    """``BlockQueue``'s interface (``take``, ``take_one``, ``put``, ``len``,
+    ``ids``) plus ``remove(block)`` for a block a prefix hit takes back."""
+
+    def __init__(self, num_blocks: int) -> None:
+        self.num_blocks = num_blocks
+        self.virgin = 0                                    # ids virgin.. never handed out
+        self._released: OrderedDict[int, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return self.num_blocks - self.virgin + len(self._released)
+
+    def __contains__(self, block: int) -> bool:
+        return block >= self.virgin or block in self._released
+
+    def take(self, count: int) -> np.ndarray:
+        if count > len(self):
+            raise ValueError(f"take({count}) from {len(self)} free blocks")
+        fresh = min(count, self.num_blocks - self.virgin)
+        out = list(range(self.virgin, self.virgin + fresh))
+        self.virgin += fresh
+        for _ in range(count - fresh):
+            out.append(self._released.popitem(last=False)[0])
+        return np.array(out, np.int64)
+
+    def take_one(self) -> int:
+        return int(self.take(1)[0])
+
+    def put(self, blocks: Iterable[int]) -> None:
+        for b in blocks:
+            self._released[int(b)] = None
+
+    def remove(self, block: int) -> None:
+        """Take a particular free block out of the queue (a prefix hit)."""
+        if block >= self.virgin:
+            raise ValueError(f"block {block} was never used: it holds no cached prefix")
+        del self._released[block]
+
+    def head(self, count: int) -> list[int]:
+        """The next ``count`` blocks ``take`` would hand out, without taking them."""
+        fresh = list(range(self.virgin, min(self.num_blocks, self.virgin + count)))
+        it = iter(self._released)
+        while len(fresh) < count:
+            try:
+                fresh.append(next(it))
+            except StopIteration:
+                break
+        return fresh
+
+    def ids(self) -> list[int]:
+        return list(range(self.virgin, self.num_blocks)) + list(self._released)
