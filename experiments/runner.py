@@ -21,7 +21,7 @@ from sim.cost import CostModel, build_cost_model
 from sim.driver import simulate
 from sim.result import SimResult
 from sim.memory.capacity import build_kv_manager
-from sim.metrics import requests_frame, summarize
+from sim.metrics import prefix_cache_summary, requests_frame, summarize
 from sim.policies import POLICIES
 from sim.parallel import COMMUNICATION_NOTE, CommModel, ParallelCostModel, compute_shard, memory_shard
 from sim.presets import resolve_hardware, resolve_model
@@ -86,6 +86,7 @@ def make_requests(cfg: ExperimentConfig, progress: bool = False) -> list[Request
     arrivals = workload.arrival_s.tolist()
     prompts = workload.prompt_tokens.tolist()
     outputs = workload.output_tokens.tolist()
+    segments = workload.segments or [None] * len(arrivals)
     bar = Progress(len(arrivals), f"{cfg.name}: building requests", "req",
                    enabled=progress and len(arrivals) >= LARGE_WORKLOAD)
     requests = []
@@ -93,7 +94,7 @@ def make_requests(cfg: ExperimentConfig, progress: bool = False) -> list[Request
     for start in range(0, len(arrivals), chunk):
         stop = min(start + chunk, len(arrivals))
         requests.extend(Request(request_id=i, arrival_s=arrivals[i], prompt_tokens=prompts[i],
-                                output_tokens=outputs[i]) for i in range(start, stop))
+                                output_tokens=outputs[i], segments=segments[i]) for i in range(start, stop))
         bar.update(stop - start)
     bar.close()
     return requests
@@ -160,6 +161,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = False,
                            "gpus": cfg.gpus,
                            "communication": "none" if par.is_single else COMMUNICATION_NOTE}
     summary["kv_total_slots_per_replica"] = int(policies[0].kv.total_tokens)
+    summary["prefix_cache"] = prefix_cache_summary([getattr(p.kv, "prefix_stats", {}) for p in policies])
     return RunOutput(cfg, result, req_df, timeline, summary, notes)
 
 

@@ -50,6 +50,9 @@ def check_servable(cfg: ExperimentConfig, device: Device) -> None:
     model = resolve_model(cfg.model)
     if cfg.engine.replicas != 1:
         raise ConfigError(f"engine.replicas: pagesim serve drives one GPU; allowed: 1 (got {cfg.engine.replicas})")
+    if cfg.engine.memory.prefix_caching:
+        raise ConfigError("engine.memory.prefix_caching: the real engine does not cache prefixes yet; "
+                          "allowed: false (simulate it with pagesim run)")
     par = cfg.engine.parallel
     if par.tensor != 1 or par.pipeline != 1:
         raise ConfigError(f"engine.parallel: pagesim serve drives one GPU; allowed: tensor 1, pipeline 1 "

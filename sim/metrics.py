@@ -17,7 +17,7 @@ from sim.request import Status
 REQUEST_COLUMNS = (
     "request_id", "arrival_s", "prompt_tokens", "output_tokens", "status", "reason",
     "first_token_s", "finish_s", "ttft_s", "tpot_s", "e2e_s",
-    "normalized_latency_s_per_token", "preemptions", "replica",
+    "normalized_latency_s_per_token", "preemptions", "replica", "cached_tokens",
 )
 LATENCIES = ("ttft_s", "tpot_s", "e2e_s", "normalized_latency_s_per_token")
 
@@ -47,6 +47,7 @@ def requests_frame(result: SimResult) -> pd.DataFrame:
         "finish_s": column(lambda r: nan if r.finish_s is None else r.finish_s, np.float64),
         "preemptions": column(lambda r: r.preemptions, np.int64),
         "replica": column(lambda r: r.replica, np.int64),
+        "cached_tokens": column(lambda r: r.cached_tokens, np.int64),
     })
     finished = df["status"] == Status.FINISHED.value
     ttft = df["first_token_s"] - df["arrival_s"]
@@ -60,6 +61,22 @@ def requests_frame(result: SimResult) -> pd.DataFrame:
 
 
 STATS = ("mean", "p50", "p90", "p99")
+PREFIX_CACHE_FIELDS = ("hit_rate_tokens", "hit_rate_blocks", "prefill_tokens_saved", "evictions")
+
+
+def prefix_cache_summary(stats: list[dict]) -> dict:
+    """``summary.json``'s ``prefix_cache``: over every replica's KV manager,
+    the share of prefill tokens and of full prompt blocks found cached at
+    admission, the prefill tokens that were not computed, and cached blocks
+    evicted."""
+    total = {k: sum(s.get(k, 0) for s in stats) for k in
+             ("queried_tokens", "hit_tokens", "queried_blocks", "hit_blocks", "evictions")}
+    return {
+        "hit_rate_tokens": total["hit_tokens"] / total["queried_tokens"] if total["queried_tokens"] else None,
+        "hit_rate_blocks": total["hit_blocks"] / total["queried_blocks"] if total["queried_blocks"] else None,
+        "prefill_tokens_saved": total["hit_tokens"],
+        "evictions": total["evictions"],
+    }
 
 
 def summary_metrics() -> tuple[str, ...]:
@@ -76,6 +93,7 @@ def summary_metrics() -> tuple[str, ...]:
         "not_arrived_before_horizon", "sim_time_s", "sim_steps", "sim_events", "sim_wall_s",
         "kv_total_slots_per_replica",
         *(f"parallel_{name}" for name in ("tensor", "pipeline", "gpus_per_replica", "gpus")),
+        *(f"prefix_cache_{name}" for name in PREFIX_CACHE_FIELDS),
         *(f"steady_state_{name}" for name in ("window_start_s", "window_end_s", "requests", "arrival_rate_rps",
                                                "completion_rate_rps", "backlog_slope_rps")),
         *(f"steady_state_{name}_{stat}" for name in LATENCIES for stat in STATS),

@@ -27,8 +27,9 @@ def poisson_requests(n, rate_rps, seed, prompt=(4, 60), output=(1, 80)):
 
 
 def make_kv(layout):
-    if layout == "paged":
-        return PagedKVManager(num_blocks=40, block_size=8, watermark_frac=0.0, num_cpu_blocks=20)
+    if layout in ("paged", "paged+prefix"):
+        return PagedKVManager(num_blocks=40, block_size=8, watermark_frac=0.0, num_cpu_blocks=20,
+                              prefix_caching=layout == "paged+prefix")
     return ContiguousKVManager(320, "pow2", TINY_MODEL.max_context_tokens)
 
 
@@ -38,6 +39,11 @@ LINEAR = LinearCostModel(base_s=0.01, per_prefill_token_s=1e-4, per_decode_seq_s
 
 def run(policy, layout, cost, fast_forward, *, n=150, rate=20.0, horizon_s=None, **batching):
     reqs = poisson_requests(n, rate, seed=7)
+    if layout == "paged+prefix":       # three tenants' system prompts, up to 16 tokens
+        for r in reqs:
+            shared = min(16, r.prompt_tokens - 1)
+            r.segments = ((r.request_id % 3, shared), (1000 + r.request_id, r.prompt_tokens - shared),
+                          (5000 + r.request_id, r.output_tokens))
     pol = make_policy(policy, make_kv(layout), **batching)
     pol.record_token_times = True
     result = simulate(reqs, [pol], [cost], RoundRobinRouter(), horizon_s=horizon_s,
@@ -55,6 +61,9 @@ CASES = [
     # full batches: decode runs go on through arrivals that cannot join them
     ("continuous", "paged", {"max_batch_size": 3}),
     ("continuous", "contiguous", {"max_batch_size": 3}),
+    # prefix caching: admissions reuse cached prompt blocks, freed blocks stay cached
+    ("continuous", "paged+prefix", {}),
+    ("continuous", "paged+prefix", {"preemption": "swap"}),
 ]
 
 
@@ -78,6 +87,11 @@ def test_jumping_over_decode_runs_gives_the_same_timings(policy, layout, batchin
     np.testing.assert_allclose(t1["t_s"], t2["t_s"], rtol=1e-9)
     cols = [c for c in t1.columns if c not in ("t_s", "step_s")]
     assert (t1[cols].to_numpy() == t2[cols].to_numpy()).all()
+
+
+def test_prefix_hits_happen_in_the_prefix_caching_scenario():
+    reqs, _ = run("continuous", "paged+prefix", LINEAR, True)
+    assert sum(r.cached_tokens for r in reqs) > 0
 
 
 def test_preemptions_happen_in_the_equivalence_scenario():

@@ -50,7 +50,7 @@ HOW_TO_UPDATE = (f"if the change is intended, regenerate with `{UPDATE_ENV}=1 py
 REQUEST_COLUMNS = [
     "request_id", "arrival_s", "prompt_tokens", "output_tokens", "status", "reason",
     "first_token_s", "finish_s", "ttft_s", "tpot_s", "e2e_s", "normalized_latency_s_per_token",
-    "preemptions", "replica",
+    "preemptions", "replica", "cached_tokens",
 ]
 TIMELINE_COLUMNS = {"t_s", "replica", "running", "waiting", "batch_tokens", "kv_token_slots_used",
                     "kv_token_slots_reserved", "kv_total_slots"}

@@ -167,3 +167,23 @@ def test_resolved_spec_round_trips_through_yaml(trace_path):
     again = WorkloadSpec.model_validate(yaml.safe_load(dumped))
     assert again == spec
     assert again.arrival.process == "trace" and again.lengths.from_trace
+
+
+def test_synthetic_prefixes_say_what_each_request_shares():
+    import numpy as np
+
+    from workloads.prefixes import PrefixPlan, with_prefixes
+
+    rng = np.random.default_rng(0)
+    prompts, outputs = np.array([10, 20, 30, 40, 50]), np.array([5, 6, 7, 8, 9])
+    arr, p, o, seg = with_prefixes(np.array([0.0, 100.0]), prompts, outputs,
+                                   PrefixPlan(shared_tokens=64, tenants=2, turns=3, think_time_s=1.0), rng)
+    assert len(arr) == 5 and np.all(np.diff(arr) >= 0)
+    for s_, pp, oo in zip(seg, p, o):
+        assert sum(length for _, length in s_) == pp + oo
+        assert s_[0][1] == 64 and s_[0][0] in (0, 1)          # a tenant's system prompt first
+    # the first conversation: turn 2's prompt is turn 1's prompt and answer plus a new message
+    first = [s_ for s_ in seg if len(s_) in (3, 5, 7) and s_[1][1] == 10]
+    turn1 = first[0]
+    turn2 = next(s_ for s_ in seg if len(s_) == 5 and s_[:3] == turn1)
+    assert turn2[3][1] == 20 and p[seg.index(turn2)] == 64 + 10 + 5 + 20

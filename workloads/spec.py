@@ -224,6 +224,27 @@ class LengthsSpec(_Spec):
         return lengths.LengthPair(prompt=self.prompt.build(), output=self.output.build())
 
 
+# ---------------------------------------------------------------- prefixes
+
+
+class PrefixSpec(_Spec):
+    """``workload.prefix``: synthetic shared prefixes (workloads/prefixes.py)."""
+
+    shared_tokens: Annotated[int, Field(ge=0, le=2**31 - 1, strict=True)] = 0
+    """a system prompt of this many tokens before every prompt (0: none)"""
+    tenants: Count = 1
+    """how many distinct system prompts; each request draws one uniformly"""
+    turns: Count = 1
+    """turns per conversation; each turn's prompt repeats the previous turn's prompt and answer"""
+    think_time_s: float = Field(30.0, ge=0.0, le=MAX_TIME_S, allow_inf_nan=False)
+    """mean (exponential) time from one turn's arrival to the next's"""
+
+    def plan(self):
+        from workloads.prefixes import PrefixPlan
+
+        return PrefixPlan(self.shared_tokens, self.tenants, self.turns, self.think_time_s)
+
+
 # ---------------------------------------------------------------- workload
 
 
@@ -239,6 +260,7 @@ class WorkloadSpec(_Spec):
     arrival: ArrivalSpec | None = None
     lengths: LengthsSpec | None = None
     trace: TraceSpec | None = None
+    prefix: PrefixSpec | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -256,6 +278,9 @@ class WorkloadSpec(_Spec):
 
     @model_validator(mode="after")
     def _check_sources(self) -> WorkloadSpec:
+        if self.prefix is not None and self.prefix.turns > 1 and self.trace is not None:
+            raise ValueError("prefix.turns: conversations are generated from a synthetic arrival process; "
+                             "a trace brings its own arrivals (allowed with a trace: 1)")
         if self.trace is not None:
             return self
         if self.num_requests is None:
@@ -291,7 +316,9 @@ def generate_with_trace(spec: WorkloadSpec, rng: np.random.Generator) -> tuple[W
     trace = spec.trace.load(limit=spec.num_requests) if spec.trace is not None else None
     num_requests = len(trace.workload) if trace is not None else spec.num_requests
     assert num_requests is not None, "checked by WorkloadSpec"
-    arrival_s = spec.arrival.build(trace).sample(num_requests, rng)
+    turns = spec.prefix.turns if spec.prefix is not None else 1
+    starts = -(-num_requests // turns)           # conversations' first turns (requests, without any)
+    arrival_s = spec.arrival.build(trace).sample(starts, rng) * turns
     if spec.lengths.from_trace:
         assert trace is not None, "checked by WorkloadSpec"
         prompt_tokens, output_tokens = trace.workload.prompt_tokens, trace.workload.output_tokens
@@ -299,9 +326,16 @@ def generate_with_trace(spec: WorkloadSpec, rng: np.random.Generator) -> tuple[W
         pair = spec.lengths.build()
         prompt_tokens = pair.prompt.sample(num_requests, rng)
         output_tokens = pair.output.sample(num_requests, rng)
+    segments = None
+    if spec.prefix is not None:
+        from workloads.prefixes import with_prefixes
+
+        arrival_s, prompt_tokens, output_tokens, segments = with_prefixes(
+            arrival_s, prompt_tokens, output_tokens, spec.prefix.plan(), rng)
     if len(arrival_s) and arrival_s[-1] > MAX_TIME_S:
         field = "arrival.time_scale" if spec.arrival.process == "trace" else "arrival"
         raise ValueError(f"workload.{field}: the last request arrives at {arrival_s[-1]:.3g} s; the clock "
                          f"holds times up to {MAX_TIME_S:g} s (about 31 years)")
-    workload = Workload(arrival_s, prompt_tokens, output_tokens, name=spec.name or spec.default_name())
+    workload = Workload(arrival_s, prompt_tokens, output_tokens, name=spec.name or spec.default_name(),
+                        segments=segments)
     return workload, trace

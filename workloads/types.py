@@ -9,6 +9,10 @@ order:
 * ``prompt_tokens`` -- int64, >= 1.
 * ``output_tokens`` -- int64, >= 1 (tokens the request will generate).
 
+and optionally ``segments``: per request, what its tokens are (prompt then
+output) as ``(content id, length)`` pairs whose lengths add up to prompt +
+output tokens -- what a prefix cache compares (``sim/memory/prefix.py``).
+
 The arrays are copied on construction and made read-only, so a workload can be
 shared freely between runs.
 """
@@ -36,6 +40,7 @@ class Workload:
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
     name: str = "custom"
+    segments: tuple | None = None
 
     def __post_init__(self) -> None:
         arrival_s = _column(self.arrival_s, np.float64, "arrival_s")
@@ -48,6 +53,15 @@ class Workload:
                 f"output_tokens {len(output_tokens)}"
             )
         _check_values(arrival_s, prompt_tokens, output_tokens)
+        if self.segments is not None:
+            segments = tuple(self.segments)
+            if len(segments) != len(arrival_s):
+                raise ValueError(f"Workload.segments has {len(segments)} entries for {len(arrival_s)} requests")
+            for i, seg in enumerate(segments):
+                if sum(length for _, length in seg) != prompt_tokens[i] + output_tokens[i]:
+                    raise ValueError(f"Workload.segments[{i}] covers {sum(length for _, length in seg)} tokens, "
+                                     f"the request has {prompt_tokens[i] + output_tokens[i]}")
+            object.__setattr__(self, "segments", segments)
         object.__setattr__(self, "arrival_s", arrival_s)
         object.__setattr__(self, "prompt_tokens", prompt_tokens)
         object.__setattr__(self, "output_tokens", output_tokens)
@@ -66,6 +80,7 @@ class Workload:
             prompt_tokens=self.prompt_tokens[index],
             output_tokens=self.output_tokens[index],
             name=self.name,
+            segments=None if self.segments is None else self.segments[index],
         )
 
     def head(self, num_requests: int) -> Workload:

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sim.memory.base import KVUsage, MemoryError_
-from sim.memory.prefix import LRUFreeList, Segments, block_keys
+from sim.memory.prefix import LRUFreeList, Segments, block_keys, total_tokens
 from sim.memory.slots import BlockQueue, SlotTable
 
 if TYPE_CHECKING:
@@ -541,10 +541,11 @@ class PagedKVManager:
     def _register_output(self, request_id: int) -> None:
         """Key every full block a sequence holds now (its output included)."""
         slot = self._seqs.slot_of[request_id]
-        full = int(self._tok[slot]) // self.block_size
+        content = self._content[request_id]
+        full = min(int(self._tok[slot]), total_tokens(content)) // self.block_size
         keys = self._keys[request_id]
         if full > len(keys):
-            keys = keys + block_keys(self._content[request_id], full, self.block_size, len(keys),
+            keys = keys + block_keys(content, full, self.block_size, len(keys),
                                      keys[-1] if keys else 0)
         self._register(slot, keys[:full])
 
