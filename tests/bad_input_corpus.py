@@ -334,6 +334,10 @@ CASES: list[Case] = [
     Case("prefix-caching-serve", ["serve", "exp.yaml", "--out", "srv", "--quiet"],
          with_({"engine.memory": {"prefix_caching": True}}),
          ("engine.memory.prefix_caching: the real engine does not cache prefixes yet",)),
+    Case("mooncake-bad-row", ["workloads", "stats", "t.jsonl"], None,
+         ("t.jsonl: row 2: 600 input tokens need 2 hash ids of 512 tokens, got 1",),
+         files={"t.jsonl": '{"timestamp": 0, "input_length": 10, "output_length": 2, "hash_ids": [1]}\n'
+                           '{"timestamp": 5, "input_length": 600, "output_length": 2, "hash_ids": [1]}\n'}),
     # ------------------------------------------------------------ output locations
     Case("out-user-directory", ["run", "exp.yaml", "--out", "mine", "--quiet", "--no-plots"], BASE,
          ("--out mine: exists and was not written by pagesim",), files={"mine/notes.txt": "important\n"}),

@@ -210,3 +210,29 @@ def test_conversations_repeat_the_previous_turn_and_arrive_in_order():
     reqs = out.requests
     assert len(reqs) == 400 and reqs["arrival_s"].is_monotonic_increasing
     assert out.summary["prefix_cache"]["hit_rate_tokens"] > 0.2
+
+
+def test_a_hashed_trace_reaches_about_its_reuse_potential(tmp_path):
+    """Documents shared by many requests (Mooncake format): with a cache that
+    holds them, the hit rate approaches the trace's unbounded reuse potential."""
+    import json
+
+    import numpy as np
+
+    from workloads.stats import prefix_reuse
+    from workloads.traces import load_trace
+
+    rng = np.random.default_rng(0)
+    docs = [[int(x) for x in rng.integers(1, 10**9, 4)] for _ in range(3)]
+    rows, t = [], 0
+    for i in range(120):
+        t += int(rng.integers(100, 600))
+        ids = docs[i % 3][: int(rng.integers(1, 5))] + [10**10 + i]
+        rows.append({"timestamp": t, "input_length": 512 * (len(ids) - 1) + 100, "output_length": 20,
+                     "hash_ids": ids})
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    potential = prefix_reuse(load_trace(path).workload)
+    out = _run(**{"workload": {"trace": {"path": str(path)}}, "engine.memory.prefix_caching": True})
+    hit = out.summary["prefix_cache"]["hit_rate_tokens"]
+    assert potential > 0.5 and potential - 0.05 <= hit <= potential + 1e-9

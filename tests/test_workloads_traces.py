@@ -1,4 +1,5 @@
 """Trace loaders: every format on tiny files, filters with exact rows, row-precise errors."""
+import re
 import numpy as np
 import pytest
 
@@ -167,7 +168,7 @@ def test_filters_that_remove_everything_are_an_error(tmp_path):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"format": "json"}, "unknown trace format 'json'; allowed: auto, processed, azure, burstgpt, csv"),
+    ({"format": "json"}, "unknown trace format 'json'; allowed: auto, processed, azure, burstgpt, mooncake, csv"),
     ({"format": "csv"}, "needs a column mapping"),
     ({"columns": TraceColumns("a", "b", "c")}, "only used with format 'csv'"),
     ({"start_s": 5.0, "end_s": 5.0}, "end_s must be > start_s"),
@@ -177,3 +178,40 @@ def test_filters_that_remove_everything_are_an_error(tmp_path):
 def test_bad_options_are_rejected(tmp_path, options, message):
     with pytest.raises(ValueError, match=message):
         load_trace(write(tmp_path, PROCESSED), **options)
+
+
+def _mooncake(tmp_path, rows, name="mc.jsonl"):
+    import json
+
+    path = tmp_path / name
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_mooncake_hash_ids_become_prompt_segments_of_512_tokens(tmp_path):
+    from workloads.stats import prefix_reuse
+
+    path = _mooncake(tmp_path, [
+        {"timestamp": 2000, "input_length": 1100, "output_length": 7, "hash_ids": [5, 6, 9]},
+        {"timestamp": 500, "input_length": 600, "output_length": 3, "hash_ids": [5, 8]},
+    ])
+    w = load_trace(path).workload                              # auto: JSON lines
+    assert w.arrival_s.tolist() == [0.0, 1.5]                  # ms, sorted, from the first row
+    assert w.segments == (((5, 512), (8, 88), (-2, 3)), ((5, 512), (6, 512), (9, 76), (-1, 7)))
+    # the second request can reuse the first's 512-token block 5 of its 1100 prompt tokens
+    assert prefix_reuse(w) == pytest.approx(512 / 1700)
+
+
+@pytest.mark.parametrize("row,words", [
+    ('{"timestamp": 1, "input_length": 10, "output_length": 2}', "row 1: missing 'hash_ids'"),
+    ('{"timestamp": 1, "input_length": 1000, "output_length": 2, "hash_ids": [1]}',
+     "row 1: 1000 input tokens need 2 hash ids of 512 tokens, got 1"),
+    ('{"timestamp": -1, "input_length": 10, "output_length": 2, "hash_ids": [1]}', "row 1: timestamp must be"),
+    ('{"timestamp": 1, "input_length": 10.5, "output_length": 2, "hash_ids": [1]}', "row 1: input_length must be"),
+    ('{"timestamp": 1, "input_length": 10, "output_length": 2, "hash_ids": ["a"]}',
+     "row 1: hash_ids must be a list of integers"),
+    ('{"timestamp": 1, "input_length": 10', "row 1: not a JSON object"),
+])
+def test_bad_mooncake_rows_are_named(tmp_path, row, words):
+    with pytest.raises(TraceError, match=re.escape(words)):
+        load_trace(_mooncake(tmp_path, [row]), format="mooncake")

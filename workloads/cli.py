@@ -34,11 +34,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def _add_stats_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "trace", metavar="TRACE",
-        help=f"trace CSV file, or an embedded trace name ({', '.join(EMBEDDED_TRACES)})",
+        help=f"trace file (CSV, or JSON lines for mooncake), or an embedded trace name "
+             f"({', '.join(EMBEDDED_TRACES)})",
     )
     parser.add_argument(
         "--format", choices=FORMAT_NAMES, default="auto",
-        help="trace format; 'auto' (default) recognises processed, azure and burstgpt by their header",
+        help="trace format; 'auto' (default) recognises processed, azure and burstgpt by their header, "
+             "mooncake (JSON lines with hash_ids) by its first character",
     )
     parser.add_argument("--limit", type=int, metavar="N", help="keep only the first N requests after filtering")
     parser.add_argument("--start-s", type=float, metavar="S",

@@ -34,11 +34,16 @@ class PrefixPlan:
 
 
 def with_prefixes(arrival_s: np.ndarray, prompt_tokens: np.ndarray, output_tokens: np.ndarray,
-                  plan: PrefixPlan, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
+                  plan: PrefixPlan, rng: np.random.Generator,
+                  base: tuple | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
     """Arrivals, prompts, outputs and segments with the plan's prefixes, in
     arrival order. ``arrival_s`` are the first turns' arrivals when
     ``turns > 1`` (one per conversation; the caller draws ``ceil(n / turns)``);
-    ``prompt_tokens``/``output_tokens`` hold one drawn length per request."""
+    ``prompt_tokens``/``output_tokens`` hold one drawn length per request.
+    ``base``: segments the requests already have (a trace's), kept after the
+    system prompt (content ids from the trace must not collide with ``0 ..
+    tenants - 1`` and the ids handed out here: they come from a hashed trace,
+    whose ids are large, and its answers' negative ids)."""
     n = len(prompt_tokens)
     next_id = plan.tenants
     rows = []                                   # (arrival, prompt, output, segments)
@@ -53,9 +58,13 @@ def with_prefixes(arrival_s: np.ndarray, prompt_tokens: np.ndarray, output_token
                 break
             if turn:
                 t += float(think[k])
-            message, answer = (next_id, int(prompt_tokens[k])), (next_id + 1, int(output_tokens[k]))
-            next_id += 2
-            prompt = history + (message,)
+            if base is None:
+                message: tuple = ((next_id, int(prompt_tokens[k])),)
+                answer = (next_id + 1, int(output_tokens[k]))
+                next_id += 2
+            else:
+                message, answer = tuple(base[k][:-1]), tuple(base[k][-1])
+            prompt = history + message
             rows.append((t, sum(length for _, length in prompt), answer[1], prompt + (answer,)))
             history = prompt + (answer,)
             k += 1

@@ -40,7 +40,7 @@ class ColumnsSpec(_Spec):
 
 class TraceSpec(_Spec):
     path: str = Field(description="a CSV file, or an embedded trace name such as 'azure_conv_2023'")
-    format: Literal["auto", "processed", "azure", "burstgpt", "csv"] = "auto"
+    format: Literal["auto", "processed", "azure", "burstgpt", "mooncake", "csv"] = "auto"
     columns: ColumnsSpec | None = None
     limit: Count | None = None
     start_s: float | None = Field(None, ge=0, allow_inf_nan=False)
@@ -326,12 +326,12 @@ def generate_with_trace(spec: WorkloadSpec, rng: np.random.Generator) -> tuple[W
         pair = spec.lengths.build()
         prompt_tokens = pair.prompt.sample(num_requests, rng)
         output_tokens = pair.output.sample(num_requests, rng)
-    segments = None
+    segments = trace.workload.segments if trace is not None and spec.lengths.from_trace else None
     if spec.prefix is not None:
         from workloads.prefixes import with_prefixes
 
         arrival_s, prompt_tokens, output_tokens, segments = with_prefixes(
-            arrival_s, prompt_tokens, output_tokens, spec.prefix.plan(), rng)
+            arrival_s, prompt_tokens, output_tokens, spec.prefix.plan(), rng, segments)
     if len(arrival_s) and arrival_s[-1] > MAX_TIME_S:
         field = "arrival.time_scale" if spec.arrival.process == "trace" else "arrival"
         raise ValueError(f"workload.{field}: the last request arrives at {arrival_s[-1]:.3g} s; the clock "

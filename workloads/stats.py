@@ -52,7 +52,28 @@ def trace_stats(workload: Workload) -> dict:
         "prompt_tokens": _length_stats(workload.prompt_tokens),
         "output_tokens": _length_stats(workload.output_tokens),
         "total_tokens": _length_stats(workload.final_tokens),
+        "prefix_reuse": prefix_reuse(workload),
     }
+
+
+def prefix_reuse(workload: Workload) -> float | None:
+    """Share of prompt tokens an unbounded prefix cache could reuse: tokens in
+    segments whose whole prefix (every segment up to and including it) an
+    earlier request had, prompt or answer. None when the workload does not
+    say its content."""
+    if workload.segments is None:
+        return None
+    seen: set[int] = set()
+    reusable = 0
+    for segments, prompt in zip(workload.segments, workload.prompt_tokens.tolist()):
+        key, position = 0, 0
+        for cid, length in segments:
+            key = hash((key, cid, length))
+            if position < prompt and key in seen:
+                reusable += min(length, prompt - position)
+            seen.add(key)
+            position += length
+    return reusable / float(workload.prompt_tokens.sum())
 
 
 def _number(value: float | int | None, digits: int = 3) -> str:
@@ -72,6 +93,9 @@ def format_stats(stats: dict) -> str:
         f"mean_rate_rps     {_number(stats['mean_rate_rps'])}",
         f"interarrival_cv   {_number(stats['interarrival_cv'])}",
         f"burstiness        {_number(stats['burstiness'])}",
+        f"prefix_reuse      {_number(stats.get('prefix_reuse'))}"
+        + ("  (share of prompt tokens an unbounded prefix cache could reuse)"
+           if stats.get("prefix_reuse") is not None else "  (the trace does not say its content)"),
         "",
         f"{'tokens':<16}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}{'max':>10}",
     ]

@@ -63,11 +63,83 @@ TRACE_FORMATS: dict[str, TraceColumns] = {
 
 @dataclass(frozen=True, eq=False)
 class RawTrace:
-    """A parsed file in file order: times in seconds (any origin), token counts >= 0."""
+    """A parsed file in file order: times in seconds (any origin), token counts
+    >= 0, and, for formats with block hashes, each prompt's content segments."""
 
     arrival_s: np.ndarray
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
+    segments: tuple | None = None
+
+
+# JSON-lines formats whose rows carry prompt block hashes (prefix reuse):
+# name -> (time field, seconds per unit, tokens per hash id)
+HASHED_FORMATS: dict[str, tuple[str, float, int]] = {
+    # kvcache-ai/Mooncake's published traces: timestamp in ms, one hash id per 512 prompt tokens
+    "mooncake": ("timestamp", 1e-3, 512),
+}
+
+
+def is_json_lines(path: Path) -> bool:
+    """Whether the file's first non-blank character opens a JSON object."""
+    try:
+        with open(path, encoding="utf-8-sig") as file:
+            for line in file:
+                if line.strip():
+                    return line.lstrip().startswith("{")
+    except (UnicodeDecodeError, OSError):
+        return False
+    return False
+
+
+def parse_hashed_trace(path: Path, label: str, fmt: str) -> RawTrace:
+    """Read a JSON-lines trace of ``HASHED_FORMATS``: every row needs the time
+    field, ``input_length``, ``output_length`` and ``hash_ids`` (one per
+    block of ``tokens per id`` prompt tokens, the last block partial), which
+    become the prompt's segments ``(hash id, block length)``."""
+    import json
+
+    time_field, unit_s, block = HASHED_FORMATS[fmt]
+    times, prompts, outputs, segments = [], [], [], []
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as error:
+        raise TraceError(f"{label}: not a UTF-8 text file ({error.reason}); expected JSON lines") from None
+    for row, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise TraceError(f"{label}: row {row}: not a JSON object ({error.msg})", row) from None
+        if not isinstance(rec, dict):
+            raise TraceError(f"{label}: row {row}: not a JSON object", row)
+        missing = [k for k in (time_field, "input_length", "output_length", "hash_ids") if k not in rec]
+        if missing:
+            raise TraceError(f"{label}: row {row}: missing {missing[0]!r} ({fmt} rows need {time_field}, "
+                             f"input_length, output_length, hash_ids)", row)
+        t, n_in, n_out, ids = rec[time_field], rec["input_length"], rec["output_length"], rec["hash_ids"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not np.isfinite(t) or t < 0 \
+                or t * unit_s > MAX_TIME_S:
+            raise TraceError(f"{label}: row {row}: {time_field} must be a number in 0..{MAX_TIME_S / unit_s:g}, "
+                             f"got {t!r}", row)
+        for name, value in (("input_length", n_in), ("output_length", n_out)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS:
+                raise TraceError(f"{label}: row {row}: {name} must be a whole number in 0..{MAX_TOKENS:,}, "
+                                 f"got {value!r}", row)
+        if not isinstance(ids, list) or any(isinstance(h, bool) or not isinstance(h, int) for h in ids):
+            raise TraceError(f"{label}: row {row}: hash_ids must be a list of integers", row)
+        if len(ids) != -(-n_in // block):
+            raise TraceError(f"{label}: row {row}: {n_in} input tokens need {-(-n_in // block)} hash ids of "
+                             f"{block} tokens, got {len(ids)}", row)
+        times.append(float(t) * unit_s)
+        prompts.append(n_in)
+        outputs.append(n_out)
+        segments.append(tuple((int(h), min(block, n_in - i * block)) for i, h in enumerate(ids)))
+    if not times:
+        raise TraceError(f"{label}: no rows; expected JSON lines with {time_field}, input_length, "
+                         f"output_length, hash_ids")
+    return RawTrace(np.array(times), np.array(prompts, np.int64), np.array(outputs, np.int64), tuple(segments))
 
 
 def read_header(path: Path, label: str) -> list[str]:

@@ -3,7 +3,9 @@
 ``load_trace`` reads a file (or an embedded trace by name, see
 ``EMBEDDED_TRACES``) and applies, in this order:
 
-1. parse and validate every row (``trace_formats``; errors name the row);
+1. parse and validate every row (``trace_formats``; errors name the row); a
+   JSON-lines trace with prompt block hashes (``mooncake``) also gives each
+   request its content segments, so a prefix cache can reuse them;
 2. sort by arrival time if the file is out of order (stable, so rows with
    equal times keep their file order), then measure times from the first row;
 3. keep the window ``start_s <= t < end_s`` (seconds from the first row);
@@ -27,10 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from workloads.trace_formats import (
+    HASHED_FORMATS,
     TRACE_FORMATS,
     RawTrace,
     TraceColumns,
     TraceError,
+    is_json_lines,
+    parse_hashed_trace,
     parse_trace,
     read_header,
     sniff_format,
@@ -40,7 +45,7 @@ from workloads.types import Workload
 # Traces shipped inside the package (workloads/data/, see its README for sources).
 EMBEDDED_TRACES: dict[str, str] = {"azure_conv_2023": "azure_conv_2023.csv"}
 
-FORMAT_NAMES = ("auto", *TRACE_FORMATS, "csv")
+FORMAT_NAMES = ("auto", *TRACE_FORMATS, *HASHED_FORMATS, "csv")
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,9 +99,12 @@ def load_trace(
     label = str(path)
     resolved = resolve_trace_path(path)
     if format == "auto":
-        format = sniff_format(read_header(resolved, label), label)
-    raw = parse_trace(resolved, label, columns if format == "csv" else TRACE_FORMATS[format])
-    arrival_s, prompt_tokens, output_tokens = _sorted_from_zero(raw)
+        format = "mooncake" if is_json_lines(resolved) else sniff_format(read_header(resolved, label), label)
+    if format in HASHED_FORMATS:
+        raw = parse_hashed_trace(resolved, label, format)
+    else:
+        raw = parse_trace(resolved, label, columns if format == "csv" else TRACE_FORMATS[format])
+    arrival_s, prompt_tokens, output_tokens, order = _sorted_from_zero(raw)
 
     in_window = (arrival_s >= (start_s or 0.0)) & (arrival_s < (math.inf if end_s is None else end_s))
     nonzero = (prompt_tokens > 0) & (output_tokens > 0)
@@ -108,11 +116,15 @@ def load_trace(
     if len(kept) == 0:
         raise TraceError(f"{label}: no requests left after the filters (window, 0-token rows, context limit)")
 
+    segments = None
+    if raw.segments is not None:     # the prompt's blocks, then an answer of its own (negative ids)
+        segments = tuple(raw.segments[i] + ((-1 - int(i), int(raw.output_tokens[i])),) for i in order[kept])
     workload = Workload(
         arrival_s=(arrival_s[kept] - arrival_s[kept[0]]) * time_scale,
         prompt_tokens=prompt_tokens[kept],
         output_tokens=output_tokens[kept],
         name=label if label in EMBEDDED_TRACES else resolved.stem,
+        segments=segments,
     )
     return TraceLoad(
         workload=workload,
@@ -127,13 +139,14 @@ def load_trace(
     )
 
 
-def _sorted_from_zero(raw: RawTrace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows in arrival order (stable), times measured from the first one."""
+def _sorted_from_zero(raw: RawTrace) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows in arrival order (stable), times measured from the first one, and
+    the file row of each."""
     order = np.argsort(raw.arrival_s, kind="stable")
     arrival_s = raw.arrival_s[order]
     if len(arrival_s):
         arrival_s = arrival_s - arrival_s[0]
-    return arrival_s, raw.prompt_tokens[order], raw.output_tokens[order]
+    return arrival_s, raw.prompt_tokens[order], raw.output_tokens[order], order
 
 
 def _check_options(format: str, columns: TraceColumns | None, limit: int | None, start_s: float | None,
