@@ -184,14 +184,14 @@ class Candidate:
     @property
     def label(self) -> str:
         extra = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in self.swept.items()
-                          if k not in ("engine.batching.policy", "engine.memory.layout"))
+                          if k not in ("engine.batching.policy", "engine.memory.layout") and not isinstance(v, dict))
         return self.cfg.label() + (f" [{extra}]" if extra else "")
 
     @property
     def short(self) -> str:
         """A few characters per swept value, for plot annotations."""
         return " ".join(f"{_SHORT.get(k.rsplit('.', 1)[-1], k.rsplit('.', 1)[-1] + '=')}{v}"
-                        for k, v in self.swept.items()) or self.cfg.label()
+                        for k, v in self.swept.items() if not isinstance(v, dict)) or self.cfg.label()
 
 
 _SHORT = {"tensor": "tp", "pipeline": "pp", "max_batch_size": "b", "max_batch_tokens": "bt", "block_size": "bs",
@@ -490,9 +490,14 @@ def upper_bound_rps(cand: Candidate, load: Load, probe: ProbeRunner) -> float:
     """The throughput of one probe far beyond capacity (seed of the config),
     every request queued at once in effect and all of them served (no early
     stop: a cut-off run would have served the short ones and overstate it):
-    no configuration sustains more than it completes when saturated. A finite run can be judged stable a little above it -- a
+    no configuration sustains more than it completes when saturated.
+    Infinite (no bound) for conversations: their later turns follow think
+    times that the load does not scale, so a high rate does not saturate. A finite run can be judged stable a little above it -- a
     slowly growing queue that the verdict's tolerance lets pass -- so the
     search never credits a load above it."""
+    prefix = cand.cfg.workload.prefix
+    if prefix is not None and prefix.turns > 1:
+        return math.inf
     p = probe(cand, load, load.start_rps * OVERLOAD_FACTOR, cand.cfg.seed, " overload bound", early_stop=False)
     rate = p.row.get("throughput_rps")          # requests finished over the whole (queue-bound) run
     return float(rate) if rate else math.inf

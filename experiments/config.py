@@ -154,6 +154,8 @@ class ExperimentConfig(BaseModel):
             label += f"({m.reservation})"
         elif b.preemption == "swap":
             label += "(swap)"
+        if m.prefix_caching:
+            label += "+prefix-cache"
         return label
 
 
