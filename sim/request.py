@@ -38,6 +38,7 @@ class Request:
     """What its tokens are, prompt then output: ``(content id, length)``
     pairs (sim/memory/prefix.py); None: content unknown, nothing shared."""
     cached_tokens: int = 0         # prefill tokens reused from the prefix cache, over all admissions
+    pending_prefill: int = 0       # chunked prefill: tokens of its prefill not computed yet
 
     @property
     def final_tokens(self) -> int:

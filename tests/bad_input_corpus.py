@@ -334,6 +334,11 @@ CASES: list[Case] = [
     Case("prefix-caching-serve", ["serve", "exp.yaml", "--out", "srv", "--quiet"],
          with_({"engine.memory": {"prefix_caching": True}}),
          ("engine.memory.prefix_caching: the real engine does not cache prefixes yet",)),
+    Case("chunked-prefill-static", RUN, with_({"engine.batching": {"policy": "static", "chunked_prefill": True}}),
+         ("engine.batching.chunked_prefill: applies to policy: continuous only",)),
+    Case("chunked-prefill-unmixed", RUN, with_({"engine.batching": {"chunked_prefill": True,
+                                                                    "mixed_prefill_decode": False}}),
+         ("chunked_prefill: chunks share steps with decodes",)),
     Case("mooncake-bad-row", ["workloads", "stats", "t.jsonl"], None,
          ("t.jsonl: row 2: 600 input tokens need 2 hash ids of 512 tokens, got 1",),
          files={"t.jsonl": '{"timestamp": 0, "input_length": 10, "output_length": 2, "hash_ids": [1]}\n'

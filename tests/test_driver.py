@@ -64,6 +64,12 @@ CASES = [
     # prefix caching: admissions reuse cached prompt blocks, freed blocks stay cached
     ("continuous", "paged+prefix", {}),
     ("continuous", "paged+prefix", {"preemption": "swap"}),
+    # chunked prefill: prompts of up to 60 tokens in steps of 24 tokens
+    ("continuous", "paged", {"chunked_prefill": True, "max_batch_tokens": 24}),
+    ("continuous", "paged", {"chunked_prefill": True, "max_batch_tokens": 24, "preemption": "swap"}),
+    ("continuous", "contiguous", {"chunked_prefill": True, "max_batch_tokens": 24}),
+    ("continuous", "paged+prefix", {"chunked_prefill": True, "max_batch_tokens": 24}),
+    ("continuous", "paged", {"chunked_prefill": True, "max_batch_tokens": 24, "max_batch_size": 3}),
 ]
 
 
@@ -92,6 +98,13 @@ def test_jumping_over_decode_runs_gives_the_same_timings(policy, layout, batchin
 def test_prefix_hits_happen_in_the_prefix_caching_scenario():
     reqs, _ = run("continuous", "paged+prefix", LINEAR, True)
     assert sum(r.cached_tokens for r in reqs) > 0
+
+
+def test_prompts_are_chunked_in_the_chunked_prefill_scenario():
+    reqs, result = run("continuous", "paged", LINEAR, True, chunked_prefill=True, max_batch_tokens=24)
+    rows = result.timeline.to_frame()
+    assert rows["batch_tokens"].max() <= 24
+    assert any(r.prompt_tokens > 24 and r.status is Status.FINISHED for r in reqs)
 
 
 def test_preemptions_happen_in_the_equivalence_scenario():

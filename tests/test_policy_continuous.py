@@ -156,3 +156,53 @@ def test_contiguous_admits_only_what_it_can_reserve(contiguous):
     b = pol.schedule(0.0)
     assert b.prefill_new_tokens == (30,) and b.kv_layout == "contiguous"   # 60 + 60 > 100
     assert kv.address_range(0) == (0, 60)
+
+
+def test_chunked_prefill_spends_the_budget_on_decodes_first_then_chunks(paged):
+    pol = make_policy("continuous", paged(), chunked_prefill=True, max_batch_tokens=32)
+    r0, r1 = make_requests((0.0, 8, 4), (0.0, 100, 2))
+    pol.add(r0, 0.0)
+    pol.add(r1, 0.0)
+    b = pol.schedule(0.0)              # r0 whole (8), then r1's first chunk (24 of 100)
+    assert (b.prefill_new_tokens, b.prefill_context_tokens) == ((8, 24), (0, 0))
+    pol.on_step_done(b, 1.0)
+    assert r0.first_token_s == 1.0 and r1.first_token_s is None
+    b = pol.schedule(1.0)              # r0 decodes; 31 tokens left for r1
+    assert b.decode_context_tokens == (9,)
+    assert (b.prefill_new_tokens, b.prefill_context_tokens) == ((31,), (24,))
+    assert [r.request_id for r in b.requests] == [1, 0]
+    pol.on_step_done(b, 2.0)
+    b = pol.schedule(2.0)
+    assert (b.prefill_new_tokens, b.prefill_context_tokens) == ((31,), (55,))
+    pol.on_step_done(b, 3.0)
+    b = pol.schedule(3.0)              # r0's fourth and last token; r1's last 14 tokens
+    assert b.decode_context_tokens == (11,) and (b.prefill_new_tokens, b.prefill_context_tokens) == ((14,), (86,))
+    pol.on_step_done(b, 4.0)
+    assert r1.first_token_s == 4.0 and r0.status is Status.FINISHED
+    b = pol.schedule(4.0)
+    assert b.decode_context_tokens == (101,) and b.prefill_new_tokens == ()
+
+
+def test_a_prompt_longer_than_the_budget_is_chunked_not_rejected(paged):
+    plain = make_policy("continuous", paged(), max_batch_tokens=32)
+    chunked = make_policy("continuous", paged(), max_batch_tokens=32, chunked_prefill=True)
+    (r,) = make_requests((0.0, 100, 2))
+    assert plain.rejection_reason(r) is not None and chunked.rejection_reason(r) is None
+
+
+def test_chunked_prefill_computes_only_what_the_prefix_cache_lacks():
+    kv = PagedKVManager(32, 8, watermark_frac=0.0, prefix_caching=True)
+    pol = make_policy("continuous", kv, chunked_prefill=True, max_batch_tokens=16)
+    first, second = make_requests((0.0, 40, 1), (0.0, 40, 1))
+    first.segments = ((7, 32), (100, 8), (200, 1))
+    second.segments = ((7, 32), (101, 8), (201, 1))
+    pol.add(first, 0.0)
+    t = 0.0
+    while first.status is not Status.FINISHED:
+        b = pol.schedule(t)
+        t += 1.0
+        pol.on_step_done(b, t)
+    pol.add(second, t)
+    b = pol.schedule(t)                # 32 cached tokens: 8 left, one chunk over 32 of context
+    assert (b.prefill_new_tokens, b.prefill_context_tokens) == ((8,), (32,))
+    assert second.cached_tokens == 32

@@ -11,7 +11,7 @@ from collections import deque
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sim.batch import Batch
 from sim.fields import Count
@@ -37,6 +37,19 @@ class BatchingSpec(BaseModel):
     """static: how long an idle engine waits for a batch to fill."""
     preemption: Literal["recompute", "swap"] = "recompute"
     """paged memory only: what happens to a sequence evicted when blocks run out."""
+    chunked_prefill: bool = False
+    """continuous: each step's ``max_batch_tokens`` go to the running decodes
+    first, then to prefill chunks (a prompt may take several steps; its first
+    token comes after its last chunk)."""
+
+    @model_validator(mode="after")
+    def _chunking_mixes(self) -> "BatchingSpec":
+        if self.chunked_prefill and not self.mixed_prefill_decode:
+            raise ValueError("chunked_prefill: chunks share steps with decodes; it needs "
+                             "mixed_prefill_decode: true")
+        if self.chunked_prefill and self.policy != "continuous":
+            raise ValueError("chunked_prefill: applies to policy: continuous only")
+        return self
 
 
 class Policy:
@@ -197,14 +210,16 @@ class Policy:
             for req in run.remove(done):
                 self._finish(req, now)
 
-    def _try_admit_head(self, now: float, token_budget: int | None = None) -> Request | None:
+    def _try_admit_head(self, now: float, token_budget: int | None = None, chunked: bool = False) -> Request | None:
         """Move the oldest waiting request into the running set if its
-        (re-)prefill fits ``token_budget`` and the KV manager can allocate it;
-        None if not."""
+        (re-)prefill fits ``token_budget`` (``chunked``: if any of it does) and
+        the KV manager can allocate it; None if not. The KV of the whole
+        prefill is allocated at once; with ``chunked`` the sequence joins with
+        all its uncached tokens still to compute (``todo``)."""
         req = self.waiting[0]
         n = prefill_length(req)
         cached = self.kv.prefix_hit_tokens(n, req.segments) if req.segments is not None else 0
-        if token_budget is not None and n - cached > token_budget:
+        if token_budget is not None and (token_budget < 1 if chunked else n - cached > token_budget):
             return None
         if not self.kv.can_allocate(req.request_id, n, req.final_tokens, req.segments):
             return None
@@ -216,21 +231,24 @@ class Policy:
         req.status = Status.RUNNING
         if req.schedule_s is None:
             req.schedule_s = now
-        self._run.add(req, self.kv.slot(req.request_id))
+        self._run.add(req, self.kv.slot(req.request_id), n - cached if chunked else 0)
         return req
 
-    def _reserve_one_each(self, preempt) -> tuple[int, int, int]:
-        """One more KV slot for every running sequence; when memory runs out,
-        ``preempt(request)`` the most recently admitted until the rest fit
-        (victims always come from behind the cursor, so no sequence loses a
-        slot it got). Returns the sequences that got their slot (positions
-        ``:count``), the KV tokens swapped out and the sequences preempted."""
+    def _reserve_one_each(self, preempt, count: int | None = None) -> tuple[int, int, int]:
+        """One more KV slot for every running sequence (the first ``count``:
+        the decodes, when partially prefilled sequences follow them); when
+        memory runs out, ``preempt(request)`` the most recently admitted until
+        the rest fit (victims always come from behind the cursor, so no
+        sequence loses a slot it got). Returns the sequences that got their
+        slot (positions ``:count``), the KV tokens swapped out and the
+        sequences preempted."""
         run = self._run
-        if self.kv.append_slots(run.slot[: run.n], 1):     # the usual case
-            run.computed[: run.n] += 1
-            return run.n, 0, 0
+        count = run.n if count is None else count
+        if self.kv.append_slots(run.slot[:count], 1):     # the usual case
+            run.computed[:count] += 1
+            return count, 0, 0
         swapped_tokens = num_evicted = i = 0
-        while i < run.n:
+        while i < min(count, run.n):
             rid = run.reqs[i].request_id
             if self.kv.can_append(rid, 1):
                 self.kv.append(rid, 1)
@@ -239,7 +257,7 @@ class Policy:
             else:
                 swapped_tokens += preempt(run.pop())
                 num_evicted += 1
-        return run.n, swapped_tokens, num_evicted
+        return min(count, run.n), swapped_tokens, num_evicted
 
     def _reject_head(self, why: str) -> None:
         req = self.waiting.popleft()
@@ -250,6 +268,7 @@ class Policy:
         """Drop a running sequence's KV; it re-prefills prompt + generated tokens."""
         self.kv.free(req.request_id)
         req.computed_tokens = 0
+        req.pending_prefill = 0
         req.preemptions += 1
         req.status = Status.WAITING
         self.num_preemptions += 1

@@ -17,6 +17,17 @@ Each step, in order:
 Contiguous memory reserves each sequence's final length up front, so step 1
 never fails for it and it never preempts.
 
+**Chunked prefill** (``chunked_prefill: true``, Sarathi-Serve, vLLM): each
+step has ``max_batch_tokens`` to spend. The decodes take one each; what is
+left goes to prefill *chunks*, first of the partially prefilled sequences (in
+admission order), then of new admissions from the queue (in arrival order,
+no overtaking). A sequence's KV for its whole prefill is allocated when it is
+admitted; its chunks compute it over the context computed before them, and
+its first token comes with its last chunk. The running set stays ordered
+decodes first, then partially prefilled sequences. A preempted partial
+prefill is always recomputed (nothing of it is worth swapping), and swapped
+sequences return only when no prefill is partial.
+
 The running set is in admission order: the decodes first, then the
 sequences swapped back in this step (they only copy back), then this step's
 admissions.
@@ -30,17 +41,24 @@ from sim.policies.base import Policy
 from sim.request import Request, Status
 
 
+def sum_todo(run, start: int) -> int:
+    """Prefill tokens the partially prefilled sequences from ``start`` still need."""
+    return int(run.todo[start: run.n].sum())
+
+
 class ContinuousPolicy(Policy):
     name = "continuous"
 
     def rejection_reason(self, req: Request) -> str | None:
-        if req.prompt_tokens > self.spec.max_batch_tokens:
+        if req.prompt_tokens > self.spec.max_batch_tokens and not self.spec.chunked_prefill:
             return (f"prompt of {req.prompt_tokens} tokens exceeds "
                     f"engine.batching.max_batch_tokens={self.spec.max_batch_tokens}")
         return super().rejection_reason(req)
 
     # ---- schedule ------------------------------------------------------
     def schedule(self, now: float) -> Batch | None:
+        if self.spec.chunked_prefill:
+            return self._schedule_chunked(now)
         run = self._run
         swap_in: list[tuple[int, int]] = []
         swap_out: list[tuple[int, int]] = []
@@ -89,6 +107,53 @@ class ContinuousPolicy(Policy):
             held_tokens=held,
         )
 
+    def _schedule_chunked(self, now: float) -> Batch | None:
+        run = self._run
+        self._admitted_cached.clear()
+        swap_out: list[tuple[int, int]] = []
+        swap_in: list[tuple[int, int]] = []
+        decodes = int(np.count_nonzero(run.todo[: run.n] == 0))      # the prefix of the running set
+        num_decodes, swap_out_tokens, num_evicted = self._reserve_one_each(
+            lambda req: self._evict(req, swap_out), decodes)
+        self._repeatable = num_evicted == 0
+        swap_in_tokens = 0
+        if num_evicted == 0 and run.n == num_decodes:
+            swap_in_tokens = self._swap_in(swap_in)
+        first_chunk = run.n if swap_in_tokens else num_decodes       # swapped-in rows only copy back
+        budget = self.spec.max_batch_tokens - num_decodes
+        if num_evicted == 0:
+            while self.waiting and run.n < self.spec.max_batch_size and budget > sum_todo(run, first_chunk):
+                if self._try_admit_head(now, budget - sum_todo(run, first_chunk), chunked=True) is None:
+                    break
+        new, context, positions = [], [], []
+        for i in range(first_chunk, run.n):
+            if budget < 1:
+                break
+            todo = int(run.todo[i])
+            chunk = min(todo, budget)
+            new.append(chunk)
+            context.append(int(run.computed[i]) - todo)
+            run.todo[i] = todo - chunk
+            budget -= chunk
+            positions.append(i)
+        if not num_decodes and not new and not swap_in_tokens and not swap_out_tokens:
+            if self.waiting and not run.n and not self.swapped:
+                self._reject_head("does not fit in the empty KV cache")
+                return self._schedule_chunked(now)
+            return None
+        done = [i for i in positions if run.todo[i] == 0]             # their last chunk: a first token
+        self._emitting = np.r_[0:num_decodes, np.array(done, np.int64)].astype(np.int64) \
+            if done else slice(0, num_decodes)
+        contexts = tuple(run.computed[:num_decodes].tolist())
+        reqs = tuple(run.reqs[positions].tolist()) + tuple(run.reqs[:num_decodes].tolist())
+        held = tuple(run.computed[positions].tolist()) + contexts
+        return Batch(
+            prefill_new_tokens=tuple(new), prefill_context_tokens=tuple(context),
+            decode_context_tokens=contexts, kv_layout=self.kv.layout,  # type: ignore[arg-type]
+            swap_in_tokens=swap_in_tokens, swap_out_tokens=swap_out_tokens, requests=reqs,
+            swap_out_blocks=tuple(swap_out), swap_in_blocks=tuple(swap_in), held_tokens=held,
+        )
+
     def run_ignores_arrivals(self) -> bool:
         """An arrival joins the back of the queue: it cannot change a decode
         run when the batch is full or the queue's head could not be admitted
@@ -103,13 +168,14 @@ class ContinuousPolicy(Policy):
         req = self.waiting[0]
         n = req.prompt_tokens + req.generated_tokens
         cached = self.kv.prefix_hit_tokens(n, req.segments) if req.segments is not None else 0
-        if n - cached > self.spec.max_batch_tokens - num_decodes:
+        budget = self.spec.max_batch_tokens - num_decodes
+        if (budget < 1) if self.spec.chunked_prefill else (n - cached > budget):
             return False
         return self.kv.can_allocate(req.request_id, n, req.final_tokens, req.segments)
 
     def _evict(self, req: Request, swap_out: list[tuple[int, int]]) -> int:
         """Preempt ``req``; returns KV tokens moved to swap space."""
-        if self.spec.preemption == "swap" and self.kv.can_swap_out(req.request_id):
+        if self.spec.preemption == "swap" and not req.pending_prefill and self.kv.can_swap_out(req.request_id):
             moved = self.kv.num_tokens(req.request_id)
             swap_out.extend(self.kv.swap_out(req.request_id))
             req.status = Status.SWAPPED

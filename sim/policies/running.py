@@ -12,7 +12,8 @@ while a sequence runs, the arrays are the truth.
 Columns: ``reqs`` (the Request objects), ``slot`` (the KV manager's row for
 the sequence), ``computed`` (tokens whose KV is held, the slot reserved for
 the next token included), ``generated`` (output tokens so far) and
-``target`` (output tokens wanted).
+``target`` (output tokens wanted) and ``todo`` (chunked prefill: tokens of
+the current prefill not computed yet; 0 once it has produced its first token).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from sim.request import Request
 
-_INT_COLUMNS = ("slot", "computed", "generated", "target")
+_INT_COLUMNS = ("slot", "computed", "generated", "target", "todo")
 
 
 class RunningSet:
@@ -31,18 +32,21 @@ class RunningSet:
         self.computed = np.zeros(capacity, np.int64)
         self.generated = np.zeros(capacity, np.int64)
         self.target = np.zeros(capacity, np.int64)
+        self.todo = np.zeros(capacity, np.int64)
 
     def __len__(self) -> int:
         return self.n
 
-    def add(self, req: Request, slot: int) -> None:
-        """Append a sequence that just took KV (its Request is up to date)."""
+    def add(self, req: Request, slot: int, todo: int = 0) -> None:
+        """Append a sequence that just took KV (its Request is up to date);
+        ``todo``: prefill tokens it has still to compute (chunked prefill)."""
         if self.n == len(self.reqs):
             self._grow()
         i = self.n
         self.reqs[i] = req
         self.slot[i], self.computed[i] = slot, req.computed_tokens
         self.generated[i], self.target[i] = req.generated_tokens, req.output_tokens
+        self.todo[i] = todo
         self.n += 1
 
     def pop(self) -> Request:
@@ -81,6 +85,7 @@ class RunningSet:
         req = self.reqs[i]
         req.computed_tokens = int(self.computed[i])
         req.generated_tokens = int(self.generated[i])
+        req.pending_prefill = int(self.todo[i])
         return req
 
     def _grow(self) -> None:
