@@ -35,8 +35,14 @@ from experiments.runner import run_experiment
 CONFIG = Path(__file__).parent / "configs" / "azure_conv.yaml"
 
 
-def measure(fast_forward: bool, cost_model: str, limit: int | None) -> dict:
+FEATURES = ["engine.memory.prefix_caching=true", "workload.prefix={shared_tokens: 256, tenants: 8}",
+            "engine.batching.chunked_prefill=true", "engine.batching.max_batch_tokens=2048"]
+"""``--features``: prefix caching over 8 tenants' 256-token system prompts, chunked prefill at 2,048 tokens."""
+
+
+def measure(fast_forward: bool, cost_model: str, limit: int | None, features: bool = False) -> dict:
     overrides = [f"fast_forward={str(fast_forward).lower()}", f"engine.cost_model.kind={cost_model}"]
+    overrides += ["sweep=null", *FEATURES] if features else []
     if limit:
         overrides.append(f"workload.trace.limit={limit}")
     cfg, _ = load_config(CONFIG, overrides)
@@ -45,7 +51,7 @@ def measure(fast_forward: bool, cost_model: str, limit: int | None) -> dict:
     total_s = time.perf_counter() - t0
     s = out.summary
     return {
-        "fast_forward": fast_forward, "cost_model": s["cost_model"],
+        "fast_forward": fast_forward, "features": features, "cost_model": s["cost_model"],
         "requests": s["counts"]["arrived"], "sim_wall_s": s["sim_wall_s"], "run_wall_s": total_s,
         "sim_steps": s["sim_steps"], "sim_events": s["sim_events"],
         "steps_per_s": s["sim_steps"] / s["sim_wall_s"],
@@ -119,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policy", default="continuous", choices=["continuous", "static"], help="--scale: batching")
     p.add_argument("--layout", default="paged", choices=["paged", "contiguous"], help="--scale: KV layout")
     p.add_argument("--rate", type=float, default=20.0, help="--scale: Poisson rate (req/s)")
+    p.add_argument("--features", action="store_true",
+                   help="also time the trace with prefix caching (8 tenants' system prompts) and chunked "
+                        "prefill on, alternating with the plain runs")
     p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one is not None:
@@ -127,18 +136,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.scale is not None:
         rows = _scale([int(x) for x in args.scale.split(",")], args.policy, args.layout, args.rate)
         return _write(args, argv, rows, max(r["peak_rss_mb"] for r in rows))
-    variants = [True] + ([False] if args.no_fast_forward else [])
+    variants = [(True, False)] + ([(False, False)] if args.no_fast_forward else []) \
+        + ([(True, True)] if args.features else [])
     rows = []
-    for ff in variants:
-        runs = [measure(ff, args.cost_model, args.limit) for _ in range(args.repeat)]
+    runs_of: dict = {v: [] for v in variants}
+    for _ in range(args.repeat):                  # alternate the variants: drifts hit them alike
+        for ff, feat in variants:
+            runs_of[(ff, feat)].append(measure(ff, args.cost_model, args.limit, feat))
+    for (ff, feat), runs in runs_of.items():
         best = sorted(runs, key=lambda r: r["sim_wall_s"])[len(runs) // 2]   # median run
         best["sim_wall_s_all"] = [round(r["sim_wall_s"], 3) for r in runs]
         rows.append(best)
-        print(f"fast_forward={ff}: {best['requests']} requests, {best['sim_steps']} iterations, "
+        print(f"fast_forward={ff}{', features on' if feat else ''}: {best['requests']} requests, {best['sim_steps']} iterations, "
               f"{best['sim_events']} events; simulation {best['sim_wall_s']:.2f} s "
               f"(median of {[f'{x:.2f}' for x in best['sim_wall_s_all']]}), whole run "
               f"{best['run_wall_s']:.2f} s, {best['steps_per_s']:,.0f} iterations/s, "
               f"{best['us_per_event']:.0f} us/event", flush=True)
+    if args.features:
+        plain, feat = rows[0]["sim_wall_s"], rows[-1]["sim_wall_s"]
+        print(f"features on / off: {feat / plain:.2f}x simulation time")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident memory: {peak_mb:.0f} MB")
     return _write(args, argv, rows, peak_mb)

@@ -236,3 +236,22 @@ def test_a_hashed_trace_reaches_about_its_reuse_potential(tmp_path):
     out = _run(**{"workload": {"trace": {"path": str(path)}}, "engine.memory.prefix_caching": True})
     hit = out.summary["prefix_cache"]["hit_rate_tokens"]
     assert potential > 0.5 and potential - 0.05 <= hit <= potential + 1e-9
+
+
+@pytest.mark.parametrize("segments", [((1, 16), (2, 16), (3, 5)), ((1, 6), (2, 6), (3, 20)), ((9, 40),),
+                                      ((1, 3), (2, 3), (3, 3), (4, 30))])
+def test_block_keys_resume_anywhere_and_match_a_reference(segments):
+    """The fast form agrees with itself from every starting block, and two
+    contents share a key exactly when their token prefixes are equal."""
+    total = sum(length for _, length in segments)
+    full = total // B
+    keys = block_keys(segments, full, B)
+    for start in range(1, full):
+        assert block_keys(segments, full, B, start, keys[start - 1]) == keys[start:]
+    tokens = [(cid, i) for cid, length in segments for i in range(length)]
+    other = ((1, 16), (2, 16), (3, 5))
+    other_tokens = [(cid, i) for cid, length in other for i in range(length)]
+    other_keys = block_keys(other, sum(length for _, length in other) // B, B)
+    for k in range(min(full, len(other_keys))):
+        same_prefix = tokens[: (k + 1) * B] == other_tokens[: (k + 1) * B]
+        assert (keys[k] == other_keys[k]) == same_prefix

@@ -84,6 +84,10 @@ class PagedKVManager:
         self._block_of: dict[int, int] = {}        # key -> block
         self._content: dict[int, Segments] = {}    # request id -> segments
         self._keys: dict[int, list[int]] = {}      # request id -> keys of its full blocks so far
+        self._queried: dict[Segments, list[int]] = {}   # keys of waiting requests' content, until allocated
+        self._forks = 0                            # fork() calls: only they share a partially filled block
+        self._version = 0                          # bumped whenever a key is added or dropped
+        self._last_hits: tuple = (None, 0, -1, ([], []))   # (segments, tokens, version, result) memo
         self.prefix_stats = {"queried_tokens": 0, "hit_tokens": 0, "queried_blocks": 0, "hit_blocks": 0,
                              "evictions": 0}
         self._shared: dict[int, int] = {}
@@ -182,13 +186,20 @@ class PagedKVManager:
         """(cached blocks of the longest cached prefix, keys of every full block)."""
         if not self.prefix_caching or segments is None or num_tokens < 1:
             return [], []
-        keys = block_keys(segments, num_tokens // self.block_size, self.block_size)
+        last = self._last_hits      # admission asks three times in a row, unchanged in between
+        if last[0] is segments and last[1] == num_tokens and last[2] == self._version:
+            return last[3]
+        keys = self._queried.get(segments)
+        if keys is None or len(keys) < num_tokens // self.block_size:
+            keys = self._queried[segments] = block_keys(segments, num_tokens // self.block_size, self.block_size)
+        keys = keys[: num_tokens // self.block_size]
         hits = []
         for key in keys[: (num_tokens - 1) // self.block_size]:
             block = self._block_of.get(key)
             if block is None:
                 break
             hits.append(block)
+        self._last_hits = (segments, num_tokens, self._version, (hits, keys))
         return hits, keys
 
     def can_allocate(self, request_id: int, num_tokens: int, final_tokens: int,
@@ -222,8 +233,9 @@ class PagedKVManager:
         self._tok[slot] = num_tokens
         self._real_slots += num_tokens - len(hits) * bs
         if self.prefix_caching and segments is not None:
+            self._queried.pop(segments, None)
             self._content[request_id], self._keys[request_id] = segments, keys
-            self._register(slot, keys)
+            self._register(slot, keys, len(hits))
             st = self.prefix_stats
             st["queried_tokens"] += num_tokens
             st["hit_tokens"] += len(hits) * bs
@@ -270,7 +282,7 @@ class PagedKVManager:
         path. Blocks go to the sequences in the order ``slots`` lists them."""
         if num_tokens == 0 or len(slots) == 0:
             return True
-        if self._shared and self._any_shared_partial_last(slots):
+        if self._forks and self._shared and self._any_shared_partial_last(slots):
             return self._append_slots_shared(slots, num_tokens)
         bs = self.block_size
         tokens = self._tok[slots]
@@ -356,6 +368,7 @@ class PagedKVManager:
         self._tok[child] = self._tok[parent]
         for block in blocks.tolist():
             self._shared[block] = self._shared.get(block, 1) + 1
+        self._forks += 1
 
     # ---- swap space --------------------------------------------------
     def can_swap_out(self, request_id: int) -> bool:
@@ -508,35 +521,47 @@ class PagedKVManager:
         tokens = int(self._tok[slot])
         if self.prefix_caching:
             blocks = blocks[::-1]          # deepest first: the longest prefix is evicted first
-        if not self._shared or not any(int(b) in self._shared for b in blocks):   # nothing shared: all go
+        if not self._shared:               # nothing shared: all go
             self._free.put(blocks)
             return min(tokens, len(blocks) * bs)
-        freed_real = 0
+        freed_real, freed = 0, []
         n = len(blocks)
+        shared = self._shared
         for i, block in enumerate(blocks.tolist()):
-            index = n - 1 - i if self.prefix_caching else i
-            if self._drop_ref(block):
+            count = shared.get(block)
+            if count is None:                  # this table held the last reference
+                freed.append(block)
+                index = n - 1 - i if self.prefix_caching else i
                 freed_real += min(bs, tokens - index * bs)
+            elif count == 2:
+                del shared[block]
+            else:
+                shared[block] = count - 1
+        self._free.put(freed)
         return freed_real
 
     def _take(self, count: int) -> np.ndarray:
         """``count`` free blocks; a cached one loses its key (an eviction)."""
         blocks = self._free.take(count)
-        if self._key_of:
-            for block in blocks.tolist():
-                key = self._key_of.pop(block, None)
-                if key is not None:
-                    del self._block_of[key]
-                    self.prefix_stats["evictions"] += 1
+        key_of = self._key_of
+        if key_of:
+            evicted = [b for b in blocks.tolist() if b in key_of]
+            for block in evicted:
+                del self._block_of[key_of.pop(block)]
+            self.prefix_stats["evictions"] += len(evicted)
+            self._version += len(evicted)
         return blocks
 
-    def _register(self, slot: int, keys: list[int]) -> None:
-        """Key the slot's first ``len(keys)`` (full) blocks, where neither the
-        block nor the key is taken (the same content cached twice keeps the first)."""
-        for block, key in zip(self._table[slot, : len(keys)].tolist(), keys):
-            if block not in self._key_of and key not in self._block_of:
-                self._key_of[block] = key
-                self._block_of[key] = block
+    def _register(self, slot: int, keys: list[int], start: int = 0) -> None:
+        """Key the slot's (full) blocks ``start .. len(keys) - 1``, where
+        neither the block nor the key is taken (the same content cached twice
+        keeps the first)."""
+        key_of, block_of = self._key_of, self._block_of
+        for block, key in zip(self._table[slot, start: len(keys)].tolist(), keys[start:]):
+            if block not in key_of and key not in block_of:
+                key_of[block] = key
+                block_of[key] = block
+                self._version += 1
 
     def _register_output(self, request_id: int) -> None:
         """Key every full block a sequence holds now (its output included)."""

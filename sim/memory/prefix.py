@@ -40,19 +40,37 @@ Segments = tuple[tuple[int, int], ...]
 def block_keys(segments: Segments, num_blocks: int, block_size: int, start: int = 0,
                previous: int = 0) -> list[int]:
     """Keys of blocks ``start .. num_blocks - 1`` (all full), ``previous``
-    being block ``start - 1``'s key (0 before the first block)."""
+    being block ``start - 1``'s key (0 before the first block). A block
+    inside one segment is keyed on ``(content id, start offset)``; one that
+    straddles segments on all its pieces ``(content id, start, end)``: the
+    same content always takes the same form."""
     keys: list[int] = []
     if start >= num_blocks:
         return keys
-    # walk to the segment holding token start * block_size
     seg, offset, pos = 0, 0, start * block_size
     while seg < len(segments) and pos >= offset + segments[seg][1]:
         offset += segments[seg][1]
         seg += 1
-    key = previous
-    for _ in range(start, num_blocks):
+    key, end_all = previous, num_blocks * block_size
+    while pos < end_all:
+        while seg < len(segments) and pos >= offset + segments[seg][1]:   # past this segment
+            offset += segments[seg][1]
+            seg += 1
+        if seg >= len(segments):
+            raise ValueError(f"content covers {offset} tokens, block needs {pos + block_size}")
+        cid, length = segments[seg]
+        seg_end = offset + length
+        inside = min(seg_end, end_all) - pos        # whole blocks of this segment from pos
+        for a in range(pos - offset, pos - offset + inside - inside % block_size, block_size):
+            key = hash((key, cid, a))
+            keys.append(key)
+        pos += inside - inside % block_size
+        if pos >= end_all:
+            break
+        if pos + block_size <= seg_end or pos >= seg_end:
+            continue                                # another whole block here, or the next segment
+        pieces = []                                 # a block straddling segments
         end = pos + block_size
-        pieces = []
         while pos < end:
             if seg >= len(segments):
                 raise ValueError(f"content covers {offset} tokens, block needs {end}")
