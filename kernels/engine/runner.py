@@ -187,8 +187,12 @@ class ModelRunner:
         t2 = time.perf_counter()
         sampled = tokens[: len(batch.requests)].cpu().numpy()
         t3 = time.perf_counter()
-        for req, token in zip(batch.requests, sampled.tolist()):
-            self._tokens[req.request_id].append(token)
+        num_p = batch.num_prefill_seqs
+        for i, (req, token) in enumerate(zip(batch.requests, sampled.tolist())):
+            toks = self._tokens[req.request_id]
+            if i < num_p and batch.held_tokens[i] < len(toks):
+                continue                # a prefill chunk before the last: no token yet
+            toks.append(token)
         timing.prepare_s, timing.launch_s, timing.wait_s = t1 - t0, t2 - t1, t3 - t2
         return timing
 

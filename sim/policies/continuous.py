@@ -146,7 +146,7 @@ class ContinuousPolicy(Policy):
             if done else slice(0, num_decodes)
         contexts = tuple(run.computed[:num_decodes].tolist())
         reqs = tuple(run.reqs[positions].tolist()) + tuple(run.reqs[:num_decodes].tolist())
-        held = tuple(run.computed[positions].tolist()) + contexts
+        held = tuple(c + n for c, n in zip(context, new)) + contexts   # KV that holds tokens after the step
         return Batch(
             prefill_new_tokens=tuple(new), prefill_context_tokens=tuple(context),
             decode_context_tokens=contexts, kv_layout=self.kv.layout,  # type: ignore[arg-type]

@@ -37,6 +37,9 @@ CONFIGS = {
     "continuous+contiguous(exact)": ("continuous", dict(layout="contiguous", num_tokens=300, reservation="exact")),
     "continuous+paged(recompute)": ("continuous", dict(layout="paged", num_blocks=40)),
     "continuous+paged(swap)": ("continuous", dict(layout="paged", num_blocks=40, swap_space_gb=0.001)),
+    # chunked prefill: prompts of up to 40 tokens in steps of 24 tokens, over cached context
+    "continuous+paged(chunked)": ("continuous", dict(layout="paged", num_blocks=40)),
+    "continuous+contiguous(chunked)": ("continuous", dict(layout="contiguous", num_tokens=1024)),
 }
 
 
@@ -47,7 +50,9 @@ def _config(name: str, seed: int = 3):
         workload=dict(num_requests=40, arrival=dict(process="poisson", rate_rps=300.0),
                       lengths=dict(prompt=dict(dist="uniform", low=4, high=40),
                                    output=dict(dist="uniform", low=2, high=30))),
-        engine=dict(batching=dict(policy=policy, max_batch_size=16, max_batch_tokens=256,
+        engine=dict(batching=dict(policy=policy, max_batch_size=16,
+                                  max_batch_tokens=24 if "chunked" in name else 256,
+                                  chunked_prefill="chunked" in name,
                                   preemption="swap" if "swap" in name else "recompute"),
                     memory=dict(block_size=4, **memory))))
 
@@ -117,6 +122,10 @@ def test_the_runs_exercise_what_they_claim(served):
     assert summaries["static+paged"]["preemptions"] > 0
     swap_steps = [s for s in served["continuous+paged(swap)"][1] if s[3] or s[4]]
     assert swap_steps, "no step swapped"
+    for name in ("continuous+paged(chunked)", "continuous+contiguous(chunked)"):
+        t = served[name][0].timeline
+        assert t["batch_tokens"].max() <= 24, name
+        assert (served[name][0].requests["prompt_tokens"] > 24).any(), f"{name}: no prompt was chunked"
     for name, (out, _, _) in served.items():
         t = out.timeline
         graph, rows = t["graph_batch"].to_numpy(), t["batch_rows"].to_numpy()
