@@ -12,7 +12,6 @@ one run of this script: this machine's timings are noisy.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -20,8 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from experiments.atomic import atomic_path
-from experiments.bench_sim import _cpu_model
+from experiments.bench_sim import _cpu_model, write_record
 from experiments.capacity import Search, parse_objective, plan
 from experiments.config import load_config
 
@@ -57,11 +55,7 @@ def main(argv: list[str] | None = None) -> int:
                             + " ".join(f"--slo '{s}'" for s in SLOS),
               "wall_s": [round(w, 2) for w in walls], "median_wall_s": round(median, 2),
               "probes": int(table["probes"].sum()), "max_rate_rps": answers}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.out) as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return 0
+    return write_record(args.out, record)
 
 
 if __name__ == "__main__":

@@ -167,10 +167,15 @@ def _write(args: argparse.Namespace, argv: list[str] | None, rows: list[dict], p
         "command": "python -m experiments.bench_sim " + " ".join(argv if argv is not None else sys.argv[1:]),
         "peak_rss_mb": round(peak_mb, 1), "results": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.out) as tmp:
+    return write_record(args.out, record)
+
+
+def write_record(path: Path, record: dict) -> int:
+    """A benchmark's figures as JSON, atomically; exit status 0."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    print(f"wrote {path}")
     return 0
 
 

@@ -276,12 +276,20 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from experiments.plots import plot_run, plot_sweep
 
     d = Path(args.dir)
-    if (d / "sweep.csv").is_file():
+    if (d / "capacity.csv").is_file():
+        import pandas as pd
+
+        from experiments.plots.capacity import plot_capacity
+
+        table = pd.read_csv(d / "capacity.csv")
+        target = float(table["target_rps"].iloc[0]) if "target_rps" in table and len(table) else None
+        paths = plot_capacity(table, d / "plots", target)
+    elif (d / "sweep.csv").is_file():
         paths = plot_sweep(d, x_key=args.x_key)
     elif (d / "summary.json").is_file():
         paths = plot_run(d)
     else:
-        raise ValueError(f"{d}: neither a run directory (summary.json) nor a sweep directory (sweep.csv)")
+        raise ValueError(f"{d}: not a run (summary.json), sweep (sweep.csv) or capacity (capacity.csv) directory")
     for p in paths:
         print(p)
     return 0
@@ -408,9 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write into a directory, or replace a --report file, that pagesim did not write")
     p.set_defaults(func=_cmd_fidelity)
 
-    p = sub.add_parser("plot", help="(re)draw the plots of a run or sweep directory",
-                       description="Redraw DIR/plots/ from a run directory (summary.json) or a "
-                                   "sweep directory (sweep.csv).")
+    p = sub.add_parser("plot", help="(re)draw the plots of a run, sweep or capacity directory",
+                       description="Redraw DIR/plots/ from a run directory (summary.json), a "
+                                   "sweep directory (sweep.csv) or a capacity directory (capacity.csv).")
     p.add_argument("dir", metavar="DIR", help="a run or sweep output directory")
     p.add_argument("--x-key", default="workload.arrival.rate_rps", metavar="PATH",
                    help="sweep only: swept key on the x axis")

@@ -269,7 +269,7 @@ CASES: list[Case] = [
     Case("cli-unknown-command", ["simulate", "exp.yaml"], BASE, ("invalid choice: 'simulate'",)),
     Case("cli-run-without-out", ["run", "exp.yaml"], BASE, ("the following arguments are required: --out",)),
     Case("cli-run-unknown-flag", [*RUN, "--bogus"], BASE, ("unrecognized arguments: --bogus",)),
-    Case("cli-plot-not-a-run", ["plot", "elsewhere"], BASE, ("elsewhere:", "neither a run directory"),
+    Case("cli-plot-not-a-run", ["plot", "elsewhere"], BASE, ("elsewhere:", "not a run (summary.json), sweep (sweep.csv) or capacity (capacity.csv) directory"),
          files={"elsewhere/x.txt": "x"}),
     Case("cli-plot-missing-dir", ["plot", "nowhere"], BASE, ("nowhere",)),
     Case("cli-stats-missing-trace", ["workloads", "stats", "nowhere.csv"], None, ("nowhere.csv",)),

@@ -27,44 +27,52 @@ def _annotate(ax, x, y, names) -> None:
         ax.annotate(name, (xi, yi), fontsize=8, xytext=(4, 4), textcoords="offset points")
 
 
+def _front_figure(x: np.ndarray, y: np.ndarray, names, path: Path, *, xlabel: str, ylabel: str, title: str,
+                  lower_y_better: bool = False, log_y: bool = False, vline: float | None = None) -> Path:
+    """Scatter of every configuration, its Pareto front joined and named:
+    lower x and higher y are better, or (``lower_y_better``) higher x and lower y."""
+    # pareto_front(a, b): lower a and higher b are better
+    front = pareto_front(y, x) if lower_y_better else pareto_front(x, y)
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.scatter(x[~front], y[~front], color="0.6", label="dominated (see capacity.csv)")
+    ax.scatter(x[front], y[front], color="tab:red", label="Pareto front")
+    order = np.argsort(x[front])
+    ax.plot(x[front][order], y[front][order], color="tab:red", lw=1)
+    _annotate(ax, x[front], y[front], names[front])
+    if vline is not None:
+        ax.axvline(vline, color="k", ls="--", lw=1, label=f"target {vline:g} req/s")
+    ax.set_xscale("log")
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
+    return save_figure(fig, path)
+
+
 def plot_capacity(table: pd.DataFrame, plots_dir: Path, target_rps: float | None = None) -> list[Path]:
+    """``pareto.png`` (capacity per GPU against p99 TTFT) and, with prices,
+    ``cost.png`` ($ per 1M output tokens against capacity)."""
     plots_dir = Path(plots_dir)
     plots_dir.mkdir(parents=True, exist_ok=True)
     have = table[table["max_rate_rps"].notna()] if "max_rate_rps" in table else table.iloc[0:0]
-    paths = []
     if "ttft_s_p99" in have:
         have = have[have["ttft_s_p99"].notna()]
-    if not have.empty and "ttft_s_p99" in have:
-        fig = Figure(figsize=(8, 5), layout="constrained")
-        ax = fig.add_subplot()
-        x, y = have["ttft_s_p99"].to_numpy(float), have["goodput_per_gpu_rps"].to_numpy(float)
-        front = pareto_front(x, y)
-        ax.scatter(x[~front], y[~front], color="0.6", label="dominated (see capacity.csv)")
-        ax.scatter(x[front], y[front], color="tab:red", label="Pareto front")
-        order = np.argsort(x[front])
-        ax.plot(x[front][order], y[front][order], color="tab:red", lw=1)
-        _annotate(ax, x[front], y[front], have["short"][front])
-        ax.set_xscale("log")
-        ax.set_xlabel("p99 TTFT at capacity, steady state (s)")
-        ax.set_ylabel("capacity per GPU (req/s per GPU)")
-        ax.set_title("Capacity per GPU vs tail latency")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
-        paths.append(save_figure(fig, plots_dir / "pareto.png"))
-    if not have.empty and "dollars_per_1m_output_tokens" in have:
-        fig = Figure(figsize=(8, 5), layout="constrained")
-        ax = fig.add_subplot()
-        rate, cost = have["max_rate_rps"].to_numpy(float), have["dollars_per_1m_output_tokens"].to_numpy(float)
-        front = pareto_front(cost, rate)
-        ax.scatter(rate[~front], cost[~front], color="0.6", label="dominated (see capacity.csv)")
-        ax.scatter(rate[front], cost[front], color="tab:red", label="Pareto front")
-        _annotate(ax, rate[front], cost[front], have["short"][front])
-        if target_rps is not None:
-            ax.axvline(target_rps, color="k", ls="--", lw=1, label=f"target {target_rps:g} req/s")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("capacity of one configuration (req/s)")
-        ax.set_ylabel("$ per 1M output tokens at capacity")
-        ax.set_title("Cost vs capacity")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
-        paths.append(save_figure(fig, plots_dir / "cost.png"))
+    paths = []
+    if have.empty:
+        return paths
+    names = have["short" if "short" in have else "config"].to_numpy()
+    if "ttft_s_p99" in have:
+        paths.append(_front_figure(
+            have["ttft_s_p99"].to_numpy(float), have["goodput_per_gpu_rps"].to_numpy(float), names,
+            plots_dir / "pareto.png", xlabel="p99 TTFT at capacity, steady state (s)",
+            ylabel="capacity per GPU (req/s per GPU)", title="Capacity per GPU vs tail latency"))
+    if "dollars_per_1m_output_tokens" in have:
+        paths.append(_front_figure(
+            have["max_rate_rps"].to_numpy(float), have["dollars_per_1m_output_tokens"].to_numpy(float), names,
+            plots_dir / "cost.png", xlabel="capacity of one configuration (req/s)",
+            ylabel="$ per 1M output tokens at capacity", title="Cost vs capacity", lower_y_better=True,
+            log_y=True, vline=target_rps))
     return paths
