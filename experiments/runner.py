@@ -23,7 +23,7 @@ from sim.result import SimResult
 from sim.memory.capacity import build_kv_manager
 from sim.metrics import prefix_cache_summary, requests_frame, summarize
 from sim.policies import POLICIES
-from sim.parallel import COMMUNICATION_NOTE, CommModel, ParallelCostModel, compute_shard, memory_shard
+from sim.parallel import CommModel, ParallelCostModel, compute_shard, memory_shard, read_collectives
 from sim.presets import resolve_hardware, resolve_model
 from sim.request import Request
 from sim.router import ROUTERS
@@ -110,7 +110,16 @@ def build_replica_cost_model(cfg: ExperimentConfig) -> tuple[CostModel, str]:
                                    cfg.engine.batching.max_batch_size)
     if par.is_single:
         return inner, note
-    return ParallelCostModel(inner, CommModel(model, hardware, par)), f"{note}; communication: {COMMUNICATION_NOTE}"
+    comm_csv = comm_table_path(hardware.name)
+    comm = CommModel(model, hardware, par, read_collectives(comm_csv, par.tensor), str(comm_csv))
+    return ParallelCostModel(inner, comm), f"{note}; communication: {comm.note}"
+
+
+def comm_table_path(hardware_name: str):
+    """``kernels/profiles/<hardware>/comm.csv``: measured collectives, if any."""
+    import kernels
+
+    return Path(kernels.__file__).parent / "profiles" / hardware_name / "comm.csv"
 
 
 def run_experiment(cfg: ExperimentConfig, progress: bool = False,
@@ -159,7 +168,8 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = False,
     summary["cost_model"] = costs[0].name
     summary["parallel"] = {"tensor": par.tensor, "pipeline": par.pipeline, "gpus_per_replica": par.gpus,
                            "gpus": cfg.gpus,
-                           "communication": "none" if par.is_single else COMMUNICATION_NOTE}
+                           "communication": "none" if par.is_single else
+                           getattr(getattr(costs[0], "comm", None), "note", "in the given cost model")}
     summary["kv_total_slots_per_replica"] = int(policies[0].kv.total_tokens)
     summary["prefix_cache"] = prefix_cache_summary([getattr(p.kv, "prefix_stats", {}) for p in policies])
     return RunOutput(cfg, result, req_df, timeline, summary, notes)

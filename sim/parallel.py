@@ -15,8 +15,10 @@ the KV capacity -- works on it unchanged:
   matrices (the first stage the embedding, the last the LM head).
 
 What a shard cannot express is the **communication**, added by
-``ParallelCostModel`` from an analytic model (``CommModel``) until measured
-collectives land in a profile:
+``ParallelCostModel`` (``CommModel``): from measured collectives where a
+``comm.csv`` for the hardware and group size exists (``python -m
+kernels.distributed.comm`` on a multi-GPU machine), else from this analytic
+model:
 
 * tensor parallelism: per step, one all-reduce of ``rows x hidden``
   activations after the vocabulary-parallel embedding and two per layer
@@ -45,6 +47,44 @@ from sim.batch import Batch
 from sim.presets import HardwareSpec, ModelSpec
 
 COMMUNICATION_NOTE = "analytic (ring all-reduce over NVLink; no multi-GPU measurement)"
+
+
+@dataclass(frozen=True)
+class CollectiveTimes:
+    """Measured seconds of one collective at one group size, by message
+    bytes (``comm.csv``, ``kernels/distributed/comm.py``): linear between
+    measured sizes, the smallest's time below them, the last segment's slope
+    above them."""
+
+    sizes: tuple[float, ...]
+    seconds: tuple[float, ...]
+
+    def __call__(self, nbytes: float) -> float:
+        x, y = np.asarray(self.sizes), np.asarray(self.seconds)
+        if nbytes <= x[0] or len(x) == 1:
+            return float(y[0])
+        if nbytes >= x[-1]:
+            return float(y[-1] + (nbytes - x[-1]) * (y[-1] - y[-2]) / (x[-1] - x[-2]))
+        return float(np.interp(nbytes, x, y))
+
+
+def read_collectives(path, world: int) -> dict[str, CollectiveTimes] | None:
+    """``all_reduce`` and ``all_gather`` times of ``world`` GPUs from a
+    ``comm.csv``, or None if the file or that group size is missing."""
+    import csv
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    table: dict[str, list[tuple[float, float]]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if int(row["world_size"]) == world:
+                table.setdefault(row["op"], []).append((float(row["bytes"]), float(row["seconds"])))
+    if not {"all_reduce", "all_gather"} <= set(table):
+        return None
+    return {op: CollectiveTimes(*map(tuple, zip(*sorted(points)))) for op, points in table.items()}
 
 
 @dataclass(frozen=True)
@@ -133,10 +173,17 @@ def memory_shard(model: ModelSpec, par: Parallelism) -> ModelSpec:
 
 
 class CommModel:
-    """Seconds of communication in one step of a parallel replica (analytic)."""
+    """Seconds of communication in one step of a parallel replica: analytic,
+    or, with ``measured`` collectives of its group size, the measured
+    all-reduce and all-gather times (pipeline sends stay analytic)."""
 
-    def __init__(self, model: ModelSpec, hardware: HardwareSpec, par: Parallelism) -> None:
+    def __init__(self, model: ModelSpec, hardware: HardwareSpec, par: Parallelism,
+                 measured: dict[str, CollectiveTimes] | None = None, source: str = "") -> None:
         self.par = par
+        self.measured = measured if par.tensor > 1 else None
+        self.note = COMMUNICATION_NOTE if self.measured is None else f"measured ({source})"
+        self._row_bytes = model.hidden_size * model.dtype_bytes
+        self._logit_bytes_per_seq = math.ceil(model.vocab_size / par.tensor) * model.dtype_bytes
         self.latency_s = hardware.collective_latency_s
         bus_Bps = hardware.nvlink_bandwidth_Bps * hardware.achievable_nvlink_frac
         t, p = par.tensor, par.pipeline
@@ -150,7 +197,10 @@ class CommModel:
     def step_s(self, rows: int | np.ndarray, seqs: int | np.ndarray) -> float | np.ndarray:
         """Communication of a step of ``rows`` GEMM rows and ``seqs`` sequences."""
         t_s = 0.0
-        if self._all_reduces:
+        if self._all_reduces and self.measured is not None:
+            t_s = (self._all_reduces * self.measured["all_reduce"](rows * self._row_bytes)
+                   + self.measured["all_gather"](seqs * self._logit_bytes_per_seq))
+        elif self._all_reduces:
             t_s = (self._all_reduces * (self.latency_s + rows * self._reduce_s_per_row)
                    + self.latency_s + seqs * self._gather_s_per_seq)
         if self._sends:
@@ -166,7 +216,8 @@ class ParallelCostModel:
         self.inner = inner
         self.comm = comm
         par = comm.par
-        self.name = f"{inner.name} + analytic communication (tp{par.tensor}, pp{par.pipeline})"
+        kind = "analytic" if comm.measured is None else "measured"
+        self.name = f"{inner.name} + {kind} communication (tp{par.tensor}, pp{par.pipeline})"
 
     def __repr__(self) -> str:
         return f"ParallelCostModel({self.inner!r}, tensor={self.comm.par.tensor}, pipeline={self.comm.par.pipeline})"

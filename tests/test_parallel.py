@@ -118,3 +118,28 @@ def test_config_names_an_unsplittable_tensor_degree():
     with pytest.raises(ConfigError, match=r"engine\.parallel\.tensor: full has 8 attention heads, which 3 "
                                           r"does not divide; allowed: 1, 2, 4, 8"):
         _cfg(parallel={"tensor": 3})
+
+
+def test_measured_collectives_replace_the_analytic_all_reduce_and_gather(tmp_path, monkeypatch):
+    import experiments.runner as runner
+    from sim.parallel import read_collectives
+
+    csv = tmp_path / "comm.csv"
+    csv.write_text("op,world_size,bytes,seconds\n"
+                   "all_reduce,2,1024,1e-5\nall_reduce,2,1048576,1e-4\n"
+                   "all_gather,2,1024,2e-5\nall_gather,2,1048576,3e-4\n"
+                   "all_reduce,4,1024,9\nall_gather,4,1024,9\n")
+    measured = read_collectives(csv, 2)
+    assert measured["all_reduce"](1024) == 1e-5 and measured["all_reduce"](512) == 1e-5      # clamped below
+    assert measured["all_reduce"](2 * 1048576) == pytest.approx(1e-4 + 1048576 * (9e-5 / (1048576 - 1024)))
+    model = MODELS["llama-3-70b"]
+    comm = CommModel(model, H200, Parallelism(2, 1), measured, str(csv))
+    rows, seqs = 40, 40
+    expect = (2 * 80 + 1) * measured["all_reduce"](rows * 8192 * 2) + \
+        measured["all_gather"](seqs * 64128 * 2)
+    assert comm.step_s(rows, seqs) == pytest.approx(expect, rel=1e-12)
+    assert comm.note == f"measured ({csv})" and read_collectives(csv, 8) is None
+    # the runner finds it beside the profiles and says so
+    monkeypatch.setattr(runner, "comm_table_path", lambda hw: csv)
+    cost, note = build_replica_cost_model(_cfg(parallel={"tensor": 2}, cost_model="roofline"))
+    assert note.endswith(f"communication: measured ({csv})") and "measured communication" in cost.name

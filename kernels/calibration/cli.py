@@ -107,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         if tensor > 1:        # the engine serves whole models on one GPU
             print(f"[{name}] engine phase skipped: a tensor shard is profiled as operators and whole steps",
                   flush=True)
+            _measure_communication(tensor, root / hardware.name)
         elif args.engine != "no":
             from kernels.engine.calibrate import write_engine_steps
 
@@ -115,6 +116,23 @@ def run(args: argparse.Namespace) -> int:
             print(f"[{name}] engine phase", flush=True)
             print(f"wrote {write_engine_steps(resolve_model(name), dest, quick=args.quick)}", flush=True)
     return 0
+
+
+def _measure_communication(tensor: int, dest: Path) -> None:
+    """On a machine with ``tensor`` GPUs or more: time its collectives into
+    ``dest/comm.csv`` (kernels/distributed/comm.py); else say why not."""
+    import torch
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if have < tensor:
+        print(f"[tp{tensor}] communication not measured: this machine has {have} GPU(s), a {tensor}-way group "
+              f"needs {tensor}; it stays analytic (sim/parallel.py)", flush=True)
+        return
+    from kernels.distributed.comm import main as comm_main
+
+    code = comm_main(["--tp", str(tensor), "--out", str(dest)])
+    if code:
+        raise ValueError(f"--tp {tensor}: timing the collectives failed (exit {code})")
 
 
 def parse_tp(value: str) -> list[int]:

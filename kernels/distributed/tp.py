@@ -1,0 +1,129 @@
+"""One rank of a tensor-parallel transformer step (Megatron-style, as vLLM
+shards a Llama or an OPT).
+
+Rank ``r`` of ``t`` holds ``sim.parallel.shard(geom, t)``'s weights, cut from
+the full model's:
+
+* QKV: its query heads ``[r Hq/t, (r+1) Hq/t)`` and their KV heads (split
+  ``t`` ways, or, when ``t`` exceeds the KV heads, the one its query heads
+  read: head ``r // (t / Hkv)``) -- column parallel, no communication;
+* attention over those heads with the same kernels, into its own KV cache;
+* output projection: the input columns of its heads -- row parallel, then
+  an **all-reduce** of the ``[T, H]`` partial sums (bias added once, after);
+* MLP: gate/up rows ``[r F/t, (r+1) F/t)`` (column parallel), down input
+  columns likewise (row parallel), then an **all-reduce**;
+* embedding and LM head by vocabulary rows ``[r V', (r+1) V')``, ``V' =
+  ceil(V / t)`` (zero rows past ``V``): the embedding looks up only its own
+  ids and **all-reduces**; the logits are **all-gathered** and cut to ``V``.
+
+So every rank runs exactly the GEMM and attention shapes ``pagesim calibrate
+--tp`` profiles on one GPU, and the collectives the analytic communication
+model prices (``sim/parallel.py``): ``2 L + 1`` all-reduces and one gather a
+step. ``tests/kernels/test_tp.py`` checks, on the CPU over a gloo process
+group, that two ranks give the full model's logits.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from kernels.calibration.model import Backend, LayerWeights, Transformer, Weights, opt_style
+from sim.parallel import shard
+from sim.presets import ModelSpec
+
+
+def shard_weights(full: Weights, geom: ModelSpec, rank: int, tensor: int) -> Weights:
+    """Rank ``rank``'s part of ``full`` (the weights of ``geom``)."""
+    s = shard(geom, tensor)
+    d, hq, hkv = geom.head_dim, s.num_heads, s.num_kv_heads
+    q_rows = slice(rank * hq * d, (rank + 1) * hq * d)
+    kv_head0 = rank * hkv if geom.num_kv_heads >= tensor else rank // (tensor // geom.num_kv_heads)
+    k_base, v_base = geom.num_heads * d, (geom.num_heads + geom.num_kv_heads) * d
+    kv_rows = slice(kv_head0 * d, (kv_head0 + hkv) * d)
+    f = s.ffn_size
+
+    def rows(t: torch.Tensor | None, *parts: slice):
+        return None if t is None else torch.cat([t[p] for p in parts])
+
+    def qkv(wb):
+        w, b = wb
+        parts = (q_rows, _shift(kv_rows, k_base), _shift(kv_rows, v_base))
+        return rows(w, *parts), rows(b, *parts)
+
+    def up(wb):
+        w, b = wb
+        mine = slice(rank * f, (rank + 1) * f)
+        parts = (mine,) if opt_style(geom) else (mine, _shift(mine, geom.ffn_size))   # gate, then up
+        return rows(w, *parts), rows(b, *parts)
+
+    def columns(wb, width: int):
+        w, b = wb
+        return w[:, rank * width: (rank + 1) * width].contiguous(), b     # bias added after the reduce
+
+    layers = tuple(LayerWeights(lw.attn_norm, qkv(lw.qkv), columns(lw.out, hq * d), lw.mlp_norm, up(lw.up),
+                                columns(lw.down, f)) for lw in full.layers)
+    return Weights(_vocab_rows(full.embed, rank, s.vocab_size), full.positions, layers, full.final_norm,
+                   _vocab_rows(full.lm_head, rank, s.vocab_size))
+
+
+def _shift(s: slice, by: int) -> slice:
+    return slice(s.start + by, s.stop + by)
+
+
+def _vocab_rows(matrix: torch.Tensor, rank: int, per_rank: int) -> torch.Tensor:
+    """Rows ``[rank per_rank, (rank+1) per_rank)``, zero-padded past the vocabulary."""
+    part = matrix[rank * per_rank: (rank + 1) * per_rank]
+    if part.shape[0] < per_rank:
+        part = torch.cat([part, part.new_zeros(per_rank - part.shape[0], matrix.shape[1])])
+    return part
+
+
+class TensorParallelTransformer(Transformer):
+    """``Transformer`` on one rank's shard, with the step's collectives."""
+
+    def __init__(self, geom: ModelSpec, weights: Weights, rank: int, tensor: int,
+                 backend: Backend = "triton", group=None) -> None:
+        super().__init__(shard(geom, tensor), weights, backend)
+        self.full_geom, self.rank, self.tensor, self.group = geom, rank, tensor, group
+
+    def _all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        dist.all_reduce(x, group=self.group)
+        return x
+
+    def embed(self, token_ids: torch.Tensor, positions: torch.Tensor):
+        per = self.geom.vocab_size
+        local = token_ids - self.rank * per
+        mine = (local >= 0) & (local < per)
+        h = F.embedding(torch.where(mine, local, torch.zeros_like(local)), self.weights.embed)
+        h = self._all_reduce(h * mine[:, None].to(h.dtype))
+        if opt_style(self.geom):
+            return h + F.embedding(positions, self.weights.positions), None
+        angles = positions.float()[:, None] * self.inv_freq[None, :]
+        angles = torch.cat((angles, angles), dim=-1)[:, None, :]
+        return h, (angles.cos().to(h.dtype), angles.sin().to(h.dtype))
+
+    def _row_parallel(self, x: torch.Tensor, wb) -> torch.Tensor:
+        w, b = wb
+        y = self._all_reduce(F.linear(x, w))
+        return y if b is None else y + b
+
+    def layer(self, h: torch.Tensor, layer: int, cache, inp, rope) -> torch.Tensor:
+        w = self.weights.layers[layer % len(self.weights.layers)]
+        q, k, v = self.split_heads(self.project(self.norm(h, w.attn_norm), w.qkv), rope)
+        self.write_kv(k, v, cache, layer, inp)
+        o = self.attend(q, k, v, cache, layer, inp)
+        h = self.residual(h, self._row_parallel(o.view(o.shape[0], -1), w.out))
+        x = self.project(self.norm(h, w.mlp_norm), w.up)
+        return self.residual(h, self._row_parallel(self.activation(x), w.down))
+
+    def step(self, inp, cache) -> tuple[torch.Tensor, torch.Tensor]:
+        h, rope = self.embed(inp.token_ids, inp.positions)
+        for i in range(self.geom.num_layers):
+            h = self.layer(h, i, cache, inp, rope)
+        local = self.project(self.final_hidden(h, inp.last_token_index), (self.weights.lm_head, None))
+        parts = [torch.empty_like(local) for _ in range(self.tensor)]
+        dist.all_gather(parts, local.contiguous(), group=self.group)
+        logits = torch.cat(parts, dim=-1)[:, : self.full_geom.vocab_size]
+        return logits, self.sample(logits)
+
