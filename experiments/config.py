@@ -132,6 +132,18 @@ class ExperimentConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
+    def _sampling_runs_continuously(self) -> ExperimentConfig:
+        sampling = self.workload.sampling
+        if sampling is not None and sampling.n > 1:
+            b = self.engine.batching
+            if b.policy != "continuous":
+                raise ValueError("workload.sampling.n: several samples per request need policy: continuous")
+            if b.preemption != "recompute":
+                raise ValueError("workload.sampling.n: several samples per request are preempted by "
+                                 "recompute only (their shared blocks do not survive a swap)")
+        return self
+
+    @model_validator(mode="after")
     def _model_splits(self) -> ExperimentConfig:
         par = self.engine.parallel
         if par.tensor > 1 or par.pipeline > 1:

@@ -87,6 +87,7 @@ def make_requests(cfg: ExperimentConfig, progress: bool = False) -> list[Request
     prompts = workload.prompt_tokens.tolist()
     outputs = workload.output_tokens.tolist()
     segments = workload.segments or [None] * len(arrivals)
+    num_seqs = cfg.workload.sampling.n if cfg.workload.sampling is not None else 1
     bar = Progress(len(arrivals), f"{cfg.name}: building requests", "req",
                    enabled=progress and len(arrivals) >= LARGE_WORKLOAD)
     requests = []
@@ -94,7 +95,8 @@ def make_requests(cfg: ExperimentConfig, progress: bool = False) -> list[Request
     for start in range(0, len(arrivals), chunk):
         stop = min(start + chunk, len(arrivals))
         requests.extend(Request(request_id=i, arrival_s=arrivals[i], prompt_tokens=prompts[i],
-                                output_tokens=outputs[i], segments=segments[i]) for i in range(start, stop))
+                                output_tokens=outputs[i], segments=segments[i], num_seqs=num_seqs)
+                        for i in range(start, stop))
         bar.update(stop - start)
     bar.close()
     return requests

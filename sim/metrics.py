@@ -86,7 +86,7 @@ def summary_metrics() -> tuple[str, ...]:
     return (
         "duration_s", "throughput_rps", "throughput_tokens_per_s",
         *(f"{name}_{stat}" for name in LATENCIES for stat in STATS),
-        "kv_utilization_mean", "kv_usage_mean",
+        "kv_utilization_mean", "kv_usage_mean", "kv_sharing_saving",
         *(f"kv_waste_{part}" for part in ("internal", "reserved_unused", "external")),
         "mean_batch_size", "mean_batch_rows", "preemptions",
         *(f"counts_{c}" for c in ("arrived", "finished", "rejected", "unfinished")),
@@ -120,7 +120,9 @@ def summarize(result: SimResult, requests: pd.DataFrame, timeline: pd.DataFrame,
     allocated or reserved; ``kv_waste`` splits *all* slots' time into
     internal (unused tail of last blocks), reserved_unused (reserved for
     tokens not generated yet) and external (free but in holes too small for
-    the oldest waiting request)."""
+    the oldest waiting request). ``kv_sharing_saving`` is the share of the
+    slots sequences hold that sharing saves (shared blocks counted once
+    instead of once per holder: parallel samples' prompt, cached prefixes)."""
     fin = requests[requests["status"] == Status.FINISHED.value]
     first_arrival = float(requests["arrival_s"].min()) if len(requests) else 0.0
     # the clock stopped at the horizon only if work was left: otherwise at the last finish
@@ -139,6 +141,8 @@ def summarize(result: SimResult, requests: pd.DataFrame, timeline: pd.DataFrame,
         **{name: _stats(requests[name]) for name in LATENCIES},
         "kv_utilization_mean": _weighted(timeline["kv_token_slots_used"], used, w),
         "kv_usage_mean": _weighted(used, total, w),
+        "kv_sharing_saving": (_weighted(timeline["kv_shared_slots"], used + timeline["kv_shared_slots"], w)
+                              if "kv_shared_slots" in timeline else None),
         "kv_waste": {
             "internal": _weighted(timeline["kv_internal_slots"], total, w),
             "reserved_unused": _weighted(timeline["kv_reserved_slots"], total, w),

@@ -18,6 +18,10 @@ class Status(str, Enum):
     UNFINISHED = "unfinished"  # still in flight when the horizon ended
 
 
+MAX_SEQS = 1024
+"""Sequence ids of a request's extra samples are ``-(request_id * MAX_SEQS + i)``."""
+
+
 @dataclass(eq=False, slots=True)
 class Request:
     request_id: int
@@ -39,6 +43,12 @@ class Request:
     pairs (sim/memory/prefix.py); None: content unknown, nothing shared."""
     cached_tokens: int = 0         # prefill tokens reused from the prefix cache, over all admissions
     pending_prefill: int = 0       # chunked prefill: tokens of its prefill not computed yet
+    num_seqs: int = 1              # parallel sampling: sequences sharing the prompt, each output_tokens long
+
+    @property
+    def seq_ids(self) -> list[int]:
+        """KV sequence ids: the request's own, then its extra samples' (negative)."""
+        return [self.request_id] + [-(self.request_id * MAX_SEQS + i) for i in range(1, self.num_seqs)]
 
     @property
     def final_tokens(self) -> int:

@@ -29,7 +29,7 @@ COLUMNS = (
     "t_s", "replica", "step_s", "running", "waiting", "swapped",
     "batch_seqs", "batch_rows", "batch_tokens", "prefill_tokens", "decode_seqs",
     "kv_token_slots_used", "kv_token_slots_reserved", "kv_internal_slots",
-    "kv_reserved_slots", "kv_external_slots", "kv_free_slots", "kv_total_slots",
+    "kv_reserved_slots", "kv_external_slots", "kv_free_slots", "kv_total_slots", "kv_shared_slots",
 )
 VALUE_COLUMNS = COLUMNS[3:]
 DEFAULT_MAX_ROWS = 200_000
@@ -66,6 +66,7 @@ class _Run(NamedTuple):
     free: int
     total: int
     block_hist: list[int] | None   # paged: sequences by (tokens - 1) % block_size
+    shared: int = 0                # slots shared beyond one holder (constant: decode writes private blocks)
 
 
 class Timeline:
@@ -91,7 +92,7 @@ class Timeline:
         return (policy.num_running, len(policy.waiting), len(policy.swapped),
                 len(batch.requests), batch.num_seqs, batch.num_tokens, sum(batch.prefill_new_tokens),
                 batch.num_decode_seqs, u.real, u.internal + u.reserved, u.internal, u.reserved,
-                external_slots(policy), u.free, u.total)
+                external_slots(policy), u.free, u.total, u.shared)
 
     def append(self, t_s: float, replica: int, step_s: float, snapshot: tuple) -> None:
         """A step's row from a ``snapshot`` taken when it started (a real
@@ -119,7 +120,7 @@ class Timeline:
             starts_s, steps_s, replica, policy.num_running, len(policy.waiting),
             len(policy.swapped), len(batch.requests), batch.num_seqs, batch.num_tokens,
             batch.num_decode_seqs, external_slots(policy), u.real, u.real + u.internal,
-            u.reserved, u.free, u.total, block_hist,
+            u.reserved, u.free, u.total, block_hist, u.shared,
         )
         if pending:
             self._pending[replica] = run
@@ -225,7 +226,7 @@ class Timeline:
             "batch_seqs": n, "prefill_tokens": np.zeros_like(n),
             "kv_token_slots_used": real, "kv_internal_slots": internal, "kv_reserved_slots": reserved,
             "kv_token_slots_reserved": internal + reserved, "kv_external_slots": rep("external"),
-            "kv_free_slots": free, "kv_total_slots": rep("total"),
+            "kv_free_slots": free, "kv_total_slots": rep("total"), "kv_shared_slots": rep("shared"),
         }
 
     # ---- output ---------------------------------------------------------------

@@ -339,6 +339,12 @@ CASES: list[Case] = [
     Case("chunked-prefill-unmixed", RUN, with_({"engine.batching": {"chunked_prefill": True,
                                                                     "mixed_prefill_decode": False}}),
          ("chunked_prefill: chunks share steps with decodes",)),
+    Case("sampling-static", RUN, with_({"workload.sampling": {"n": 2}, "engine.batching": {"policy": "static"}}),
+         ("workload.sampling.n: several samples per request need policy: continuous",)),
+    Case("sampling-swap", RUN, with_({"workload.sampling": {"n": 2}, "engine.batching": {"preemption": "swap"}}),
+         ("workload.sampling.n: several samples per request are preempted by recompute only",)),
+    Case("sampling-too-many", RUN, with_({"workload.sampling": {"n": 65}}),
+         ("workload.sampling.n", "less than or equal to 64")),
     Case("mooncake-bad-row", ["workloads", "stats", "t.jsonl"], None,
          ("t.jsonl: row 2: 600 input tokens need 2 hash ids of 512 tokens, got 1",),
          files={"t.jsonl": '{"timestamp": 0, "input_length": 10, "output_length": 2, "hash_ids": [1]}\n'

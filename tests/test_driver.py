@@ -39,12 +39,16 @@ LINEAR = LinearCostModel(base_s=0.01, per_prefill_token_s=1e-4, per_decode_seq_s
 
 def run(policy, layout, cost, fast_forward, *, n=150, rate=20.0, horizon_s=None, **batching):
     reqs = poisson_requests(n, rate, seed=7)
+    if layout.endswith("+samples"):    # every third request samples three sequences
+        layout = layout.removesuffix("+samples")
+        for r in reqs[::3]:
+            r.num_seqs = 3
     if layout == "paged+prefix":       # three tenants' system prompts, up to 16 tokens
         for r in reqs:
             shared = min(16, r.prompt_tokens - 1)
             r.segments = ((r.request_id % 3, shared), (1000 + r.request_id, r.prompt_tokens - shared),
                           (5000 + r.request_id, r.output_tokens))
-    pol = make_policy(policy, make_kv(layout), **batching)
+    pol = make_policy(policy, make_kv(layout.removesuffix("+samples")), **batching)
     pol.record_token_times = True
     result = simulate(reqs, [pol], [cost], RoundRobinRouter(), horizon_s=horizon_s,
                       fast_forward=fast_forward)
@@ -70,6 +74,10 @@ CASES = [
     ("continuous", "contiguous", {"chunked_prefill": True, "max_batch_tokens": 24}),
     ("continuous", "paged+prefix", {"chunked_prefill": True, "max_batch_tokens": 24}),
     ("continuous", "paged", {"chunked_prefill": True, "max_batch_tokens": 24, "max_batch_size": 3}),
+    # parallel sampling: forked samples share the prompt (paged) or copy it (contiguous)
+    ("continuous", "paged+samples", {}),
+    ("continuous", "contiguous+samples", {}),
+    ("continuous", "paged+samples", {"chunked_prefill": True, "max_batch_tokens": 24}),
 ]
 
 
@@ -105,6 +113,13 @@ def test_prompts_are_chunked_in_the_chunked_prefill_scenario():
     rows = result.timeline.to_frame()
     assert rows["batch_tokens"].max() <= 24
     assert any(r.prompt_tokens > 24 and r.status is Status.FINISHED for r in reqs)
+
+
+def test_samples_share_and_are_preempted_in_the_sampling_scenario():
+    reqs, result = run("continuous", "paged+samples", LINEAR, True)
+    assert result.preemptions > 0
+    assert result.timeline.to_frame()["kv_shared_slots"].max() > 0
+    assert all(r.status is Status.FINISHED for r in reqs if r.num_seqs == 3)
 
 
 def test_preemptions_happen_in_the_equivalence_scenario():

@@ -1,6 +1,7 @@
 """Continuous batching: who is admitted, when, and what each step computes."""
 from __future__ import annotations
 
+import pytest
 from factories import make_policy, make_requests
 
 from sim.memory.paged import PagedKVManager
@@ -206,3 +207,29 @@ def test_chunked_prefill_computes_only_what_the_prefix_cache_lacks():
     b = pol.schedule(t)                # 32 cached tokens: 8 left, one chunk over 32 of context
     assert (b.prefill_new_tokens, b.prefill_context_tokens) == ((8,), (32,))
     assert second.cached_tokens == 32
+
+
+@pytest.mark.parametrize("layout", ["paged", "contiguous"])
+def test_parallel_samples_share_the_prompt_and_finish_together(layout):
+    from sim.memory.contiguous import ContiguousKVManager
+
+    kv = PagedKVManager(40, 4, watermark_frac=0.0) if layout == "paged" else ContiguousKVManager(400, "exact", 256)
+    pol = make_policy("continuous", kv)
+    (r,) = make_requests((0.0, 10, 3))
+    r.num_seqs = 3
+    pol.add(r, 0.0)
+    b = pol.schedule(0.0)                      # one prefill of the prompt for all three
+    assert (b.prefill_new_tokens, b.decode_context_tokens) == ((10,), ())
+    # paged: the samples hold the prompt's 3 blocks, shared; contiguous: a copy each
+    assert kv.usage().real == (10 if layout == "paged" else 30)
+    pol.on_step_done(b, 1.0)
+    assert r.first_token_s == 1.0 and pol.num_running == 3
+    b = pol.schedule(1.0)                      # three samples decode
+    assert b.decode_context_tokens == (11, 11, 11)
+    if layout == "paged":                      # each wrote its own copy of the partial last block
+        assert kv.usage().real == 8 + 3 * 3 and kv.usage().shared == 2 * 2 * 4
+    pol.on_step_done(b, 2.0)
+    pol.on_step_done(pol.schedule(2.0), 3.0)
+    assert r.status is Status.FINISHED and r.finish_s == 3.0 and pol.finished == [r]
+    assert pol.schedule(3.0) is None
+    kv.assert_empty()

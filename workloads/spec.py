@@ -245,6 +245,13 @@ class PrefixSpec(_Spec):
         return PrefixPlan(self.shared_tokens, self.tenants, self.turns, self.think_time_s)
 
 
+class SamplingSpec(_Spec):
+    """``workload.sampling``: parallel sampling, ``n`` sequences per request
+    sharing its prompt, each ``output_tokens`` long (continuous batching)."""
+
+    n: Annotated[int, Field(ge=1, le=64, strict=True)] = 1
+
+
 # ---------------------------------------------------------------- workload
 
 
@@ -261,6 +268,7 @@ class WorkloadSpec(_Spec):
     lengths: LengthsSpec | None = None
     trace: TraceSpec | None = None
     prefix: PrefixSpec | None = None
+    sampling: SamplingSpec | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -32,6 +32,7 @@ class KVUsage:
     reserved: int      # reserved for a sequence's future tokens (contiguous)
     free: int
     largest_free_run: int  # longest run of contiguous free slots (== free for paged)
+    shared: int = 0    # slots more that sequences would hold without sharing (paged: blocks x (refs - 1))
 
     @property
     def used(self) -> int:

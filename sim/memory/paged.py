@@ -420,7 +420,8 @@ class PagedKVManager:
         used = self.total_tokens - free
         return KVUsage(total=self.total_tokens, real=self._real_slots,
                        internal=used - self._real_slots, reserved=0, free=free,
-                       largest_free_run=free)
+                       largest_free_run=free,
+                       shared=(sum(self._shared.values()) - len(self._shared)) * self.block_size)
 
     def free_unusable(self, need_tokens: int) -> int:
         """Any free block serves any sequence: no external fragmentation."""

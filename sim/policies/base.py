@@ -85,7 +85,24 @@ class Policy:
         if req.final_tokens > self.model.max_context_tokens:
             return (f"needs {req.final_tokens} tokens of context, "
                     f"{self.model.name} allows {self.model.max_context_tokens}")
+        if req.num_seqs > 1:       # its samples together: the prompt once (paged) or a reservation each
+            need = (req.prompt_tokens + req.num_seqs * (req.output_tokens + self._block_slack())
+                    if self.kv.layout == "paged" else None)
+            if need is None:
+                one = self.kv.rejection_reason(req.final_tokens)
+                if one is not None:
+                    return one
+                per = self.kv.reservation_tokens(req.final_tokens)
+                if per * req.num_seqs > self.kv.total_tokens:
+                    return (f"{req.num_seqs} samples need {per * req.num_seqs} reserved tokens, "
+                            f"the KV cache has {self.kv.total_tokens}")
+                return None
+            return self.kv.rejection_reason(need)
         return self.kv.rejection_reason(req.final_tokens)
+
+    def _block_slack(self) -> int:
+        """A sample's copy of the prompt's partial last block (paged)."""
+        return getattr(self.kv, "block_size", 0)
 
     def add(self, req: Request, now: float) -> bool:
         """Queue an arrived request; False (and status REJECTED) if it can never run."""
@@ -138,8 +155,8 @@ class Policy:
         run.computed[: run.n] += k - 1
         run.generated[: run.n] += k
         if self.record_token_times:
-            for req in run.reqs[: run.n]:
-                req.token_times_s.extend(step_ends_s)
+            for i in np.flatnonzero(run.seq[: run.n] >= 0):    # a request's own row, not its extra samples
+                run.reqs[i].token_times_s.extend(step_ends_s)
         self._retire_done(step_ends_s[-1])
 
     def next_wakeup_s(self, now: float) -> float | None:
@@ -185,19 +202,37 @@ class Policy:
         run = self._run
         gen = run.generated[: run.n]
         emitting = gen[self._emitting]
-        if emitting.size and emitting.min() == 0:
+        first = bool(emitting.size) and emitting.min() == 0      # before the update: may be a view
+        if first:
             for i in np.flatnonzero(emitting == 0):
                 run.reqs[: run.n][self._emitting][i].first_token_s = now
         gen[self._emitting] = emitting + 1
         if self.record_token_times:
-            for req in run.reqs[: run.n][self._emitting]:
+            rows = np.arange(run.n)[self._emitting]
+            for i in rows[run.seq[rows] >= 0]:          # a request's own row, not its extra samples
+                req = run.reqs[i]
                 if req.token_times_s is None:
                     req.token_times_s = []
                 req.token_times_s.append(now)
+        if first:
+            self._start_samples()
         self._retire_done(now)
 
+    def _start_samples(self) -> None:
+        """Requests that sample several sequences: once the prompt has given
+        the first token, the extra samples (holding KV since admission) join
+        the running set right after the request's row."""
+        run = self._run
+        for i in range(run.n - 1, -1, -1):              # from the back: inserting shifts only later rows
+            req = run.reqs[i]
+            if req.num_seqs > 1 and run.generated[i] == 1 and run.seq[i] == req.request_id \
+                    and (i + 1 == run.n or run.reqs[i + 1] is not req):
+                seqs = req.seq_ids[1:]
+                run.insert_samples(i, req, [self.kv.slot(s) for s in seqs], seqs)
+
     def _finish(self, req: Request, now: float) -> None:
-        self.kv.free(req.request_id)
+        for seq in req.seq_ids:
+            self.kv.free(seq)
         req.status = Status.FINISHED
         req.finish_s = now
         req.computed_tokens = 0
@@ -207,7 +242,8 @@ class Policy:
         run = self._run
         done = np.flatnonzero(run.generated[: run.n] >= run.target[: run.n])
         if len(done):
-            for req in run.remove(done):
+            finished = run.remove(done)     # a request's samples all finish on the same step
+            for req in dict.fromkeys(finished):
                 self._finish(req, now)
 
     def _try_admit_head(self, now: float, token_budget: int | None = None, chunked: bool = False) -> Request | None:
@@ -223,8 +259,11 @@ class Policy:
             return None
         if not self.kv.can_allocate(req.request_id, n, req.final_tokens, req.segments):
             return None
-        self.waiting.popleft()
         cached = self.kv.allocate(req.request_id, n, req.final_tokens, req.segments)
+        if req.num_seqs > 1 and not self._hold_samples(req, n):
+            self.kv.free(req.request_id)
+            return None
+        self.waiting.popleft()
         req.cached_tokens += cached
         self._admitted_cached.append(cached)
         req.computed_tokens = n
@@ -233,6 +272,24 @@ class Policy:
             req.schedule_s = now
         self._run.add(req, self.kv.slot(req.request_id), n - cached if chunked else 0)
         return req
+
+    def _hold_samples(self, req: Request, n: int) -> bool:
+        """KV for a request's extra samples at admission: paged blocks share
+        the prompt's (``fork``: copied on write when a sample writes into a
+        shared partial block); a contiguous reservation each, holding a copy
+        of the prompt. False (nothing held) if they do not fit."""
+        held = []
+        for seq in req.seq_ids[1:]:
+            if self.kv.layout == "paged":
+                self.kv.fork(req.request_id, seq)
+            elif self.kv.can_allocate(seq, n, req.final_tokens):
+                self.kv.allocate(seq, n, req.final_tokens)
+            else:
+                for s in held:
+                    self.kv.free(s)
+                return False
+            held.append(seq)
+        return True
 
     def _reserve_one_each(self, preempt, count: int | None = None) -> tuple[int, int, int]:
         """One more KV slot for every running sequence (the first ``count``:
@@ -249,7 +306,7 @@ class Policy:
             return count, 0, 0
         swapped_tokens = num_evicted = i = 0
         while i < min(count, run.n):
-            rid = run.reqs[i].request_id
+            rid = int(run.seq[i])
             if self.kv.can_append(rid, 1):
                 self.kv.append(rid, 1)
                 run.computed[i] += 1
@@ -265,8 +322,16 @@ class Policy:
         self.rejected.append(req)
 
     def _preempt_recompute(self, req: Request) -> int:
-        """Drop a running sequence's KV; it re-prefills prompt + generated tokens."""
-        self.kv.free(req.request_id)
+        """Drop a running sequence's KV; it re-prefills prompt + generated
+        tokens. A request that samples several sequences (its rows are the
+        last ones, together) drops them all and starts its samples again."""
+        run = self._run
+        while run.n and run.reqs[run.n - 1] is req:
+            run.pop()
+        for seq in req.seq_ids:
+            self.kv.free(seq)
+        if req.num_seqs > 1:
+            req.generated_tokens = 0
         req.computed_tokens = 0
         req.pending_prefill = 0
         req.preemptions += 1
@@ -278,10 +343,11 @@ class Policy:
     def finish_run(self) -> list[Request]:
         """End of the horizon: every request still held is UNFINISHED; its KV
         is released so the end-of-run leak check covers the manager."""
-        left = self._run.clear() + list(self.waiting) + list(self.swapped)
+        left = list(dict.fromkeys(self._run.clear())) + list(self.waiting) + list(self.swapped)
         for req in left:
             if req.status in (Status.RUNNING, Status.SWAPPED):
-                self.kv.free(req.request_id)
+                for seq in req.seq_ids:
+                    self.kv.free(seq)
             req.status = Status.UNFINISHED
         self.waiting.clear()
         self.swapped.clear()

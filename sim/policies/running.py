@@ -12,8 +12,11 @@ while a sequence runs, the arrays are the truth.
 Columns: ``reqs`` (the Request objects), ``slot`` (the KV manager's row for
 the sequence), ``computed`` (tokens whose KV is held, the slot reserved for
 the next token included), ``generated`` (output tokens so far) and
-``target`` (output tokens wanted) and ``todo`` (chunked prefill: tokens of
-the current prefill not computed yet; 0 once it has produced its first token).
+``target`` (output tokens wanted), ``todo`` (chunked prefill: tokens of
+the current prefill not computed yet; 0 once it has produced its first token)
+and ``seq`` (the KV manager's sequence id: the request id, or, for the
+extra samples of a request that samples several, ``Request.seq_ids``; a
+request's rows are adjacent).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import numpy as np
 
 from sim.request import Request
 
-_INT_COLUMNS = ("slot", "computed", "generated", "target", "todo")
+_INT_COLUMNS = ("slot", "computed", "generated", "target", "todo", "seq")
 
 
 class RunningSet:
@@ -33,6 +36,7 @@ class RunningSet:
         self.generated = np.zeros(capacity, np.int64)
         self.target = np.zeros(capacity, np.int64)
         self.todo = np.zeros(capacity, np.int64)
+        self.seq = np.zeros(capacity, np.int64)
 
     def __len__(self) -> int:
         return self.n
@@ -47,7 +51,27 @@ class RunningSet:
         self.slot[i], self.computed[i] = slot, req.computed_tokens
         self.generated[i], self.target[i] = req.generated_tokens, req.output_tokens
         self.todo[i] = todo
+        self.seq[i] = req.request_id
         self.n += 1
+
+    def insert_samples(self, position: int, req: Request, slots: list[int], seqs: list[int]) -> None:
+        """Put a request's extra samples right after its row at ``position``,
+        each a copy of that row but for its KV slot and sequence id (a
+        request's rows stay together)."""
+        k = len(slots)
+        while self.n + k > len(self.reqs):
+            self._grow()
+        tail = slice(position + 1, self.n)
+        moved = slice(position + 1 + k, self.n + k)
+        self.reqs[moved] = self.reqs[tail].copy()
+        for name in _INT_COLUMNS:
+            col = getattr(self, name)
+            col[moved] = col[tail].copy()
+            col[position + 1: position + 1 + k] = col[position]
+        self.reqs[position + 1: position + 1 + k] = [req] * k
+        self.slot[position + 1: position + 1 + k] = slots
+        self.seq[position + 1: position + 1 + k] = seqs
+        self.n += k
 
     def pop(self) -> Request:
         """Remove the most recently admitted sequence, synchronised."""
