@@ -134,13 +134,14 @@ class ExperimentConfig(BaseModel):
     @model_validator(mode="after")
     def _sampling_runs_continuously(self) -> ExperimentConfig:
         sampling = self.workload.sampling
-        if sampling is not None and sampling.n > 1:
+        if sampling is not None and sampling.num_seqs > 1:
+            field = "n" if sampling.n > 1 else "beam_width"
             b = self.engine.batching
             if b.policy != "continuous":
-                raise ValueError("workload.sampling.n: several samples per request need policy: continuous")
+                raise ValueError(f"workload.sampling.{field}: several samples per request need policy: continuous")
             if b.preemption != "recompute":
-                raise ValueError("workload.sampling.n: several samples per request are preempted by "
-                                 "recompute only (their shared blocks do not survive a swap)")
+                raise ValueError(f"workload.sampling.{field}: several samples per request are preempted by "
+                                 f"recompute only (their shared blocks do not survive a swap)")
         return self
 
     @model_validator(mode="after")

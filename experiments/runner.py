@@ -87,7 +87,9 @@ def make_requests(cfg: ExperimentConfig, progress: bool = False) -> list[Request
     prompts = workload.prompt_tokens.tolist()
     outputs = workload.output_tokens.tolist()
     segments = workload.segments or [None] * len(arrivals)
-    num_seqs = cfg.workload.sampling.n if cfg.workload.sampling is not None else 1
+    sampling = cfg.workload.sampling
+    num_seqs = sampling.num_seqs if sampling is not None else 1
+    beam = sampling is not None and sampling.beam_width > 1
     bar = Progress(len(arrivals), f"{cfg.name}: building requests", "req",
                    enabled=progress and len(arrivals) >= LARGE_WORKLOAD)
     requests = []
@@ -95,7 +97,8 @@ def make_requests(cfg: ExperimentConfig, progress: bool = False) -> list[Request
     for start in range(0, len(arrivals), chunk):
         stop = min(start + chunk, len(arrivals))
         requests.extend(Request(request_id=i, arrival_s=arrivals[i], prompt_tokens=prompts[i],
-                                output_tokens=outputs[i], segments=segments[i], num_seqs=num_seqs)
+                                output_tokens=outputs[i], segments=segments[i], num_seqs=num_seqs,
+                                beam=beam)
                         for i in range(start, stop))
         bar.update(stop - start)
     bar.close()

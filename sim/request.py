@@ -44,6 +44,7 @@ class Request:
     cached_tokens: int = 0         # prefill tokens reused from the prefix cache, over all admissions
     pending_prefill: int = 0       # chunked prefill: tokens of its prefill not computed yet
     num_seqs: int = 1              # parallel sampling: sequences sharing the prompt, each output_tokens long
+    beam: bool = False             # the num_seqs sequences are beams: re-selected after every token
 
     @property
     def seq_ids(self) -> list[int]:

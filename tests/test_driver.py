@@ -39,16 +39,17 @@ LINEAR = LinearCostModel(base_s=0.01, per_prefill_token_s=1e-4, per_decode_seq_s
 
 def run(policy, layout, cost, fast_forward, *, n=150, rate=20.0, horizon_s=None, **batching):
     reqs = poisson_requests(n, rate, seed=7)
-    if layout.endswith("+samples"):    # every third request samples three sequences
-        layout = layout.removesuffix("+samples")
+    if layout.endswith(("+samples", "+beams")):   # every third request samples three sequences
+        beams = layout.endswith("+beams")
+        layout = layout.removesuffix("+samples").removesuffix("+beams")
         for r in reqs[::3]:
-            r.num_seqs = 3
+            r.num_seqs, r.beam = 3, beams
     if layout == "paged+prefix":       # three tenants' system prompts, up to 16 tokens
         for r in reqs:
             shared = min(16, r.prompt_tokens - 1)
             r.segments = ((r.request_id % 3, shared), (1000 + r.request_id, r.prompt_tokens - shared),
                           (5000 + r.request_id, r.output_tokens))
-    pol = make_policy(policy, make_kv(layout.removesuffix("+samples")), **batching)
+    pol = make_policy(policy, make_kv(layout.removesuffix("+samples").removesuffix("+beams")), **batching)
     pol.record_token_times = True
     result = simulate(reqs, [pol], [cost], RoundRobinRouter(), horizon_s=horizon_s,
                       fast_forward=fast_forward)
@@ -78,6 +79,8 @@ CASES = [
     ("continuous", "paged+samples", {}),
     ("continuous", "contiguous+samples", {}),
     ("continuous", "paged+samples", {"chunked_prefill": True, "max_batch_tokens": 24}),
+    # beam search: beams re-selected every step (no decode run jumps while beams run)
+    ("continuous", "paged+beams", {}),
 ]
 
 

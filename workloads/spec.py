@@ -246,10 +246,23 @@ class PrefixSpec(_Spec):
 
 
 class SamplingSpec(_Spec):
-    """``workload.sampling``: parallel sampling, ``n`` sequences per request
-    sharing its prompt, each ``output_tokens`` long (continuous batching)."""
+    """``workload.sampling``: ``n`` sequences per request sharing its prompt
+    (parallel sampling), or ``beam_width`` beams re-selected after every
+    token (beam search with a fixed-length decode); each ``output_tokens``
+    long (continuous batching)."""
 
     n: Annotated[int, Field(ge=1, le=64, strict=True)] = 1
+    beam_width: Annotated[int, Field(ge=1, le=64, strict=True)] = 1
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "SamplingSpec":
+        if self.n > 1 and self.beam_width > 1:
+            raise ValueError("give n (parallel sampling) or beam_width (beam search), not both")
+        return self
+
+    @property
+    def num_seqs(self) -> int:
+        return max(self.n, self.beam_width)
 
 
 # ---------------------------------------------------------------- workload

@@ -132,7 +132,8 @@ class Policy:
         memory, and the batch size does not change."""
         run = self._run
         if (not self._repeatable or batch.prefill_new_tokens or batch.swap_in_tokens
-                or batch.swap_out_tokens or not batch.requests or len(batch.requests) != run.n):
+                or batch.swap_out_tokens or not batch.requests or len(batch.requests) != run.n
+                or run.beam[: run.n].any()):        # beams are re-selected after every step
             return 1
         max_steps = int((run.target[: run.n] - run.generated[: run.n]).min())
         if max_steps <= 1:
@@ -217,6 +218,46 @@ class Policy:
         if first:
             self._start_samples()
         self._retire_done(now)
+        if run.beam[: run.n].any():
+            self._select_beams()
+
+    def _select_beams(self) -> None:
+        """Beam search: after each token every request keeps ``num_seqs``
+        beams, each the continuation of a beam of the step before. Which ones
+        depends on the model's scores, which a simulation does not have: each
+        new beam's parent is drawn uniformly from the current beams (a
+        Wright-Fisher process; seeded by request and step, so runs repeat).
+        Paged: a beam whose line dies is freed, and a parent with k new beams
+        is forked k - 1 times into the freed sequence ids (its blocks shared,
+        its partial last block copied on the next write). Contiguous: each
+        beam keeps its reservation (the parent's KV is copied into it), so
+        memory does not change."""
+        if self.kv.layout != "paged":
+            return
+        run = self._run
+        i = 0
+        while i < run.n:
+            req = run.reqs[i]
+            w = req.num_seqs
+            if not run.beam[i] or i + w > run.n or run.reqs[i + w - 1] is not req:
+                i += 1                     # not a beam request, or its beams have not joined yet
+                continue
+            seqs = run.seq[i: i + w].tolist()
+            rng = np.random.default_rng((req.request_id, int(run.generated[i])))
+            parents = rng.integers(0, w, size=w)
+            children = {p: [j for j in range(w) if parents[j] == p] for p in set(parents.tolist())}
+            spare = [seqs[d] for d in range(w) if d not in children]
+            for d in spare:
+                self.kv.free(d)
+            new = list(seqs)
+            for p, kids in children.items():
+                new[kids[0]] = seqs[p]
+                for k in kids[1:]:
+                    new[k] = spare.pop()
+                    self.kv.fork(seqs[p], new[k])
+            run.seq[i: i + w] = new
+            run.slot[i: i + w] = [self.kv.slot(s) for s in new]
+            i += w
 
     def _start_samples(self) -> None:
         """Requests that sample several sequences: once the prompt has given

@@ -16,7 +16,7 @@ the next token included), ``generated`` (output tokens so far) and
 the current prefill not computed yet; 0 once it has produced its first token)
 and ``seq`` (the KV manager's sequence id: the request id, or, for the
 extra samples of a request that samples several, ``Request.seq_ids``; a
-request's rows are adjacent).
+request's rows are adjacent) and ``beam`` (1 for a beam-search request's rows).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from sim.request import Request
 
-_INT_COLUMNS = ("slot", "computed", "generated", "target", "todo", "seq")
+_INT_COLUMNS = ("slot", "computed", "generated", "target", "todo", "seq", "beam")
 
 
 class RunningSet:
@@ -37,6 +37,7 @@ class RunningSet:
         self.target = np.zeros(capacity, np.int64)
         self.todo = np.zeros(capacity, np.int64)
         self.seq = np.zeros(capacity, np.int64)
+        self.beam = np.zeros(capacity, np.int64)
 
     def __len__(self) -> int:
         return self.n
@@ -52,6 +53,7 @@ class RunningSet:
         self.generated[i], self.target[i] = req.generated_tokens, req.output_tokens
         self.todo[i] = todo
         self.seq[i] = req.request_id
+        self.beam[i] = int(req.beam)
         self.n += 1
 
     def insert_samples(self, position: int, req: Request, slots: list[int], seqs: list[int]) -> None:
