@@ -50,6 +50,10 @@ def check_servable(cfg: ExperimentConfig, device: Device) -> None:
     model = resolve_model(cfg.model)
     if cfg.engine.replicas != 1:
         raise ConfigError(f"engine.replicas: pagesim serve drives one GPU; allowed: 1 (got {cfg.engine.replicas})")
+    sampling = cfg.workload.sampling
+    if sampling is not None and sampling.num_seqs > 1:
+        raise ConfigError("workload.sampling: the real engine serves one sequence per request yet; "
+                          "allowed: n 1, beam_width 1 (simulate it with pagesim run)")
     if cfg.engine.memory.prefix_caching:
         raise ConfigError("engine.memory.prefix_caching: the real engine does not cache prefixes yet; "
                           "allowed: false (simulate it with pagesim run)")

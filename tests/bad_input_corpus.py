@@ -347,6 +347,8 @@ CASES: list[Case] = [
          ("workload.sampling", "give n (parallel sampling) or beam_width (beam search), not both")),
     Case("beams-static", RUN, with_({"workload.sampling": {"beam_width": 2}, "engine.batching": {"policy": "static"}}),
          ("workload.sampling.beam_width: several samples per request need policy: continuous",)),
+    Case("sampling-serve", ["serve", "exp.yaml", "--out", "srv", "--quiet"], with_({"workload.sampling": {"n": 2}}),
+         ("workload.sampling: the real engine serves one sequence per request yet",)),
     Case("sampling-too-many", RUN, with_({"workload.sampling": {"n": 65}}),
          ("workload.sampling.n", "less than or equal to 64")),
     Case("mooncake-bad-row", ["workloads", "stats", "t.jsonl"], None,

@@ -255,3 +255,18 @@ def test_block_keys_resume_anywhere_and_match_a_reference(segments):
     for k in range(min(full, len(other_keys))):
         same_prefix = tokens[: (k + 1) * B] == other_tokens[: (k + 1) * B]
         assert (keys[k] == other_keys[k]) == same_prefix
+
+
+def test_a_sweep_that_shares_kv_draws_the_sharing_figure(tmp_path):
+    import copy
+
+    from experiments.config import validate
+    from experiments.sweep import run_sweep
+
+    raw = {"name": "pcs", "seed": 1, "model": "llama-2-7b", "hardware": "h100-sxm",
+           "workload": {"num_requests": 120, "arrival": {"process": "poisson", "rate_rps": 4.0},
+                        "lengths": {"preset": "alpaca"}, "prefix": {"shared_tokens": 64, "tenants": 2}},
+           "engine": {"memory": {"layout": "paged", "prefix_caching": True}, "cost_model": "roofline"},
+           "sweep": {"workload.arrival.rate_rps": [2.0, 4.0]}}
+    run_sweep(copy.deepcopy(raw), validate(raw), tmp_path / "s", jobs=1, progress=False)
+    assert (tmp_path / "s" / "plots" / "sharing.png").is_file()

@@ -144,7 +144,7 @@ SYNTHETIC = {"num_requests": 5, "arrival": {"process": "poisson", "rate_rps": 1.
     ({"rate_rps": 3}, "Extra inputs are not permitted"),
     ({"trace": {"path": "x.csv", "format": "csv"}}, "needs 'columns'"),
     ({"trace": {"path": "x.csv", "start_s": 10, "end_s": 5}}, "end_s \\(5.0\\) must be greater than start_s"),
-    ({"trace": {"path": "x.csv", "format": "parquet"}}, "'auto', 'processed', 'azure', 'burstgpt', 'mooncake' or 'csv'"),
+    ({"trace": {"path": "x.csv", "format": "parquet"}}, "'auto', 'processed', 'azure', 'burstgpt', 'mooncake', 'qwen' or 'csv'"),
 ])
 def test_bad_specs_name_the_field_and_allowed_values(change, message):
     with pytest.raises(ValidationError, match=message):

@@ -168,7 +168,7 @@ def test_filters_that_remove_everything_are_an_error(tmp_path):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"format": "json"}, "unknown trace format 'json'; allowed: auto, processed, azure, burstgpt, mooncake, csv"),
+    ({"format": "json"}, "unknown trace format 'json'; allowed: auto, processed, azure, burstgpt, mooncake, qwen, csv"),
     ({"format": "csv"}, "needs a column mapping"),
     ({"columns": TraceColumns("a", "b", "c")}, "only used with format 'csv'"),
     ({"start_s": 5.0, "end_s": 5.0}, "end_s must be > start_s"),
@@ -215,3 +215,15 @@ def test_mooncake_hash_ids_become_prompt_segments_of_512_tokens(tmp_path):
 def test_bad_mooncake_rows_are_named(tmp_path, row, words):
     with pytest.raises(TraceError, match=re.escape(words)):
         load_trace(_mooncake(tmp_path, [row]), format="mooncake")
+
+
+def test_qwen_rows_are_told_apart_by_chat_id_and_hash_16_token_blocks(tmp_path):
+    path = _mooncake(tmp_path, [
+        {"chat_id": 1, "parent_chat_id": -1, "timestamp": 0.5, "input_length": 20, "output_length": 4,
+         "type": "text", "turn": 1, "hash_ids": [7, 8]},
+        {"chat_id": 2, "parent_chat_id": 1, "timestamp": 2.0, "input_length": 40, "output_length": 3,
+         "type": "text", "turn": 2, "hash_ids": [7, 8, 9]},
+    ], name="qwen.jsonl")
+    load = load_trace(path)
+    assert load.format == "qwen" and load.workload.arrival_s.tolist() == [0.0, 1.5]
+    assert load.workload.segments[1][:3] == ((7, 16), (8, 16), (9, 8))

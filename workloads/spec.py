@@ -40,7 +40,7 @@ class ColumnsSpec(_Spec):
 
 class TraceSpec(_Spec):
     path: str = Field(description="a CSV file, or an embedded trace name such as 'azure_conv_2023'")
-    format: Literal["auto", "processed", "azure", "burstgpt", "mooncake", "csv"] = "auto"
+    format: Literal["auto", "processed", "azure", "burstgpt", "mooncake", "qwen", "csv"] = "auto"
     columns: ColumnsSpec | None = None
     limit: Count | None = None
     start_s: float | None = Field(None, ge=0, allow_inf_nan=False)

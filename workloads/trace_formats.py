@@ -77,7 +77,25 @@ class RawTrace:
 HASHED_FORMATS: dict[str, tuple[str, float, int]] = {
     # kvcache-ai/Mooncake's published traces: timestamp in ms, one hash id per 512 prompt tokens
     "mooncake": ("timestamp", 1e-3, 512),
+    # Alibaba's Qwen/Bailian traces (chat_id, parent_chat_id, timestamp, input_length, output_length,
+    # type, turn, hash_ids): one hash id per 16 prompt tokens; timestamps read as seconds
+    "qwen": ("timestamp", 1.0, 16),
 }
+
+
+def sniff_json_lines(path: Path) -> str:
+    """``qwen`` when the first row names a ``chat_id``, else ``mooncake``."""
+    import json
+
+    with open(path, encoding="utf-8-sig") as file:
+        for line in file:
+            if line.strip():
+                try:
+                    first = json.loads(line)
+                except json.JSONDecodeError:
+                    return "mooncake"            # the parser names the bad row
+                return "qwen" if isinstance(first, dict) and "chat_id" in first else "mooncake"
+    return "mooncake"
 
 
 def is_json_lines(path: Path) -> bool:

@@ -4,7 +4,7 @@
 ``EMBEDDED_TRACES``) and applies, in this order:
 
 1. parse and validate every row (``trace_formats``; errors name the row); a
-   JSON-lines trace with prompt block hashes (``mooncake``) also gives each
+   JSON-lines trace with prompt block hashes (``mooncake``, ``qwen``) also gives each
    request its content segments, so a prefix cache can reuse them;
 2. sort by arrival time if the file is out of order (stable, so rows with
    equal times keep their file order), then measure times from the first row;
@@ -38,6 +38,7 @@ from workloads.trace_formats import (
     parse_hashed_trace,
     parse_trace,
     read_header,
+    sniff_json_lines,
     sniff_format,
 )
 from workloads.types import Workload
@@ -99,7 +100,8 @@ def load_trace(
     label = str(path)
     resolved = resolve_trace_path(path)
     if format == "auto":
-        format = "mooncake" if is_json_lines(resolved) else sniff_format(read_header(resolved, label), label)
+        format = sniff_json_lines(resolved) if is_json_lines(resolved) else \
+            sniff_format(read_header(resolved, label), label)
     if format in HASHED_FORMATS:
         raw = parse_hashed_trace(resolved, label, format)
     else:

@@ -55,6 +55,12 @@ TTFT_TPOT_PANELS: tuple[LinePanel, ...] = (
     ("TPOT p50 (s/token)", (("tpot_s_p50", "-", ""),)),
     ("TPOT p99 (s/token)", (("tpot_s_p99", "-", ""),)),
 )
+# KV sharing: drawn when some point shared anything (prefix cache, samples, beams)
+SHARING_COLUMNS = ("prefix_cache_hit_rate_tokens", "kv_sharing_saving")
+SHARING_PANELS: tuple[LinePanel, ...] = (
+    ("prefix cache hit rate (share of prefill tokens)", (("prefix_cache_hit_rate_tokens", "-", ""),)),
+    ("KV saved by sharing (share of slots held)", (("kv_sharing_saving", "-", ""),)),
+)
 # the swept key as a quantity and unit, for the x axis
 AXIS_LABELS = {
     "workload.arrival.rate_rps": "request rate (req/s)",
@@ -133,6 +139,9 @@ def read_sweep(sweep_dir: Path, x_key: str) -> tuple[pd.DataFrame, SweepAxis]:
     table = sweep[list(SWEEP_COLUMNS)].copy()
     for column in SWEEP_COLUMNS[2:]:
         table[column] = pd.to_numeric(table[column], errors="coerce")
+    for column in SHARING_COLUMNS:           # optional: sweeps written before them lack the columns
+        if column in sweep.columns:
+            table[column] = pd.to_numeric(sweep[column], errors="coerce")
     table["saturated"] = (sweep[VERDICT] == "saturated") if VERDICT in sweep.columns else False
     table["series"] = _series_names(sweep, x_key)
     table["x"] = x
@@ -188,7 +197,9 @@ def plot_sweep(sweep_dir: Path, x_key: str = DEFAULT_X_KEY, *,
     """Draw a sweep's figures into ``sweep_dir/plots/`` and return their paths:
     ``throughput.png``, ``normalized_latency.png`` (log y if ``log_latency``,
     or where the values span ``LOG_SPAN``),
-    ``ttft_tpot.png``, ``kv_waste.png``, ``timelines.png``."""
+    ``ttft_tpot.png``, ``kv_waste.png``, ``timelines.png``, and
+    ``sharing.png`` (prefix cache hit rate, KV saved by sharing) when some
+    point shared KV."""
     sweep_dir = Path(sweep_dir)
     table, axis = read_sweep(sweep_dir, x_key)
     names = sorted(table["series"].unique())
@@ -212,6 +223,11 @@ def plot_sweep(sweep_dir: Path, x_key: str = DEFAULT_X_KEY, *,
     written.append(save_figure(_kv_waste_figure(names, timelines, where), plots / "kv_waste.png"))
     written.append(save_figure(_timelines_figure(names, colours, timelines, where),
                                plots / "timelines.png"))
+    shared = [c for c in SHARING_COLUMNS if c in table and table[c].fillna(0).gt(0).any()]
+    if shared:
+        panels = tuple(p for p in SHARING_PANELS if p[1][0][0] in shared)
+        written.append(save_figure(_line_figure(table, axis, colours, panels, "KV sharing"),
+                                   plots / "sharing.png"))
     return written
 
 
