@@ -525,21 +525,23 @@ class PagedKVManager:
         if not self._shared:               # nothing shared: all go
             self._free.put(blocks)
             return min(tokens, len(blocks) * bs)
-        freed_real, freed = 0, []
-        n = len(blocks)
         shared = self._shared
-        for i, block in enumerate(blocks.tolist()):
-            count = shared.get(block)
-            if count is None:                  # this table held the last reference
-                freed.append(block)
-                index = n - 1 - i if self.prefix_caching else i
-                freed_real += min(bs, tokens - index * bs)
-            elif count == 2:
+        order = blocks.tolist()
+        if not order:
+            return 0
+        common = shared.keys() & set(order)        # blocks other tables hold too: one reference less
+        for block in common:
+            count = shared[block]
+            if count == 2:
                 del shared[block]
             else:
                 shared[block] = count - 1
+        freed = [b for b in order if b not in common] if common else order
         self._free.put(freed)
-        return freed_real
+        # every block but the last is full; the last holds what is left of the tokens
+        last = int(self._table[slot, len(order) - 1])
+        partial = len(order) * bs - tokens
+        return len(freed) * bs - (partial if last not in common else 0)
 
     def _take(self, count: int) -> np.ndarray:
         """``count`` free blocks; a cached one loses its key (an eviction)."""

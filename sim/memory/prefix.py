@@ -111,8 +111,9 @@ class LRUFreeList:
         fresh = min(count, self.num_blocks - self.virgin)
         out = list(range(self.virgin, self.virgin + fresh))
         self.virgin += fresh
-        for _ in range(count - fresh):
-            out.append(self._released.popitem(last=False)[0])
+        if count > fresh:
+            popitem = self._released.popitem
+            out += [popitem(last=False)[0] for _ in range(count - fresh)]
         return np.array(out, np.int64)
 
     def take_one(self) -> int:
