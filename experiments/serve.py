@@ -25,7 +25,7 @@ from experiments.config import ConfigError, ExperimentConfig
 from experiments.progress import Progress
 from experiments.runner import RunOutput, make_requests
 from sim.memory.capacity import GB, build_kv_manager
-from sim.metrics import requests_frame, summarize
+from sim.metrics import prefix_cache_summary, requests_frame, summarize
 from sim.policies import POLICIES
 from sim.presets import resolve_hardware, resolve_model
 
@@ -54,9 +54,6 @@ def check_servable(cfg: ExperimentConfig, device: Device) -> None:
     if sampling is not None and sampling.num_seqs > 1:
         raise ConfigError("workload.sampling: the real engine serves one sequence per request yet; "
                           "allowed: n 1, beam_width 1 (simulate it with pagesim run)")
-    if cfg.engine.memory.prefix_caching:
-        raise ConfigError("engine.memory.prefix_caching: the real engine does not cache prefixes yet; "
-                          "allowed: false (simulate it with pagesim run)")
     par = cfg.engine.parallel
     if par.tensor != 1 or par.pipeline != 1:
         raise ConfigError(f"engine.parallel: pagesim serve drives one GPU; allowed: tensor 1, pipeline 1 "
@@ -149,6 +146,7 @@ def serve_experiment(cfg: ExperimentConfig, device: Device = Device(), progress:
     summary = summarize(result, req_df, timeline, cfg.label(), cfg.steady_state)
     summary["cost_model"] = "real"
     summary["kv_total_slots_per_replica"] = int(kv.total_tokens)
+    summary["prefix_cache"] = prefix_cache_summary([getattr(kv, "prefix_stats", {})])
     summary["executor"] = "engine"
     summary["engine"] = _provenance(device, runner, plan, setup_s)
     return RunOutput(cfg, result, req_df, timeline, summary, notes)

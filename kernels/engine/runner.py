@@ -93,6 +93,7 @@ class ModelRunner:
         self.seed = seed
         self.warm_up_steps = warm_up_steps
         self._tokens: dict[int, list[int]] = {}
+        self._answers: dict[int, list[int]] = {}     # a finished request's answer, by its content id
         if self.layout == "paged":
             self.cache = PagedKVCache(model, kv.num_blocks + 1, block_size=self.block_size, dtype=dtype,
                                       device=device, init="zeros")
@@ -196,9 +197,13 @@ class ModelRunner:
         timing.prepare_s, timing.launch_s, timing.wait_s = t1 - t0, t2 - t1, t3 - t2
         return timing
 
-    def release(self, request_id: int) -> None:
-        """Forget a finished request's tokens."""
-        self._tokens.pop(request_id, None)
+    def release(self, request_id: int, segments=None) -> None:
+        """Forget a finished request's tokens; with content ``segments``,
+        keep its answer, which a later prompt may repeat (a conversation)."""
+        toks = self._tokens.pop(request_id, None)
+        if segments and toks is not None:
+            cid, length = segments[-1]
+            self._answers[cid] = toks[len(toks) - length:]
 
     # ---- inputs ----------------------------------------------------------------
     def _where(self, request_id: int):
@@ -244,14 +249,29 @@ class ModelRunner:
         return np.concatenate(ids)
 
     def _request_tokens(self, req) -> list[int]:
+        """A request's prompt ids: random per request, or, when the request
+        says its content (``segments``), the same ids wherever the same
+        content id and offset appear -- a finished request's answer as it was
+        generated -- so a prefix cache hit reads the KV of the very tokens."""
         toks = self._tokens.get(req.request_id)
         if toks is None:
-            rng = np.random.default_rng((self.seed, req.request_id))
-            toks = rng.integers(0, self.geom.vocab_size, req.prompt_tokens).tolist()
+            if req.segments is None:
+                rng = np.random.default_rng((self.seed, req.request_id))
+                toks = rng.integers(0, self.geom.vocab_size, req.prompt_tokens).tolist()
+            else:
+                toks = []
+                for cid, length in req.segments:
+                    if len(toks) >= req.prompt_tokens:
+                        break
+                    take = min(length, req.prompt_tokens - len(toks))
+                    answer = self._answers.get(cid)
+                    toks += answer[:take] if answer is not None and len(answer) >= take \
+                        else content_token_ids(cid, take, self.seed, self.geom.vocab_size)
             self._tokens[req.request_id] = toks
         return toks
 
     # ---- swap ------------------------------------------------------------------
+
     def _swap(self, batch: Batch) -> None:
         """GPU -> CPU copies first (their GPU blocks may be reused this very
         step), then CPU -> GPU; whole blocks, every layer, K and V."""
@@ -303,3 +323,16 @@ def _pad_to(host: HostStep, padding: HostStep) -> None:
         if value is not None:
             setattr(host, name, np.concatenate([value, getattr(padding, name)[n:]]))
     host.last_token_index = padding.last_token_index.copy()
+
+
+def content_token_ids(content_id: int, length: int, seed: int, vocab_size: int) -> list[int]:
+    """Token ids at offsets ``0 .. length - 1`` of a content segment: a hash
+    of (seed, content id, offset), so any prefix of a segment is the same
+    wherever it appears."""
+    offsets = np.arange(length, dtype=np.uint64)
+    x = (np.uint64((seed * 0x9E3779B97F4A7C15 + content_id * 0xBF58476D1CE4E5B9) % 2**64)
+         + offsets * np.uint64(0x94D049BB133111EB))
+    x ^= x >> np.uint64(31)
+    x *= np.uint64(0xD6E8FEB86659FD93)
+    x ^= x >> np.uint64(32)
+    return (x % np.uint64(vocab_size)).astype(np.int64).tolist()

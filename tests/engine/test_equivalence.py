@@ -40,16 +40,25 @@ CONFIGS = {
     # chunked prefill: prompts of up to 40 tokens in steps of 24 tokens, over cached context
     "continuous+paged(chunked)": ("continuous", dict(layout="paged", num_blocks=40)),
     "continuous+contiguous(chunked)": ("continuous", dict(layout="contiguous", num_tokens=1024)),
+    # prefix caching: two tenants' system prompts, and conversations that repeat earlier answers
+    "continuous+paged(prefix)": ("continuous", dict(layout="paged", num_blocks=60, prefix_caching=True)),
+    "continuous+paged(prefix,conversations)": ("continuous", dict(layout="paged", num_blocks=60,
+                                                                  prefix_caching=True)),
 }
 
 
 def _config(name: str, seed: int = 3):
     policy, memory = CONFIGS[name]
+    prefix = None
+    if "prefix" in name:
+        prefix = dict(turns=3, think_time_s=0.05) if "conversations" in name else \
+            dict(shared_tokens=24, tenants=2)
     return validate(dict(
         name=name, seed=seed, model=TINY, hardware="h200",
         workload=dict(num_requests=40, arrival=dict(process="poisson", rate_rps=300.0),
-                      lengths=dict(prompt=dict(dist="uniform", low=4, high=40),
-                                   output=dict(dist="uniform", low=2, high=30))),
+                      lengths=dict(prompt=dict(dist="uniform", low=4, high=40 if prefix is None else 20),
+                                   output=dict(dist="uniform", low=2, high=30 if prefix is None else 12)),
+                      prefix=prefix),
         engine=dict(batching=dict(policy=policy, max_batch_size=16,
                                   max_batch_tokens=24 if "chunked" in name else 256,
                                   chunked_prefill="chunked" in name,
@@ -70,9 +79,9 @@ def served():
             shapes.append(batch_shape(batch))
             return original_run(self, batch)
 
-        def release(self, request_id, tokens=tokens):
+        def release(self, request_id, segments=None, tokens=tokens):
             tokens[request_id] = list(self._tokens[request_id])
-            original_release(self, request_id)
+            original_release(self, request_id, segments)
 
         ModelRunner.run, ModelRunner.release = run, release
         try:
@@ -122,6 +131,8 @@ def test_the_runs_exercise_what_they_claim(served):
     assert summaries["static+paged"]["preemptions"] > 0
     swap_steps = [s for s in served["continuous+paged(swap)"][1] if s[3] or s[4]]
     assert swap_steps, "no step swapped"
+    for name in ("continuous+paged(prefix)", "continuous+paged(prefix,conversations)"):
+        assert served[name][0].summary["prefix_cache"]["prefill_tokens_saved"] > 0, f"{name}: no prefix hit"
     for name in ("continuous+paged(chunked)", "continuous+contiguous(chunked)"):
         t = served[name][0].timeline
         assert t["batch_tokens"].max() <= 24, name
