@@ -93,7 +93,7 @@ class ModelRunner:
         self.seed = seed
         self.warm_up_steps = warm_up_steps
         self._tokens: dict[int, list[int]] = {}
-        self._answers: dict[int, list[int]] = {}     # a finished request's answer, by its content id
+        self._content: dict[int, list[int]] = {}     # token ids of each content id, fixed at first use
         if self.layout == "paged":
             self.cache = PagedKVCache(model, kv.num_blocks + 1, block_size=self.block_size, dtype=dtype,
                                       device=device, init="zeros")
@@ -203,7 +203,7 @@ class ModelRunner:
         toks = self._tokens.pop(request_id, None)
         if segments and toks is not None:
             cid, length = segments[-1]
-            self._answers[cid] = toks[len(toks) - length:]
+            self._content.setdefault(cid, toks[len(toks) - length:])   # unless a prompt used it first
 
     # ---- inputs ----------------------------------------------------------------
     def _where(self, request_id: int):
@@ -251,8 +251,11 @@ class ModelRunner:
     def _request_tokens(self, req) -> list[int]:
         """A request's prompt ids: random per request, or, when the request
         says its content (``segments``), the same ids wherever the same
-        content id and offset appear -- a finished request's answer as it was
-        generated -- so a prefix cache hit reads the KV of the very tokens."""
+        content id and offset appear, so a prefix cache hit reads the KV of
+        the very tokens. A content id's ids are fixed at its first use: a
+        finished request's answer as it was generated, or, if a prompt
+        repeated it before it finished (arrivals are open loop), a hash of
+        the id and offset -- whichever the cache may already hold."""
         toks = self._tokens.get(req.request_id)
         if toks is None:
             if req.segments is None:
@@ -264,9 +267,10 @@ class ModelRunner:
                     if len(toks) >= req.prompt_tokens:
                         break
                     take = min(length, req.prompt_tokens - len(toks))
-                    answer = self._answers.get(cid)
-                    toks += answer[:take] if answer is not None and len(answer) >= take \
-                        else content_token_ids(cid, take, self.seed, self.geom.vocab_size)
+                    known = self._content.setdefault(cid, [])
+                    if len(known) < take:      # offsets never used yet: hashed
+                        known += content_token_ids(cid, take, self.seed, self.geom.vocab_size)[len(known):]
+                    toks += known[:take]
             self._tokens[req.request_id] = toks
         return toks
 

@@ -73,8 +73,9 @@ class KVManager(Protocol):
         once, else change nothing and return False (bulk check + act)."""
         ...
 
-    def free(self, request_id: int) -> None:
-        """Release everything the sequence holds."""
+    def free(self, request_id: int, complete: bool = True) -> None:
+        """Release everything the sequence holds (``complete``: it finished;
+        False when it is preempted)."""
         ...
 
     def num_tokens(self, request_id: int) -> int: ...

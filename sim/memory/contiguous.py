@@ -177,7 +177,7 @@ class ContiguousKVManager:
         cols = self._seqs.cols
         return max_growth if (cols["tokens"][slots] + max_growth <= cols["size"][slots]).all() else 0
 
-    def free(self, request_id: int) -> None:
+    def free(self, request_id: int, complete: bool = True) -> None:
         """Return the range to the holes, merged with the holes it touches."""
         if request_id not in self._seqs:
             raise MemoryError_(f"free({request_id}): it holds no KV (double free?)")

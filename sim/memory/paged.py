@@ -341,13 +341,16 @@ class PagedKVManager:
                 hi = mid
         return lo
 
-    def free(self, request_id: int) -> None:
+    def free(self, request_id: int, complete: bool = True) -> None:
         """Release a sequence's GPU or CPU blocks; a GPU block goes back to the
-        free queue only when no other table holds it."""
+        free queue only when no other table holds it. With prefix caching a
+        ``complete`` sequence's output blocks get their keys first; a
+        preempted one's do not (its answer is not finished: nothing else can
+        hold the same tokens yet)."""
         if request_id not in self._seqs:
             raise MemoryError_(f"free({request_id}): it holds no KV (double free?)")
         cpu_table = self._cpu_tables.pop(request_id, None)
-        if cpu_table is None and request_id in self._content:
+        if cpu_table is None and complete and request_id in self._content:
             self._register_output(request_id)
         self._content.pop(request_id, None)
         self._keys.pop(request_id, None)
@@ -384,8 +387,6 @@ class PagedKVManager:
         if not self.can_swap_out(request_id):
             raise MemoryError_(f"swap_out({request_id}): needs {blocks} CPU blocks, {len(self._cpu_free)} free")
         table = self._table[slot, :blocks].tolist()
-        if request_id in self._content:
-            self._register_output(request_id)
         self._real_slots -= self._release_gpu(slot)
         self._nblk[slot] = 0
         cpu_table = self._cpu_free.take(blocks).tolist()

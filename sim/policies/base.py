@@ -370,7 +370,7 @@ class Policy:
         while run.n and run.reqs[run.n - 1] is req:
             run.pop()
         for seq in req.seq_ids:
-            self.kv.free(seq)
+            self.kv.free(seq, complete=False)
         if req.num_seqs > 1:
             req.generated_tokens = 0
         req.computed_tokens = 0
@@ -388,7 +388,7 @@ class Policy:
         for req in left:
             if req.status in (Status.RUNNING, Status.SWAPPED):
                 for seq in req.seq_ids:
-                    self.kv.free(seq)
+                    self.kv.free(seq, complete=False)
             req.status = Status.UNFINISHED
         self.waiting.clear()
         self.swapped.clear()
