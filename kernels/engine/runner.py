@@ -136,18 +136,20 @@ class ModelRunner:
                          max_context_tokens=self.geom.max_context_tokens, scratch=self.scratch)
 
     def warm_up(self, num_steps: int | None = None, max_tokens: int = 2048) -> None:
-        """Eager steps of assorted shapes on padding rows (nothing written), so
-        that first-use costs -- kernel specialisations, GEMM heuristics,
-        allocator growth -- are paid before serving starts, as a production
-        engine does before it takes requests."""
+        """Eager steps of assorted shapes on padding rows (nothing written),
+        some prefilling over cached context, so that first-use costs -- kernel
+        specialisations, GEMM heuristics, allocator growth -- are paid before
+        serving starts, as a production engine does before it takes requests."""
         rng = np.random.default_rng(self.seed)
         top = max(8, min(max_tokens, self.geom.max_context_tokens))
         for i in range(self.warm_up_steps if num_steps is None else num_steps):
             prompts = np.exp(rng.uniform(np.log(8), np.log(top), int(rng.integers(1, 4)))).astype(np.int64)
             decodes = 0 if i % 4 == 0 else int(rng.integers(1, 65))
             new = np.concatenate([prompts, np.ones(decodes, np.int64)])
-            rows = Rows(len(prompts), new, np.zeros(len(new), np.int64), new.copy(), np.zeros(len(new), np.int64),
-                        [None] * len(new))
+            cached = np.zeros(len(new), np.int64)
+            if i % 4 == 2:       # prefills over cached context (chunked prefill, prefix caching)
+                cached[: len(prompts)] = rng.integers(1, top, len(prompts))
+            rows = Rows(len(prompts), new, cached, new.copy(), cached.copy(), [None] * len(new))
             host = host_step(rows, np.zeros(int(new.sum()), np.int64), self.layout, block_size=self.block_size,
                              width=self.width, max_context_tokens=self.geom.max_context_tokens,
                              scratch=self.scratch)
