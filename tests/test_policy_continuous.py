@@ -235,33 +235,27 @@ def test_parallel_samples_share_the_prompt_and_finish_together(layout):
     kv.assert_empty()
 
 
-def test_beams_are_reselected_after_every_token_and_share_their_history():
+def _beam_run() -> tuple[list[int], PagedKVManager, list]:
+    """One request of 4 beams to its end; the shared slots after each step."""
     kv = PagedKVManager(64, 4, watermark_frac=0.0)
     pol = make_policy("continuous", kv)
     (r,) = make_requests((0.0, 9, 12))
     r.num_seqs, r.beam = 4, True
     pol.add(r, 0.0)
-    t, shared = 0.0, []
+    t, shared, running = 0.0, [], []
     while r.status is not Status.FINISHED:
         b = pol.schedule(t)
         t += 1.0
         pol.on_step_done(b, t)
         kv.check_invariants()
         shared.append(kv.usage().shared)
-        if pol.num_running:
-            assert pol.num_running == 4 and len(set(pol._run.seq[:4].tolist())) == 4
+        running.append(sorted(pol._run.seq[: pol.num_running].tolist()))
+    return shared, kv, running
+
+
+def test_beams_are_reselected_after_every_token_and_share_their_history():
+    shared, kv, running = _beam_run()
+    assert all(len(seqs) == 4 and len(set(seqs)) == 4 for seqs in running[:-1])
     assert max(shared[1:-1]) > 2 * 2 * 4        # beams share more than the prompt's two full blocks
     kv.assert_empty()
-    # the same request again draws the same beams: a run repeats exactly
-    kv2 = PagedKVManager(64, 4, watermark_frac=0.0)
-    pol2 = make_policy("continuous", kv2)
-    (r2,) = make_requests((0.0, 9, 12))
-    r2.num_seqs, r2.beam = 4, True
-    pol2.add(r2, 0.0)
-    t, shared2 = 0.0, []
-    while r2.status is not Status.FINISHED:
-        b = pol2.schedule(t)
-        t += 1.0
-        pol2.on_step_done(b, t)
-        shared2.append(kv2.usage().shared)
-    assert shared2 == shared
+    assert _beam_run()[0] == shared             # the same request draws the same beams: runs repeat

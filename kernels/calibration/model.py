@@ -151,12 +151,16 @@ class Transformer:
     # -- elementwise and GEMM operators --
     def embed(self, token_ids: torch.Tensor, positions: torch.Tensor):
         """Hidden states [T, H] and the rotary tables (None for OPT)."""
-        h = F.embedding(token_ids, self.weights.embed)
+        h = self.lookup(token_ids)
         if opt_style(self.geom):
             return h + F.embedding(positions, self.weights.positions), None
         angles = positions.float()[:, None] * self.inv_freq[None, :]
         angles = torch.cat((angles, angles), dim=-1)[:, None, :]
         return h, (angles.cos().to(h.dtype), angles.sin().to(h.dtype))
+
+    def lookup(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """The token embeddings [T, H]."""
+        return F.embedding(token_ids, self.weights.embed)
 
     def norm(self, x: torch.Tensor, wb) -> torch.Tensor:
         weight, bias = wb

@@ -91,17 +91,13 @@ class TensorParallelTransformer(Transformer):
         dist.all_reduce(x, group=self.group)
         return x
 
-    def embed(self, token_ids: torch.Tensor, positions: torch.Tensor):
+    def lookup(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Vocabulary parallel: each rank looks up its own ids, the sum is the embedding."""
         per = self.geom.vocab_size
         local = token_ids - self.rank * per
         mine = (local >= 0) & (local < per)
         h = F.embedding(torch.where(mine, local, torch.zeros_like(local)), self.weights.embed)
-        h = self._all_reduce(h * mine[:, None].to(h.dtype))
-        if opt_style(self.geom):
-            return h + F.embedding(positions, self.weights.positions), None
-        angles = positions.float()[:, None] * self.inv_freq[None, :]
-        angles = torch.cat((angles, angles), dim=-1)[:, None, :]
-        return h, (angles.cos().to(h.dtype), angles.sin().to(h.dtype))
+        return self._all_reduce(h * mine[:, None].to(h.dtype))
 
     def _row_parallel(self, x: torch.Tensor, wb) -> torch.Tensor:
         w, b = wb
