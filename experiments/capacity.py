@@ -68,6 +68,7 @@ from experiments.atomic import atomic_path
 from experiments.config import ConfigError, ExperimentConfig, resolved_dict, set_path, validate
 from experiments.outputs import write_marker
 from sim.metrics import LATENCIES, STATS, flatten, summary_metrics
+from sim.presets import resolve_hardware
 
 RATE_KEY = "workload.arrival.rate_rps"
 SCALE_KEY = "workload.arrival.time_scale"
@@ -424,6 +425,7 @@ class Job:
     max_replicas: int
     quiet: bool
     index: int = 0
+    ceiling_rps: float | None = None     # the saturated throughput, when the caller measured it already
 
 
 def _log(quiet: bool) -> Callable[[str], None] | None:
@@ -440,7 +442,7 @@ def run_job(job: Job) -> tuple[int, dict, dict[str, dict]]:
 
 
 def _answer(job: Job, probe: ProbeRunner) -> dict:
-    ceiling = upper_bound_rps(job.cand, job.load, probe)
+    ceiling = job.ceiling_rps if job.ceiling_rps is not None else upper_bound_rps(job.cand, job.load, probe)
     answers = search_candidate(job.cand, job.load, probe, job.search, ceiling)
     found = [a.rate_rps for a in answers if a.rate_rps is not None]
     row = {**_summary_row(job.cand, answers), "saturated_rate_rps": ceiling}
@@ -468,7 +470,7 @@ def _summary_row(cand: Candidate, answers: list[SeedAnswer]) -> dict:
     par = cand.cfg.engine.parallel
     gpus = cand.cfg.gpus
     row = {"candidate": cand.cid, "config": cand.label, "short": cand.short, **cand.swept,
-           "hardware": _hw_name(cand.cfg),
+           "hardware": resolve_hardware(cand.cfg.hardware).name,
            "tensor": par.tensor, "pipeline": par.pipeline, "replicas": cand.cfg.engine.replicas, "gpus": gpus,
            "max_rate_rps": None, "max_rate_min_rps": None, "max_rate_max_rps": None, "goodput_per_gpu_rps": None,
            "seed_rates_rps": json.dumps([None if r is None else round(r, 6) for r in rates]),
@@ -518,19 +520,28 @@ def run_jobs(jobs: list[Job], workers: int, backend: str = "local", address: str
     return rows
 
 
+def search_units(raw: dict, cfg: ExperimentConfig, target_rps: float | None,
+                 load: Load | None = None) -> list[Candidate]:
+    """The candidates a search runs: with a target, each as one replica (the
+    unit the target multiplies; a swept ``engine.replicas`` is refused)."""
+    cands = candidates(raw, cfg, load or load_axis(cfg))
+    if target_rps is None:
+        return cands
+    if any("engine.replicas" in c.swept for c in cands):
+        raise ConfigError("sweep: engine.replicas is what --target-rate searches; remove it from the sweep")
+    return [with_replicas(c, 1) for c in cands]
+
+
 def plan(raw: dict, cfg: ExperimentConfig, out_dir: Path, search: Search, *,
          target_rps: float | None = None, gpu_cost: dict[str, float] | None = None, max_replicas: int = 64,
          workers: int | None = None, quiet: bool = False, backend: str = "local",
-         address: str | None = None) -> pd.DataFrame:
-    """Search every candidate; returns the capacity table (see module doc).
-    Searches run on ``backend`` (experiments/backends.py)."""
+         address: str | None = None, cands: list[Candidate] | None = None) -> pd.DataFrame:
+    """Search every candidate (``search_units``, unless the caller built
+    them); returns the capacity table (see module doc). Searches run on
+    ``backend`` (experiments/backends.py)."""
     load = load_axis(cfg)
-    cands = candidates(raw, cfg, load)
+    cands = search_units(raw, cfg, target_rps, load) if cands is None else cands
     _check_costs(cands, gpu_cost)
-    if target_rps is not None:
-        if any("engine.replicas" in c.swept for c in cands):
-            raise ConfigError("sweep: engine.replicas is what --target-rate searches; remove it from the sweep")
-        cands = [with_replicas(c, 1) for c in cands]        # the unit the target multiplies
     out_dir = Path(out_dir)
     cache = out_dir / "probes"
     cache.mkdir(parents=True, exist_ok=True)
@@ -558,8 +569,9 @@ def plan(raw: dict, cfg: ExperimentConfig, out_dir: Path, search: Search, *,
                              "saturated_rate_rps": bounds[c.cid], "target_verified": False})
                 if log:
                     log(f"{c.label}: pruned (its cost bound {lower[c.cid]:g} >= best {best:g})")
-        for c, row in zip(todo, run_jobs([Job(c, load, search, str(cache), target_rps, max_replicas, quiet)
-                                          for c in todo], workers, backend, address)):
+        jobs = [Job(c, load, search, str(cache), target_rps, max_replicas, quiet, ceiling_rps=bounds[c.cid])
+                for c in todo]
+        for c, row in zip(todo, run_jobs(jobs, workers, backend, address)):
             row.update(status="searched", cost_lower_bound=lower[c.cid])
             if row.get("target_verified"):
                 best = min(best, row["replicas_at_target"] * price[c.cid])
@@ -573,17 +585,13 @@ def _price(cand: Candidate, gpu_cost: dict[str, float] | None) -> float:
     gpus = par.tensor * par.pipeline
     if not gpu_cost:
         return float(gpus)
-    return gpus * gpu_cost[_hw_name(cand.cfg)]
-
-
-def _hw_name(cfg: ExperimentConfig) -> str:
-    return cfg.hardware if isinstance(cfg.hardware, str) else cfg.hardware.name
+    return gpus * gpu_cost[resolve_hardware(cand.cfg.hardware).name]
 
 
 def _check_costs(cands: list[Candidate], gpu_cost: dict[str, float] | None) -> None:
     if not gpu_cost:
         return
-    used = sorted({_hw_name(c.cfg) for c in cands})
+    used = sorted({resolve_hardware(c.cfg.hardware).name for c in cands})
     missing = [h for h in used if h not in gpu_cost]
     if missing:
         raise ValueError(f"--gpu-cost: no price for {', '.join(missing)} (hardware of the candidates: "

@@ -181,7 +181,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_capacity(args: argparse.Namespace) -> int:
-    from experiments.capacity import Search, plan, write_results, candidates, load_axis
+    from experiments.capacity import Search, plan, search_units, write_results
     from experiments.config import load_config
     from sim.presets import HARDWARE
 
@@ -211,15 +211,12 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
         raise ValueError("--attainment: give per-request objectives with it, e.g. --slo ttft_s<=1 --slo tpot_s<=0.1")
     if args.address and args.backend != "ray":
         raise ValueError("--address: applies to --backend ray only")
+    units = search_units(raw, cfg, args.target_rate)
     check_out_dir(Path(args.out), force=args.force, replace=False)
     table = plan(raw, cfg, Path(args.out), search, target_rps=args.target_rate, gpu_cost=gpu_cost or None,
                  max_replicas=args.max_replicas, workers=args.jobs, quiet=args.quiet, backend=args.backend,
-                 address=args.address)
-    cands = {c.cid: c for c in candidates(raw, cfg, load_axis(cfg))}
-    if args.target_rate is not None:
-        from experiments.capacity import with_replicas
-
-        cands = {cid: with_replicas(c, 1) for cid, c in cands.items()}
+                 address=args.address, cands=units)
+    cands = {c.cid: c for c in units}
     import shlex
 
     command = "pagesim capacity " + shlex.join(args.argv_text)

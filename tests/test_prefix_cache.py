@@ -270,3 +270,17 @@ def test_a_sweep_that_shares_kv_draws_the_sharing_figure(tmp_path):
            "sweep": {"workload.arrival.rate_rps": [2.0, 4.0]}}
     run_sweep(copy.deepcopy(raw), validate(raw), tmp_path / "s", jobs=1, progress=False)
     assert (tmp_path / "s" / "plots" / "sharing.png").is_file()
+
+
+def test_a_prompt_repeating_an_unfinished_answer_shares_nothing_from_there_on():
+    m = kv(16)
+    turn1 = ((1, 8), (50, 8))                   # prompt 8, answer 50 of 8 tokens
+    m.allocate(1, 8, 16, turn1)
+    turn2 = ((1, 8), (50, 8), (2, 4), (60, 4))  # arrives while turn 1 still answers
+    assert m.allocate(2, 20, 24, turn2) == 8     # the settled prompt is shared ...
+    m.free(2)                                    # ... its copy of answer 50 and beyond never are
+    assert m.prefix_hit_tokens(20, turn2) == 8
+    m.append(1, 8)
+    m.free(1)                                    # the answer is done: now it is a prefix
+    assert m.prefix_hit_tokens(20, turn2) == 16
+    m.check_invariants()

@@ -205,7 +205,7 @@ class ModelRunner:
         toks = self._tokens.pop(request_id, None)
         if segments and toks is not None:
             cid, length = segments[-1]
-            self._content.setdefault(cid, toks[len(toks) - length:])   # unless a prompt used it first
+            self._content[cid] = toks[len(toks) - length:]   # what later prompts repeat from now on
 
     # ---- inputs ----------------------------------------------------------------
     def _where(self, request_id: int):
@@ -254,10 +254,11 @@ class ModelRunner:
         """A request's prompt ids: random per request, or, when the request
         says its content (``segments``), the same ids wherever the same
         content id and offset appear, so a prefix cache hit reads the KV of
-        the very tokens. A content id's ids are fixed at its first use: a
-        finished request's answer as it was generated, or, if a prompt
-        repeated it before it finished (arrivals are open loop), a hash of
-        the id and offset -- whichever the cache may already hold."""
+        the very tokens: a finished request's answer as it was generated,
+        other content a hash of its id and offset, fixed at first use. A
+        prompt that repeats an answer before it is done (arrivals are open
+        loop) gets hashed ids for it; the prefix cache never shares those
+        blocks or anything after them (``PagedKVManager._settled_blocks``)."""
         toks = self._tokens.get(req.request_id)
         if toks is None:
             if req.segments is None:

@@ -56,6 +56,10 @@ if TYPE_CHECKING:
     from sim.presets import ModelSpec
 
 
+ALL_BLOCKS = 1 << 62
+"""``_settled_blocks`` of content with nothing unsettled: every block."""
+
+
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -86,7 +90,9 @@ class PagedKVManager:
         self._keys: dict[int, list[int]] = {}      # request id -> keys of its full blocks so far
         self._queried: dict[Segments, list[int]] = {}   # keys of waiting requests' content, until allocated
         self._forks = 0                            # fork() calls: only they share a partially filled block
-        self._version = 0                          # bumped whenever a key is added or dropped
+        self._version = 0                          # bumped whenever a key or an open answer changes
+        self._open: set[int] = set()               # answers (content ids) of sequences not finished yet
+        self._limit: dict[int, int] = {}           # request id -> its leading blocks that may be shared
         self._last_hits: tuple = (None, 0, -1, ([], []))   # (segments, tokens, version, result) memo
         self.prefix_stats = {"queried_tokens": 0, "hit_tokens": 0, "queried_blocks": 0, "hit_blocks": 0,
                              "evictions": 0}
@@ -194,13 +200,26 @@ class PagedKVManager:
             keys = self._queried[segments] = block_keys(segments, num_tokens // self.block_size, self.block_size)
         keys = keys[: num_tokens // self.block_size]
         hits = []
-        for key in keys[: (num_tokens - 1) // self.block_size]:
+        for key in keys[: min((num_tokens - 1) // self.block_size, self._settled_blocks(segments))]:
             block = self._block_of.get(key)
             if block is None:
                 break
             hits.append(block)
         self._last_hits = (segments, num_tokens, self._version, (hits, keys))
         return hits, keys
+
+    def _settled_blocks(self, segments: Segments) -> int:
+        """Leading full blocks of a prompt whose content is settled: up to the
+        first block that repeats an answer still being generated (an open-loop
+        conversation turn can arrive before the answer it repeats is done; its
+        copy of that answer is not the answer, so nothing from there on --
+        its KV included -- may be shared)."""
+        offset = 0
+        for cid, length in segments[:-1]:          # the prompt: the last segment is the request's own answer
+            if cid in self._open:
+                return offset // self.block_size
+            offset += length
+        return ALL_BLOCKS                          # all of it (and the answer, once done)
 
     def can_allocate(self, request_id: int, num_tokens: int, final_tokens: int,
                      segments: Segments | None = None) -> bool:
@@ -235,7 +254,10 @@ class PagedKVManager:
         if self.prefix_caching and segments is not None:
             self._queried.pop(segments, None)
             self._content[request_id], self._keys[request_id] = segments, keys
-            self._register(slot, keys, len(hits))
+            self._limit[request_id] = self._settled_blocks(segments)
+            self._register(slot, keys[: self._limit[request_id]], len(hits))
+            self._open.add(segments[-1][0])
+            self._version += 1
             st = self.prefix_stats
             st["queried_tokens"] += num_tokens
             st["hit_tokens"] += len(hits) * bs
@@ -352,8 +374,12 @@ class PagedKVManager:
         cpu_table = self._cpu_tables.pop(request_id, None)
         if cpu_table is None and complete and request_id in self._content:
             self._register_output(request_id)
-        self._content.pop(request_id, None)
+        content = self._content.pop(request_id, None)
+        if complete and content is not None:
+            self._open.discard(content[-1][0])    # its answer is done: prompts may repeat it now
+            self._version += 1
         self._keys.pop(request_id, None)
+        self._limit.pop(request_id, None)
         slot = self._seqs.release(request_id)
         if cpu_table is not None:
             self._cpu_free.put(cpu_table)
@@ -571,7 +597,8 @@ class PagedKVManager:
         """Key every full block a sequence holds now (its output included)."""
         slot = self._seqs.slot_of[request_id]
         content = self._content[request_id]
-        full = min(int(self._tok[slot]), total_tokens(content)) // self.block_size
+        full = min(int(self._tok[slot]) // self.block_size, total_tokens(content) // self.block_size,
+                   self._limit[request_id])
         keys = self._keys[request_id]
         if full > len(keys):
             keys = keys + block_keys(content, full, self.block_size, len(keys),
