@@ -110,6 +110,37 @@ def test_embedded_azure_conversation_trace_loads_by_name():
     np.testing.assert_allclose(loaded.workload.arrival_s, [0.0, 4.314579, 4.541877])
 
 
+def test_embedded_azure_code_trace_is_the_raw_azure_file():
+    loaded = load_trace("azure_code_2023", limit=2)
+    assert (loaded.format, loaded.num_rows) == ("azure", 8_819)
+    np.testing.assert_array_equal(loaded.workload.prompt_tokens, [4808, 3180])
+    np.testing.assert_allclose(loaded.workload.arrival_s, [0.0, 0.052])
+
+
+def test_embedded_mooncake_trace_is_read_through_gzip():
+    loaded = load_trace("mooncake_conversation", limit=2)
+    assert (loaded.format, loaded.num_rows) == ("mooncake", 12_031)
+    assert loaded.workload.prompt_tokens.tolist() == [6758, 7322]
+    first, second = loaded.workload.segments
+    assert first[0] == second[0] == (0, 512)        # both open with hash id 0: a shared first block
+    assert first[13] == (13, 6758 - 13 * 512)
+
+
+def test_any_trace_may_be_gzip_compressed_and_a_broken_one_is_named(tmp_path):
+    import gzip
+
+    plain = write(tmp_path, PROCESSED)
+    packed = tmp_path / "trace.csv.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    a, b = load_trace(plain).workload, load_trace(packed).workload
+    np.testing.assert_array_equal(a.prompt_tokens, b.prompt_tokens)
+    np.testing.assert_array_equal(a.arrival_s, b.arrival_s)
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(gzip.compress(b'{"timestamp": 1}\n' * 50)[:30])
+    with pytest.raises(TraceError, match="not a readable gzip file"):
+        load_trace(broken)
+
+
 def test_missing_file(tmp_path):
     path = tmp_path / "nope.csv"
     with pytest.raises(TraceError) as error:

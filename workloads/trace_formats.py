@@ -83,11 +83,26 @@ HASHED_FORMATS: dict[str, tuple[str, float, int]] = {
 }
 
 
+def is_gzip(path: Path) -> bool:
+    """Whether the file starts with the gzip magic bytes (a trace may be compressed)."""
+    with open(path, "rb") as file:
+        return file.read(2) == b"\x1f\x8b"
+
+
+def open_text(path: Path, newline: str | None = None):
+    """``path`` opened for reading text, gzip-compressed or not."""
+    if is_gzip(path):
+        import gzip
+
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline=newline)
+    return open(path, encoding="utf-8-sig", newline=newline)
+
+
 def sniff_json_lines(path: Path) -> str:
     """``qwen`` when the first row names a ``chat_id``, else ``mooncake``."""
     import json
 
-    with open(path, encoding="utf-8-sig") as file:
+    with open_text(path) as file:
         for line in file:
             if line.strip():
                 try:
@@ -101,11 +116,11 @@ def sniff_json_lines(path: Path) -> str:
 def is_json_lines(path: Path) -> bool:
     """Whether the file's first non-blank character opens a JSON object."""
     try:
-        with open(path, encoding="utf-8-sig") as file:
+        with open_text(path) as file:
             for line in file:
                 if line.strip():
                     return line.lstrip().startswith("{")
-    except (UnicodeDecodeError, OSError):
+    except (UnicodeDecodeError, OSError, EOFError):
         return False
     return False
 
@@ -120,9 +135,12 @@ def parse_hashed_trace(path: Path, label: str, fmt: str) -> RawTrace:
     time_field, unit_s, block = HASHED_FORMATS[fmt]
     times, prompts, outputs, segments = [], [], [], []
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        with open_text(path) as file:
+            lines = file.read().splitlines()
     except UnicodeDecodeError as error:
         raise TraceError(f"{label}: not a UTF-8 text file ({error.reason}); expected JSON lines") from None
+    except (OSError, EOFError) as error:
+        raise TraceError(f"{label}: not a readable gzip file ({error})") from None
     for row, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -162,8 +180,10 @@ def parse_hashed_trace(path: Path, label: str, fmt: str) -> RawTrace:
 
 def read_header(path: Path, label: str) -> list[str]:
     try:
-        with open(path, newline="", encoding="utf-8-sig") as file:
+        with open_text(path, newline="") as file:
             header = next(csv.reader(file), None)
+    except (OSError, EOFError) as error:
+        raise TraceError(f"{label}: not a readable gzip file ({error})") from None
     except UnicodeDecodeError as error:
         raise TraceError(f"{label}: not a UTF-8 text file ({error.reason}); expected a CSV trace") from None
     except csv.Error as error:
@@ -217,7 +237,7 @@ def _read_frame(path: Path, label: str) -> pd.DataFrame:
     try:
         frame = pd.read_csv(
             path, dtype=str, keep_default_na=False, skip_blank_lines=False,
-            skipinitialspace=True, encoding="utf-8-sig",
+            skipinitialspace=True, encoding="utf-8-sig", compression="gzip" if is_gzip(path) else None,
         )
     except pd.errors.EmptyDataError:
         raise TraceError(f"{label}: empty file, expected a CSV header line") from None
