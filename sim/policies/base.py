@@ -133,9 +133,9 @@ class Policy:
         run = self._run
         if (not self._repeatable or batch.prefill_new_tokens or batch.swap_in_tokens
                 or batch.swap_out_tokens or not batch.requests or len(batch.requests) != run.n
-                or run.beam[: run.n].any()):        # beams are re-selected after every step
+                or run.num_beam_rows):        # beams are re-selected after every step
             return 1
-        max_steps = int((run.target[: run.n] - run.generated[: run.n]).min())
+        max_steps = run.steps_to_finish()
         if max_steps <= 1:
             return 1
         return 1 + self.kv.growth_steps(run.slot[: run.n], max_steps - 1)
@@ -154,7 +154,7 @@ class Policy:
         if k > 1 and not self.kv.append_slots(run.slot[: run.n], k - 1):
             raise AssertionError("decode run planned past the free KV memory")
         run.computed[: run.n] += k - 1
-        run.generated[: run.n] += k
+        run.emit_all(k)
         if self.record_token_times:
             for i in np.flatnonzero(run.seq[: run.n] >= 0):    # a request's own row, not its extra samples
                 run.reqs[i].token_times_s.extend(step_ends_s)
@@ -201,13 +201,15 @@ class Policy:
         """The batch's sequences (``self._emitting``, set by ``schedule``) each
         emit a token at ``now``; the first token of a request sets its TTFT."""
         run = self._run
-        gen = run.generated[: run.n]
-        emitting = gen[self._emitting]
+        emitting = run.generated[: run.n][self._emitting]
         first = bool(emitting.size) and emitting.min() == 0      # before the update: may be a view
         if first:
             for i in np.flatnonzero(emitting == 0):
                 run.reqs[: run.n][self._emitting][i].first_token_s = now
-        gen[self._emitting] = emitting + 1
+        if isinstance(self._emitting, slice) and self._emitting == slice(0, run.n):
+            run.emit_all()
+        else:
+            run.emit(self._emitting)
         if self.record_token_times:
             rows = np.arange(run.n)[self._emitting]
             for i in rows[run.seq[rows] >= 0]:          # a request's own row, not its extra samples
@@ -215,10 +217,10 @@ class Policy:
                 if req.token_times_s is None:
                     req.token_times_s = []
                 req.token_times_s.append(now)
-        if first:
+        if first and run.num_multi_rows:
             self._start_samples()
         self._retire_done(now)
-        if run.beam[: run.n].any():
+        if run.num_beam_rows:
             self._select_beams()
 
     def _select_beams(self) -> None:
@@ -281,6 +283,8 @@ class Policy:
 
     def _retire_done(self, now: float) -> None:
         run = self._run
+        if run.steps_to_finish() > 0:
+            return
         done = np.flatnonzero(run.generated[: run.n] >= run.target[: run.n])
         if len(done):
             finished = run.remove(done)     # a request's samples all finish on the same step

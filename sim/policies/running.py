@@ -25,22 +25,55 @@ import numpy as np
 from sim.request import Request
 
 _INT_COLUMNS = ("slot", "computed", "generated", "target", "todo", "seq", "beam")
+NO_FINISH = 1 << 62
+"""``steps_to_finish`` of an empty set."""
 
 
 class RunningSet:
+    """The columns are rows of one 2-D array (``_cols``), so that removing or
+    inserting sequences moves every column in one operation; each name in
+    ``_INT_COLUMNS`` is a view of its row.
+
+    Two summaries spare a decision from scanning the set: the number of
+    beam-search rows and of rows of requests that sample several sequences
+    (``num_beam_rows``, ``num_multi_rows``), and ``steps_to_finish`` (the
+    fewest output tokens any row still needs), kept while every row emits
+    together (``emit_all``) and recomputed after anything else changes."""
+
     def __init__(self, capacity: int = 64) -> None:
         self.n = 0
         self.reqs = np.empty(capacity, object)
-        self.slot = np.zeros(capacity, np.int64)
-        self.computed = np.zeros(capacity, np.int64)
-        self.generated = np.zeros(capacity, np.int64)
-        self.target = np.zeros(capacity, np.int64)
-        self.todo = np.zeros(capacity, np.int64)
-        self.seq = np.zeros(capacity, np.int64)
-        self.beam = np.zeros(capacity, np.int64)
+        self._cols = np.zeros((len(_INT_COLUMNS), capacity), np.int64)
+        self._bind()
+        self.num_beam_rows = 0
+        self.num_multi_rows = 0
+        self._left: int | None = NO_FINISH      # cached steps_to_finish; None: recompute
+
+    def _bind(self) -> None:
+        for i, name in enumerate(_INT_COLUMNS):
+            setattr(self, name, self._cols[i])
 
     def __len__(self) -> int:
         return self.n
+
+    def steps_to_finish(self) -> int:
+        """``min(target - generated)`` over the rows (``NO_FINISH`` if none):
+        the step on which the next sequence finishes, counting from 1."""
+        if self._left is None:
+            n = self.n
+            self._left = int((self.target[:n] - self.generated[:n]).min()) if n else NO_FINISH
+        return self._left
+
+    def emit_all(self, k: int = 1) -> None:
+        """Every row emits ``k`` tokens."""
+        self.generated[: self.n] += k
+        if self._left is not None and self.n:
+            self._left -= k
+
+    def emit(self, rows) -> None:
+        """The rows at ``rows`` (positions, a slice or an index array) emit one token each."""
+        self.generated[: self.n][rows] += 1
+        self._left = None
 
     def add(self, req: Request, slot: int, todo: int = 0) -> None:
         """Append a sequence that just took KV (its Request is up to date);
@@ -49,12 +82,18 @@ class RunningSet:
             self._grow()
         i = self.n
         self.reqs[i] = req
-        self.slot[i], self.computed[i] = slot, req.computed_tokens
-        self.generated[i], self.target[i] = req.generated_tokens, req.output_tokens
-        self.todo[i] = todo
-        self.seq[i] = req.request_id
-        self.beam[i] = int(req.beam)
+        self._cols[:, i] = (slot, req.computed_tokens, req.generated_tokens, req.output_tokens, todo,
+                            req.request_id, int(req.beam))
         self.n += 1
+        self._count(req, 1)
+        if self._left is not None:
+            self._left = min(self._left, req.output_tokens - req.generated_tokens)
+
+    def _count(self, req: Request, rows: int) -> None:
+        if req.num_seqs > 1:
+            self.num_multi_rows += rows
+        if req.beam:
+            self.num_beam_rows += rows
 
     def insert_samples(self, position: int, req: Request, slots: list[int], seqs: list[int]) -> None:
         """Put a request's extra samples right after its row at ``position``,
@@ -65,21 +104,23 @@ class RunningSet:
             self._grow()
         tail = slice(position + 1, self.n)
         moved = slice(position + 1 + k, self.n + k)
+        new = slice(position + 1, position + 1 + k)
         self.reqs[moved] = self.reqs[tail].copy()
-        for name in _INT_COLUMNS:
-            col = getattr(self, name)
-            col[moved] = col[tail].copy()
-            col[position + 1: position + 1 + k] = col[position]
-        self.reqs[position + 1: position + 1 + k] = [req] * k
-        self.slot[position + 1: position + 1 + k] = slots
-        self.seq[position + 1: position + 1 + k] = seqs
+        self._cols[:, moved] = self._cols[:, tail].copy()
+        self._cols[:, new] = self._cols[:, position: position + 1]
+        self.reqs[new] = [req] * k
+        self.slot[new] = slots
+        self.seq[new] = seqs
         self.n += k
+        self._count(req, k)
 
     def pop(self) -> Request:
         """Remove the most recently admitted sequence, synchronised."""
         self.n -= 1
         req = self._sync(self.n)
         self.reqs[self.n] = None
+        self._count(req, -1)
+        self._left = None
         return req
 
     def remove(self, positions: np.ndarray) -> list[Request]:
@@ -88,13 +129,14 @@ class RunningSet:
         removed = [self._sync(int(i)) for i in positions]
         keep = np.ones(self.n, bool)
         keep[positions] = False
-        m = int(keep.sum())
+        m = self.n - len(removed)
         self.reqs[:m] = self.reqs[: self.n][keep]
         self.reqs[m: self.n] = None
-        for name in _INT_COLUMNS:
-            col = getattr(self, name)
-            col[:m] = col[: self.n][keep]
+        self._cols[:, :m] = self._cols[:, : self.n][:, keep]
         self.n = m
+        for req in removed:
+            self._count(req, -1)
+        self._left = None
         return removed
 
     def requests(self) -> list[Request]:
@@ -105,6 +147,8 @@ class RunningSet:
         reqs = self.requests()
         self.reqs[: self.n] = None
         self.n = 0
+        self.num_beam_rows = self.num_multi_rows = 0
+        self._left = NO_FINISH
         return reqs
 
     def _sync(self, i: int) -> Request:
@@ -119,7 +163,7 @@ class RunningSet:
         reqs = np.empty(size, object)
         reqs[: self.n] = self.reqs[: self.n]
         self.reqs = reqs
-        for name in _INT_COLUMNS:
-            col = np.zeros(size, np.int64)
-            col[: self.n] = getattr(self, name)[: self.n]
-            setattr(self, name, col)
+        cols = np.zeros((len(_INT_COLUMNS), size), np.int64)
+        cols[:, : self.n] = self._cols[:, : self.n]
+        self._cols = cols
+        self._bind()
