@@ -142,6 +142,9 @@ class ExperimentConfig(BaseModel):
             if b.preemption != "recompute":
                 raise ValueError(f"workload.sampling.{field}: several samples per request are preempted by "
                                  f"recompute only (their shared blocks do not survive a swap)")
+            if sampling.num_seqs > b.max_batch_size:
+                raise ValueError(f"workload.sampling.{field}: {sampling.num_seqs} sequences per request exceed "
+                                 f"engine.batching.max_batch_size={b.max_batch_size}")
         return self
 
     @model_validator(mode="after")

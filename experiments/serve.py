@@ -50,10 +50,6 @@ def check_servable(cfg: ExperimentConfig, device: Device) -> None:
     model = resolve_model(cfg.model)
     if cfg.engine.replicas != 1:
         raise ConfigError(f"engine.replicas: pagesim serve drives one GPU; allowed: 1 (got {cfg.engine.replicas})")
-    sampling = cfg.workload.sampling
-    if sampling is not None and sampling.num_seqs > 1:
-        raise ConfigError("workload.sampling: the real engine serves one sequence per request yet; "
-                          "allowed: n 1, beam_width 1 (simulate it with pagesim run)")
     par = cfg.engine.parallel
     if par.tensor != 1 or par.pipeline != 1:
         raise ConfigError(f"engine.parallel: pagesim serve drives one GPU; allowed: tensor 1, pipeline 1 "

@@ -42,10 +42,21 @@ class Batch:
     # KV tokens each of ``requests`` holds once the step's slots are reserved
     # (a static batch's rows compute padded shapes; this is what is real)
     held_tokens: tuple[int, ...] = field(default=(), compare=False, repr=False)
+    # The KV sequence of each of ``requests`` when some request runs several
+    # (parallel sampling, beams); empty when every row is its request's own
+    # sequence (``request_id``).
+    seq_ids: tuple[int, ...] = field(default=(), compare=False, repr=False)
+    # Copy-on-write block copies ``(source, destination)``, whole blocks, that
+    # a real executor performs after the swaps and before computing (paged).
+    block_copies: tuple[tuple[int, int], ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.prefill_new_tokens) != len(self.prefill_context_tokens):
             raise ValueError("prefill_new_tokens and prefill_context_tokens differ in length")
+
+    def seq_id(self, i: int) -> int:
+        """The KV sequence of row ``i`` of ``requests``."""
+        return self.seq_ids[i] if self.seq_ids else self.requests[i].request_id
 
     @property
     def num_prefill_seqs(self) -> int:

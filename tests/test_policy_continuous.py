@@ -235,6 +235,38 @@ def test_parallel_samples_share_the_prompt_and_finish_together(layout):
     kv.assert_empty()
 
 
+def test_max_batch_size_counts_every_sample_from_admission():
+    """Two requests of 3 samples and max_batch_size 4: the second waits
+    until the first finishes, although the first runs a single row until
+    its first token; a preempted request's unjoined samples stop counting.
+    The batch never exceeds 4 rows."""
+    kv = PagedKVManager(40, 4, watermark_frac=0.0)
+    pol = make_policy("continuous", kv, max_batch_size=4)
+    first, second = make_requests((0.0, 10, 3), (0.0, 10, 3))
+    first.num_seqs = second.num_seqs = 3
+    pol.add(first, 0.0)
+    pol.add(second, 0.0)
+    b = pol.schedule(0.0)
+    assert len(b.requests) == 1 and list(pol.waiting) == [second]
+    t = 0.0
+    while first.status is not Status.FINISHED:
+        assert len(b.requests) <= 4
+        t += 1.0
+        pol.on_step_done(b, t)
+        b = pol.schedule(t)
+    assert second.status is Status.RUNNING and len(b.requests) == 1
+    pol._preempt_recompute(pol._run.reqs[0])            # before its samples joined
+    assert pol._joining == 0 and pol.waiting[0] is second
+
+
+def test_a_request_with_more_samples_than_the_batch_is_rejected():
+    kv = PagedKVManager(40, 4, watermark_frac=0.0)
+    pol = make_policy("continuous", kv, max_batch_size=2)
+    (r,) = make_requests((0.0, 10, 3))
+    r.num_seqs = 3
+    assert not pol.add(r, 0.0) and "max_batch_size allows 2" in r.reason
+
+
 def _beam_run() -> tuple[list[int], PagedKVManager, list]:
     """One request of 4 beams to its end; the shared slots after each step."""
     kv = PagedKVManager(64, 4, watermark_frac=0.0)

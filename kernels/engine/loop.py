@@ -83,7 +83,7 @@ def serve(requests: Sequence[Request], policy: Policy, runner, *,
         done_before = len(policy.finished)
         policy.on_step_done(batch, end)
         for req in policy.finished[done_before:]:
-            runner.release(req.request_id, req.segments)
+            runner.release(req)
         progress(len(policy.finished) - done_before)
         timeline.append(now, 0, end - now, snapshot)
         steps["schedule_s"].append(schedule_s)

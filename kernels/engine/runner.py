@@ -17,7 +17,13 @@ stays ``schedule -> run -> on_step_done``:
   step computes;
 * **tokens** -- prompts are random token ids drawn per request; each step's
   greedy samples come back to the host (one synchronisation a step, as in a
-  real engine) and feed the next decode.
+  real engine) and feed the next decode;
+* **several sequences per request** (parallel sampling, beams) -- each row
+  is a KV sequence (``Batch.seq_id``) with its own token list; a sequence
+  seen for the first time continues its fork parent's tokens (paged: the
+  manager reports forks; contiguous: the request's own sequence, whose
+  prompt KV is copied into the new reservation), and the copy-on-write
+  block copies a ``Batch`` carries run after the swaps, before the step.
 
 Memory: the paged pool is ``num_blocks + 1`` blocks (the last is scratch);
 the contiguous buffer is the manager's ``total_tokens`` slots plus a guard of
@@ -92,7 +98,8 @@ class ModelRunner:
         self.model = Transformer(model, weights, backend)
         self.seed = seed
         self.warm_up_steps = warm_up_steps
-        self._tokens: dict[int, list[int]] = {}
+        self._tokens: dict[int, list[int]] = {}      # KV sequence -> its token ids
+        self._inherit: dict[int, int] = {}           # forked sequence -> parent, until it first runs
         self._content: dict[int, list[int]] = {}     # token ids of each content id, fixed at first use
         if self.layout == "paged":
             self.cache = PagedKVCache(model, kv.num_blocks + 1, block_size=self.block_size, dtype=dtype,
@@ -110,6 +117,8 @@ class ModelRunner:
         self.graphs: dict[int, DecodeGraph] = {}
         if self.graph_sizes:
             self._capture_graphs()
+        if self.layout == "paged":
+            kv.on_fork = self._forked
 
     # ---- setup ---------------------------------------------------------------
     def _pinned(self, shape, dtype) -> torch.Tensor:
@@ -166,6 +175,8 @@ class ModelRunner:
         timing = StepTiming()
         t0 = time.perf_counter()
         self._swap(batch)
+        if batch.block_copies:
+            self._copy_within(batch.block_copies)
         if batch.num_tokens == 0:
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
@@ -191,27 +202,67 @@ class ModelRunner:
         sampled = tokens[: len(batch.requests)].cpu().numpy()
         t3 = time.perf_counter()
         num_p = batch.num_prefill_seqs
-        for i, (req, token) in enumerate(zip(batch.requests, sampled.tolist())):
-            toks = self._tokens[req.request_id]
-            if i < num_p and batch.held_tokens[i] < len(toks):
-                continue                # a prefill chunk before the last: no token yet
+        for i, token in enumerate(sampled.tolist()):
+            toks = self._tokens[batch.seq_id(i)]
+            if i < num_p:
+                req = batch.requests[i]
+                target = req.prompt_tokens + req.generated_tokens     # what this (re-)prefill computes
+                if batch.held_tokens[i] < target:
+                    continue            # a prefill chunk before the last: no token yet
+                del toks[target:]       # a restarted request's samples start again after the prompt
+                for seq in req.seq_ids[1:]:     # its other sequences continue this first token
+                    self._tokens.pop(seq, None)
+                    self._inherit[seq] = req.request_id
             toks.append(token)
         timing.prepare_s, timing.launch_s, timing.wait_s = t1 - t0, t2 - t1, t3 - t2
         return timing
 
-    def release(self, request_id: int, segments=None) -> None:
+    def release(self, req) -> None:
         """Forget a finished request's tokens; with content ``segments``,
         keep its answer, which a later prompt may repeat (a conversation)."""
-        toks = self._tokens.pop(request_id, None)
+        for seq in req.seq_ids[1:]:
+            self._tokens.pop(seq, None)
+            self._inherit.pop(seq, None)
+        segments = req.segments
+        toks = self._tokens.pop(req.request_id, None)
         if segments and toks is not None:
             cid, length = segments[-1]
             self._content[cid] = toks[len(toks) - length:]   # what later prompts repeat from now on
 
     # ---- inputs ----------------------------------------------------------------
-    def _where(self, request_id: int):
+    def _where(self, seq: int):
         if self.layout == "paged":
-            return np.asarray(self.kv.block_table(request_id), dtype=np.int32)
-        return self.kv.address_range(request_id)[0]
+            return np.asarray(self.kv.block_table(seq), dtype=np.int32)
+        return self.kv.address_range(seq)[0]
+
+    def _forked(self, parent: int, child: int) -> None:
+        """The paged manager forked ``child`` from ``parent``: the child's
+        tokens are the parent's -- as they are when the child first runs if
+        the parent's prompt has not run yet (a sample forked at admission)."""
+        src = self._tokens.get(parent)
+        if src is None and self._inherit.get(parent) in self._tokens:   # a fork of a sample not run yet
+            src = self._tokens[parent] = list(self._tokens[self._inherit.pop(parent)])
+        self._tokens.pop(child, None)
+        self._inherit.pop(child, None)
+        if src is None:
+            self._inherit[child] = parent
+        else:
+            self._tokens[child] = list(src)
+
+    def _seq_tokens(self, batch: Batch, i: int) -> list[int]:
+        """The token list of row ``i``'s sequence, started from its parent's
+        when the row is the sequence's first (see ``_forked``)."""
+        seq = batch.seq_id(i)
+        toks = self._tokens.get(seq)
+        if toks is None:
+            parent = self._inherit.pop(seq, batch.requests[i].request_id)
+            toks = self._tokens[seq] = list(self._tokens[parent])
+            if self.layout == "contiguous":       # a reservation of its own: the prompt's KV copied in
+                j = i - batch.num_prefill_seqs
+                n = batch.decode_context_tokens[j] - 1
+                src, dst = self.kv.address_range(parent)[0], self.kv.address_range(seq)[0]
+                self.cache.kv[:, :, dst:dst + n] = self.cache.kv[:, :, src:src + n]
+        return toks
 
     def _rows(self, batch: Batch) -> Rows:
         """Rows of ``batch``: its requests first (prefills, then decodes, as
@@ -229,7 +280,7 @@ class ModelRunner:
                 skip[i] = new[i] - (held - cached[i])
             else:             # the new token sits at the request's own (unpadded) position
                 write_pos[i] = held - 1
-            where[i] = self._where(req.request_id)
+            where[i] = self._where(batch.seq_id(i))
         skip[len(reqs):] = new[len(reqs):]
         return Rows(num_p, new, cached, skip, write_pos, where)
 
@@ -245,8 +296,8 @@ class ModelRunner:
                 real = toks[ctx:batch.held_tokens[i]]
                 ids[-1][n - len(real):] = real
         dec = np.zeros(batch.num_decode_seqs, np.int64)
-        for j, req in enumerate(batch.requests[num_p:]):
-            dec[j] = self._tokens[req.request_id][-1]
+        for j in range(len(batch.requests) - num_p):
+            dec[j] = self._seq_tokens(batch, num_p + j)[-1]
         ids.append(dec)
         return np.concatenate(ids)
 
@@ -286,6 +337,13 @@ class ModelRunner:
             self._copy_blocks(batch.swap_out_blocks, out=True)
         if batch.swap_in_blocks:
             self._copy_blocks(batch.swap_in_blocks, out=False)
+
+    def _copy_within(self, pairs) -> None:
+        """Copy-on-write: whole GPU blocks, every layer, K and V."""
+        pool = self.cache.kv                            # [layers, 2, blocks, bs, Hkv, D]
+        src = torch.tensor([a for a, _ in pairs], device=self.device)
+        dst = torch.tensor([b for _, b in pairs], device=self.device)
+        pool.index_copy_(2, dst, pool.index_select(2, src))
 
     def _copy_blocks(self, pairs, out: bool) -> None:
         pool = self.cache.kv                            # [layers, 2, blocks, bs, Hkv, D]

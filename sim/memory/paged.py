@@ -90,6 +90,8 @@ class PagedKVManager:
         self._keys: dict[int, list[int]] = {}      # request id -> keys of its full blocks so far
         self._queried: dict[Segments, list[int]] = {}   # keys of waiting requests' content, until allocated
         self._forks = 0                            # fork() calls: only they share a partially filled block
+        self.block_copies: list[tuple[int, int]] = []   # copy-on-write copies not yet handed to a batch
+        self.on_fork = None                        # a real executor's hook: on_fork(parent, child)
         self._version = 0                          # bumped whenever a key or an open answer changes
         self._open: set[int] = set()               # answers (content ids) of sequences not finished yet
         self._limit: dict[int, int] = {}           # request id -> its leading blocks that may be shared
@@ -398,6 +400,8 @@ class PagedKVManager:
         for block in blocks.tolist():
             self._shared[block] = self._shared.get(block, 1) + 1
         self._forks += 1
+        if self.on_fork is not None:
+            self.on_fork(parent_id, child_id)
 
     # ---- swap space --------------------------------------------------
     def can_swap_out(self, request_id: int) -> bool:
@@ -526,7 +530,9 @@ class PagedKVManager:
         """Copy-on-write: give this table a private copy of its shared last block."""
         last = int(self._table[slot, self._nblk[slot] - 1])
         self._drop_ref(last)
-        self._table[slot, self._nblk[slot] - 1] = int(self._take(1)[0])
+        copy = int(self._take(1)[0])
+        self._table[slot, self._nblk[slot] - 1] = copy
+        self.block_copies.append((last, copy))
         self._real_slots += fill
 
     def _drop_ref(self, block: int) -> bool:

@@ -78,6 +78,8 @@ class Policy:
         self._emitting: slice | np.ndarray = slice(0, 0)   # running positions the last batch computes
         self._admitted_cached: list[int] = []   # this step's admissions: prefix tokens reused, in order
         self._repeatable = True   # the last schedule() would decide the same way next step
+        self._joining = 0         # extra samples of running requests, joining at their first token
+        self._copies: list = getattr(kv, "block_copies", [])   # the KV manager's copy-on-write log
         self.num_preemptions = 0
 
     # ---- arrivals -----------------------------------------------------
@@ -85,6 +87,9 @@ class Policy:
         if req.final_tokens > self.model.max_context_tokens:
             return (f"needs {req.final_tokens} tokens of context, "
                     f"{self.model.name} allows {self.model.max_context_tokens}")
+        if req.num_seqs > self.spec.max_batch_size:
+            return (f"runs {req.num_seqs} sequences, engine.batching.max_batch_size allows "
+                    f"{self.spec.max_batch_size}")
         if req.num_seqs > 1:       # its samples together: the prompt once (paged) or a reservation each
             need = (req.prompt_tokens + req.num_seqs * (req.output_tokens + self._block_slack())
                     if self.kv.layout == "paged" else None)
@@ -99,6 +104,11 @@ class Policy:
                 return None
             return self.kv.rejection_reason(need)
         return self.kv.rejection_reason(req.final_tokens)
+
+    def _has_room(self, req: Request) -> bool:
+        """Whether ``max_batch_size`` leaves rows for every sequence of
+        ``req`` (its samples count from admission, as vLLM counts them)."""
+        return self._run.n + self._joining + req.num_seqs <= self.spec.max_batch_size
 
     def _block_slack(self) -> int:
         """A sample's copy of the prompt's partial last block (paged)."""
@@ -197,6 +207,21 @@ class Policy:
         reqs = tuple(run.reqs[prefill_from: run.n].tolist()) + tuple(run.reqs[:decode_to].tolist())
         return reqs, tuple(run.computed[prefill_from: run.n].tolist()) + contexts, contexts
 
+    def _seq_ids(self, rows) -> tuple[int, ...]:
+        """``Batch.seq_ids`` of the running positions ``rows`` (in batch
+        order): empty unless some running request has several sequences."""
+        if not self._run.num_multi_rows:
+            return ()
+        return tuple(self._run.seq[: self._run.n][rows].tolist())
+
+    def _take_copies(self) -> tuple[tuple[int, int], ...]:
+        """The copy-on-write block copies this step's reservations made."""
+        if not self._copies:
+            return ()
+        copies = tuple(self._copies)
+        self._copies.clear()
+        return copies
+
     def on_step_done(self, batch: Batch, now: float) -> None:
         """The batch's sequences (``self._emitting``, set by ``schedule``) each
         emit a token at ``now``; the first token of a request sets its TTFT."""
@@ -272,6 +297,7 @@ class Policy:
                     and (i + 1 == run.n or run.reqs[i + 1] is not req):
                 seqs = req.seq_ids[1:]
                 run.insert_samples(i, req, [self.kv.slot(s) for s in seqs], seqs)
+                self._joining -= len(seqs)
 
     def _finish(self, req: Request, now: float) -> None:
         for seq in req.seq_ids:
@@ -309,6 +335,7 @@ class Policy:
             self.kv.free(req.request_id)
             return None
         self.waiting.popleft()
+        self._joining += req.num_seqs - 1
         req.cached_tokens += cached
         self._admitted_cached.append(cached)
         req.computed_tokens = n
@@ -371,8 +398,12 @@ class Policy:
         tokens. A request that samples several sequences (its rows are the
         last ones, together) drops them all and starts its samples again."""
         run = self._run
+        rows = 0
         while run.n and run.reqs[run.n - 1] is req:
             run.pop()
+            rows += 1
+        if rows == 1:
+            self._joining -= req.num_seqs - 1     # its samples had not joined yet
         for seq in req.seq_ids:
             self.kv.free(seq, complete=False)
         if req.num_seqs > 1:
@@ -396,6 +427,7 @@ class Policy:
             req.status = Status.UNFINISHED
         self.waiting.clear()
         self.swapped.clear()
+        self._joining = 0
         return left
 
 

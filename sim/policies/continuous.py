@@ -105,6 +105,8 @@ class ContinuousPolicy(Policy):
             swap_out_blocks=tuple(swap_out),
             swap_in_blocks=tuple(swap_in),
             held_tokens=held,
+            seq_ids=self._seq_ids(np.r_[first_admitted:run.n, 0:num_decodes]) if run.num_multi_rows else (),
+            block_copies=self._take_copies(),
         )
 
     def _schedule_chunked(self, now: float) -> Batch | None:
@@ -122,7 +124,7 @@ class ContinuousPolicy(Policy):
         first_chunk = run.n if swap_in_tokens else num_decodes       # swapped-in rows only copy back
         budget = self.spec.max_batch_tokens - num_decodes
         if num_evicted == 0:
-            while self.waiting and run.n < self.spec.max_batch_size and budget > sum_todo(run, first_chunk):
+            while self.waiting and self._has_room(self.waiting[0]) and budget > sum_todo(run, first_chunk):
                 if self._try_admit_head(now, budget - sum_todo(run, first_chunk), chunked=True) is None:
                     break
         new, context, positions = [], [], []
@@ -152,6 +154,8 @@ class ContinuousPolicy(Policy):
             decode_context_tokens=contexts, kv_layout=self.kv.layout,  # type: ignore[arg-type]
             swap_in_tokens=swap_in_tokens, swap_out_tokens=swap_out_tokens, requests=reqs,
             swap_out_blocks=tuple(swap_out), swap_in_blocks=tuple(swap_in), held_tokens=held,
+            seq_ids=self._seq_ids(np.r_[np.array(positions, np.int64), 0:num_decodes]) if run.num_multi_rows else (),
+            block_copies=self._take_copies(),
         )
 
     def run_ignores_arrivals(self) -> bool:
@@ -160,7 +164,7 @@ class ContinuousPolicy(Policy):
         at the run's start (decode steps only consume memory)."""
         if self.swapped:
             return False
-        if self._run.n >= self.spec.max_batch_size:
+        if self._run.n + self._joining >= self.spec.max_batch_size:
             return True
         return bool(self.waiting) and not self._head_admissible(self._run.n)
 
@@ -187,7 +191,7 @@ class ContinuousPolicy(Policy):
 
     def _swap_in(self, swap_in: list[tuple[int, int]]) -> int:
         moved = 0
-        while self.swapped and self._run.n < self.spec.max_batch_size:
+        while self.swapped and self._run.n + self._joining < self.spec.max_batch_size:
             req = self.swapped[0]
             rid = req.request_id
             if not self.kv.can_swap_in(rid):
@@ -203,7 +207,7 @@ class ContinuousPolicy(Policy):
     def _admit(self, now: float, num_decodes: int) -> int:
         budget = self.spec.max_batch_tokens - num_decodes
         admitted = 0
-        while self.waiting and self._run.n < self.spec.max_batch_size:
+        while self.waiting and self._has_room(self.waiting[0]):
             # a lone prefill may exceed the budget (a recompute of a long context)
             req = self._try_admit_head(now, budget if admitted or num_decodes else None)
             if req is None:

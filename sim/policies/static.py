@@ -70,6 +70,8 @@ class StaticPolicy(Policy):
             kv_layout=self.kv.layout,  # type: ignore[arg-type]
             requests=requests,
             held_tokens=held,
+            seq_ids=self._seq_ids(slice(0, run.n)),
+            block_copies=self._take_copies(),
         )
 
     def _decode_step(self) -> Batch:
@@ -82,6 +84,8 @@ class StaticPolicy(Policy):
             kv_layout=self.kv.layout,  # type: ignore[arg-type]
             requests=requests,
             held_tokens=held,
+            seq_ids=self._seq_ids(slice(0, active)),
+            block_copies=self._take_copies(),
         )
 
     def _retire_done(self, now: float) -> None:

@@ -44,7 +44,12 @@ CONFIGS = {
     "continuous+paged(prefix)": ("continuous", dict(layout="paged", num_blocks=60, prefix_caching=True)),
     "continuous+paged(prefix,conversations)": ("continuous", dict(layout="paged", num_blocks=60,
                                                                   prefix_caching=True)),
+    # several sequences per request: forks and copy-on-write (paged), a reservation each (contiguous)
+    "continuous+paged(samples)": ("continuous", dict(layout="paged", num_blocks=60)),
+    "continuous+paged(beams)": ("continuous", dict(layout="paged", num_blocks=60)),
+    "continuous+contiguous(samples)": ("continuous", dict(layout="contiguous", num_tokens=1200)),
 }
+SAMPLING = {"samples": dict(n=3), "beams": dict(beam_width=3)}
 
 
 def _config(name: str, seed: int = 3):
@@ -53,12 +58,13 @@ def _config(name: str, seed: int = 3):
     if "prefix" in name:
         prefix = dict(turns=3, think_time_s=0.05) if "conversations" in name else \
             dict(shared_tokens=24, tenants=2)
+    sampling = next((v for k, v in SAMPLING.items() if k in name), None)
     return validate(dict(
         name=name, seed=seed, model=TINY, hardware="h200",
         workload=dict(num_requests=40, arrival=dict(process="poisson", rate_rps=300.0),
                       lengths=dict(prompt=dict(dist="uniform", low=4, high=40 if prefix is None else 20),
                                    output=dict(dist="uniform", low=2, high=30 if prefix is None else 12)),
-                      prefix=prefix),
+                      prefix=prefix, sampling=sampling),
         engine=dict(batching=dict(policy=policy, max_batch_size=16,
                                   max_batch_tokens=24 if "chunked" in name else 256,
                                   chunked_prefill="chunked" in name,
@@ -69,23 +75,24 @@ def _config(name: str, seed: int = 3):
 @pytest.fixture(scope="module")
 def served():
     """Every configuration served once: the run, each step's batch shape,
-    and every request's token ids."""
+    and the token ids of every request's sequences (``{seq id: ids}``)."""
     runs = {}
     original_run, original_release = ModelRunner.run, ModelRunner.release
     for name in CONFIGS:
-        shapes, tokens = [], {}
+        shapes, tokens, copies = [], {}, []
 
-        def run(self, batch, shapes=shapes):
+        def run(self, batch, shapes=shapes, copies=copies):
             shapes.append(batch_shape(batch))
+            copies.extend(batch.block_copies)
             return original_run(self, batch)
 
-        def release(self, request_id, segments=None, tokens=tokens):
-            tokens[request_id] = list(self._tokens[request_id])
-            original_release(self, request_id, segments)
+        def release(self, req, tokens=tokens):
+            tokens[req.request_id] = {seq: list(self._tokens[seq]) for seq in req.seq_ids}
+            original_release(self, req)
 
         ModelRunner.run, ModelRunner.release = run, release
         try:
-            runs[name] = (serve_experiment(_config(name), CPU), shapes, tokens)
+            runs[name] = (serve_experiment(_config(name), CPU), shapes, tokens, copies)
         finally:
             ModelRunner.run, ModelRunner.release = original_run, original_release
     return runs
@@ -104,7 +111,7 @@ def _replay(out, shapes):
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_replaying_the_engine_reproduces_its_run(served, name):
-    out, shapes, _ = served[name]
+    out, shapes, *_ = served[name]
     real = out.requests
     sim = _replay(out, shapes)          # raises ReplayMismatch at the first differing batch
     simulated = requests_frame(sim)
@@ -125,7 +132,7 @@ def test_replaying_the_engine_reproduces_its_run(served, name):
 def test_the_runs_exercise_what_they_claim(served):
     """Preemption happens where the pools are small, swap moves blocks, decode
     steps replay graph buckets and other steps run eagerly."""
-    summaries = {name: out.summary for name, (out, _, _) in served.items()}
+    summaries = {name: out.summary for name, (out, *_) in served.items()}
     assert summaries["continuous+paged(recompute)"]["preemptions"] > 0
     assert summaries["continuous+paged(swap)"]["preemptions"] > 0
     assert summaries["static+paged"]["preemptions"] > 0
@@ -133,11 +140,14 @@ def test_the_runs_exercise_what_they_claim(served):
     assert swap_steps, "no step swapped"
     for name in ("continuous+paged(prefix)", "continuous+paged(prefix,conversations)"):
         assert served[name][0].summary["prefix_cache"]["prefill_tokens_saved"] > 0, f"{name}: no prefix hit"
+    for name in ("continuous+paged(samples)", "continuous+paged(beams)"):
+        assert served[name][0].summary["kv_sharing_saving"] > 0, f"{name}: nothing shared"
+        assert served[name][3], f"{name}: no copy-on-write block copy"
     for name in ("continuous+paged(chunked)", "continuous+contiguous(chunked)"):
         t = served[name][0].timeline
         assert t["batch_tokens"].max() <= 24, name
         assert (served[name][0].requests["prompt_tokens"] > 24).any(), f"{name}: no prompt was chunked"
-    for name, (out, _, _) in served.items():
+    for name, (out, *_) in served.items():
         t = out.timeline
         graph, rows = t["graph_batch"].to_numpy(), t["batch_rows"].to_numpy()
         decode = ((t["prefill_tokens"] == 0) & (t["batch_tokens"] > 0)).to_numpy()
@@ -148,7 +158,7 @@ def test_the_runs_exercise_what_they_claim(served):
 
 def test_the_replay_check_can_fail(served):
     """A recorded batch that differs, or a run that is cut short, is caught."""
-    out, shapes, _ = served["continuous+paged(recompute)"]
+    out, shapes, *_ = served["continuous+paged(recompute)"]
     altered = list(shapes)
     altered[5] = (*altered[5][:5], altered[5][5][:-1])      # one request fewer in step 5
     with pytest.raises(ReplayMismatch, match="^step 5: "):
@@ -160,17 +170,22 @@ def test_the_replay_check_can_fail(served):
 
 @pytest.mark.parametrize("name", [n for n in CONFIGS if n.startswith("continuous")])
 def test_greedy_tokens_match_a_cache_free_forward(served, name):
-    """Each request's generated tokens are the greedy continuation of its own
-    prompt, as a plain forward without any cache computes it (a near-tie
-    within 1e-4 of the best logit counts as a match)."""
-    out, _, tokens = served[name]
+    """Each sequence's generated tokens are the greedy continuation of its
+    request's prompt, as a plain forward without any cache computes it (a
+    near-tie within 1e-4 of the best logit counts as a match): every sample
+    and beam too, whose KV comes through forks, copy-on-write block copies
+    or a copied prompt."""
+    out, _, tokens, _ = served[name]
     model = resolve_model(out.config.model)
     weights = random_weights(model, dtype=torch.float32, device="cpu", seed=out.config.seed)
     forward = Transformer(model, weights, "reference")
     with torch.inference_mode():
         for req in out.requests.itertuples():
-            ids = tokens[req.request_id]
-            assert len(ids) == req.prompt_tokens + req.output_tokens
-            logits = dense_logits(forward, torch.tensor(ids[:-1]))[req.prompt_tokens - 1:]
-            chosen = logits.gather(1, torch.tensor(ids[req.prompt_tokens:])[:, None])[:, 0]
-            assert (logits.max(dim=1).values - chosen <= 1e-4).all(), req.request_id
+            seqs = tokens[req.request_id]
+            assert len(seqs) == (3 if any(k in name for k in SAMPLING) else 1)
+            for seq, ids in seqs.items():
+                assert len(ids) == req.prompt_tokens + req.output_tokens
+                assert ids[: req.prompt_tokens] == seqs[req.request_id][: req.prompt_tokens]
+                logits = dense_logits(forward, torch.tensor(ids[:-1]))[req.prompt_tokens - 1:]
+                chosen = logits.gather(1, torch.tensor(ids[req.prompt_tokens:])[:, None])[:, 0]
+                assert (logits.max(dim=1).values - chosen <= 1e-4).all(), (req.request_id, seq)
