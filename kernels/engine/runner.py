@@ -26,9 +26,9 @@ stays ``schedule -> run -> on_step_done``:
   block copies a ``Batch`` carries run after the swaps, before the step.
 
 Memory: the paged pool is ``num_blocks + 1`` blocks (the last is scratch);
-the contiguous buffer is the manager's ``total_tokens`` slots plus a guard of
-one model context (padded static reads past an ``exact`` reservation stay in
-bounds, and padding rows read there).
+the contiguous buffer is the manager's ``total_tokens`` slots, rounded up to
+a page, plus a guard of one model context (padded static reads past an
+``exact`` reservation stay in bounds, and padding rows read there).
 """
 from __future__ import annotations
 
@@ -108,10 +108,12 @@ class ModelRunner:
             self.cpu_pool = self._pinned((kv.num_cpu_blocks, *self.cache.kv.shape[:2],
                                           *self.cache.kv.shape[3:]), dtype) if swap and kv.num_cpu_blocks else None
         else:
-            self.cache = ContiguousKVCache(model, kv.total_tokens + model.max_context_tokens,
+            # padding rows read from a page-aligned scratch start (a prefill over
+            # cached context reads pages), one model context long
+            self.scratch = -(-kv.total_tokens // self.block_size) * self.block_size
+            self.cache = ContiguousKVCache(model, self.scratch + model.max_context_tokens,
                                            block_size=self.block_size, dtype=dtype, device=device,
                                            init="zeros")
-            self.scratch = kv.total_tokens
             self.cpu_pool = None
         self.graph_sizes = graph_batch_sizes(max_batch_size) if use_graphs else ()
         self.graphs: dict[int, DecodeGraph] = {}

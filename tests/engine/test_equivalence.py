@@ -189,3 +189,20 @@ def test_greedy_tokens_match_a_cache_free_forward(served, name):
                 logits = dense_logits(forward, torch.tensor(ids[:-1]))[req.prompt_tokens - 1:]
                 chosen = logits.gather(1, torch.tensor(ids[req.prompt_tokens:])[:, None])[:, 0]
                 assert (logits.max(dim=1).values - chosen <= 1e-4).all(), (req.request_id, seq)
+
+
+@pytest.mark.parametrize("total_tokens", [300, 301])
+def test_contiguous_warm_up_prefills_over_context_from_an_aligned_scratch(total_tokens):
+    """The warm-up's prefills over cached context read pages of padding rows
+    at the scratch location: a KV cache whose size is not a whole number of
+    pages still starts it on a page (the H200 refused such a cache before)."""
+    from sim.memory.contiguous import ContiguousKVManager
+
+    model = resolve_model(TINY)
+    kv = ContiguousKVManager(total_tokens, "exact", model.max_context_tokens)
+    weights = random_weights(model, dtype=torch.float32, device="cpu", seed=0)
+    runner = ModelRunner(model, weights, kv, device="cpu", backend="reference", dtype=torch.float32,
+                         max_batch_size=8)
+    runner.warm_up(num_steps=4)                  # step 2 prefills over cached context
+    assert runner.scratch % runner.block_size == 0 and runner.scratch >= total_tokens
+    assert runner.cache.num_slots >= runner.scratch + model.max_context_tokens
