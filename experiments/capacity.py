@@ -681,7 +681,9 @@ def vllm_flags(cfg: ExperimentConfig) -> str:
     e = cfg.engine
     flags = [f"--tensor-parallel-size {e.parallel.tensor}", f"--pipeline-parallel-size {e.parallel.pipeline}",
              f"--max-num-seqs {e.batching.max_batch_size}", f"--max-num-batched-tokens {e.batching.max_batch_tokens}",
-             f"--block-size {e.memory.block_size}", f"--gpu-memory-utilization {e.memory.gpu_memory_utilization:g}"]
+             f"--block-size {e.memory.block_size}", f"--gpu-memory-utilization {e.memory.gpu_memory_utilization:g}",
+             "--enable-prefix-caching" if e.memory.prefix_caching else "--no-enable-prefix-caching",
+             "--enable-chunked-prefill" if e.batching.chunked_prefill else "--no-enable-chunked-prefill"]
     text = " ".join(flags)
     if e.batching.policy != "continuous" or e.memory.layout != "paged":
         text += f"  (vLLM always batches continuously over paged KV; this is {cfg.label()})"

@@ -174,7 +174,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             from experiments.analysis import capacity
 
             cap = capacity(table, args.x_key, args.slo, group_keys=list(cfg.sweep))
-            print(f"\nhighest {args.x_key} meeting {' and '.join(f'{s.metric}<={s.limit:g}' for s in args.slo)}:")
+            print(f"\nhighest load ({args.x_key}) meeting "
+                  f"{' and '.join(f'{s.metric}<={s.limit:g}' for s in args.slo)}:")
             print(cap.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         print(f"wrote {args.out}/sweep.csv, {args.out}/points/, {args.out}/plots/")
     return 0

@@ -142,7 +142,11 @@ def test_vllm_flags_name_parallelism_and_batch_limits():
                     "engine": {**RAW["engine"], "parallel": {"tensor": 4, "pipeline": 2},
                                "memory": {"block_size": 32, "gpu_memory_utilization": 0.92}}})
     assert vllm_flags(cfg) == ("--tensor-parallel-size 4 --pipeline-parallel-size 2 --max-num-seqs 16 "
-                               "--max-num-batched-tokens 8192 --block-size 32 --gpu-memory-utilization 0.92")
+                               "--max-num-batched-tokens 8192 --block-size 32 --gpu-memory-utilization 0.92 "
+                               "--no-enable-prefix-caching --no-enable-chunked-prefill")
+    shared = validate({**RAW, "engine": {**RAW["engine"], "memory": {"layout": "paged", "prefix_caching": True},
+                                         "batching": {"policy": "continuous", "chunked_prefill": True}}})
+    assert vllm_flags(shared).endswith("--enable-prefix-caching --enable-chunked-prefill")
 
 
 def test_a_trace_is_loaded_by_its_time_scale():

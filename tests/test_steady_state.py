@@ -91,7 +91,7 @@ def test_capacity_never_credits_a_saturated_point():
         "steady_state_verdict": ["stable", "stable", "saturated"],
     })
     row = capacity(table, "rate", [SLO("ttft_s_p99", 1.0)]).iloc[0]
-    assert (row["max_passing"], row["first_failing"], row["interpolated"]) == (2.0, 4.0, 2.0)
+    assert (row["highest_load_passing"], row["first_failing"], row["interpolated"]) == (2.0, 4.0, 2.0)
     assert not row["at_least"]
     stable = capacity(table.assign(steady_state_verdict="stable"), "rate", [SLO("ttft_s_p99", 1.0)]).iloc[0]
-    assert stable["max_passing"] == 4.0 and stable["at_least"]      # the same point, once stable, counts
+    assert stable["highest_load_passing"] == 4.0 and stable["at_least"]      # the same point, once stable, counts
