@@ -2,6 +2,7 @@
 exact eviction order on a tiny cache."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from sim.memory.paged import PagedKVManager
@@ -117,6 +118,47 @@ def test_lru_free_list_orders_virgin_then_released():
     assert q.head(2) == [2, 3]
     with pytest.raises(ValueError):
         q.remove(3)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_lru_free_list_matches_an_ordered_model_under_random_use(seed):
+    """Puts, takes, hit removals and peeks in random order against a plain
+    ordered model: the same ids, in the same order, every time (stale
+    entries left by removals, compaction and growth included)."""
+    from collections import OrderedDict
+
+    rng = np.random.default_rng(seed)
+    n = 300
+    q, model_free, virgin, held = LRUFreeList(n), OrderedDict(), 0, []
+    for _ in range(3000):
+        act = rng.integers(0, 4)
+        if act == 0 and len(q):                          # take
+            k = int(rng.integers(1, min(len(q), 20) + 1))
+            got = q.take(k).tolist()
+            fresh = list(range(virgin, min(n, virgin + k)))
+            virgin += len(fresh)
+            expect = fresh + [model_free.popitem(last=False)[0] for _ in range(k - len(fresh))]
+            assert got == expect
+            held += got
+        elif act == 1 and held:                          # release some, in a random order
+            k = int(rng.integers(1, min(len(held), 20) + 1))
+            idx = rng.choice(len(held), k, replace=False)
+            out = [held[i] for i in idx]
+            held = [b for i, b in enumerate(held) if i not in set(idx.tolist())]
+            q.put(out)
+            for b in out:
+                model_free[b] = None
+        elif act == 2 and model_free:                    # a prefix hit takes a free block back
+            b = list(model_free)[int(rng.integers(len(model_free)))]
+            q.remove(b)
+            del model_free[b]
+            held.append(b)
+        else:
+            k = int(rng.integers(1, 30))
+            expect = (list(range(virgin, n)) + list(model_free))[:k]
+            assert q.head(k) == expect
+        assert len(q) == n - virgin + len(model_free)
+        assert q.ids() == list(range(virgin, n)) + list(model_free)
 
 
 def test_without_content_or_caching_nothing_is_shared():

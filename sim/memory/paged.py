@@ -581,11 +581,13 @@ class PagedKVManager:
         blocks = self._free.take(count)
         key_of = self._key_of
         if key_of:
-            evicted = [b for b in blocks.tolist() if b in key_of]
-            for block in evicted:
-                del self._block_of[key_of.pop(block)]
-            self.prefix_stats["evictions"] += len(evicted)
-            self._version += len(evicted)
+            evicted = key_of.keys() & blocks.tolist()
+            if evicted:
+                block_of = self._block_of
+                for block in evicted:
+                    del block_of[key_of.pop(block)]
+                self.prefix_stats["evictions"] += len(evicted)
+                self._version += len(evicted)
         return blocks
 
     def _register(self, slot: int, keys: list[int], start: int = 0) -> None:
@@ -593,7 +595,13 @@ class PagedKVManager:
         neither the block nor the key is taken (the same content cached twice
         keeps the first)."""
         key_of, block_of = self._key_of, self._block_of
-        for block, key in zip(self._table[slot, start: len(keys)].tolist(), keys[start:]):
+        blocks, new = self._table[slot, start: len(keys)].tolist(), keys[start:]
+        if block_of.keys().isdisjoint(new) and key_of.keys().isdisjoint(blocks):
+            key_of.update(zip(blocks, new))       # the usual case: all new, in bulk
+            block_of.update(zip(new, blocks))
+            self._version += len(new)
+            return
+        for block, key in zip(blocks, new):
             if block not in key_of and key not in block_of:
                 key_of[block] = key
                 block_of[key] = block
