@@ -45,24 +45,27 @@ def _add_force(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from experiments.runner import run_experiment
-
-    return _produce_run(args, run_experiment, "steps")
+    return _produce_run(args, "experiments.runner:run_experiment", "steps")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from experiments.serve import serve_experiment
-
-    return _produce_run(args, serve_experiment, "real steps")
+    return _produce_run(args, "experiments.serve:serve_experiment", "real steps")
 
 
-def _produce_run(args: argparse.Namespace, produce, steps_word: str) -> int:
-    """Load the config, ``produce`` a run (simulated or real), write the output contract."""
+def _produce_run(args: argparse.Namespace, producer: str, steps_word: str) -> int:
+    """Load the config, produce a run with ``producer`` (``module:function``,
+    simulated or real, imported once the inputs are known good), write the
+    output contract."""
+    import importlib
+
     from experiments.config import load_config
-    from experiments.runner import write_outputs
 
     cfg, _ = load_config(args.config, args.overrides)
     check_out_dir(Path(args.out), force=args.force)
+    module, name = producer.split(":")
+    produce = getattr(importlib.import_module(module), name)
+    from experiments.runner import write_outputs
+
     if cfg.sweep and not args.quiet:
         print(f"pagesim: note: {args.config} has a sweep: section; this runs its base config only "
               f"(pagesim sweep runs the grid)", file=sys.stderr)

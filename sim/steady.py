@@ -26,13 +26,15 @@ Everything is computed from the request table, which is exact; the timeline
 """
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from sim.request import Status
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LATENCIES = ("ttft_s", "tpot_s", "e2e_s", "normalized_latency_s_per_token")
 SAMPLES = 256          # points at which the backlog is sampled across the window
@@ -63,6 +65,8 @@ def steady_state(requests: pd.DataFrame, spec: SteadyStateSpec, stats) -> dict:
     out: dict = {"verdict": "n/a", "window_start_s": None, "window_end_s": None, "requests": 0,
                  "arrival_rate_rps": None, "completion_rate_rps": None, "backlog_slope_rps": None}
     if n == 0 or last <= first:
+        import pandas as pd
+
         return {**out, **{name: stats(pd.Series(dtype=float)) for name in LATENCIES}}
     chosen = requests.iloc[order[first:last + 1]]
     start, end = float(arrival[order[first]]), float(arrival[order[last]])
