@@ -357,3 +357,18 @@ def test_mixed_steps_are_eager_max_of_gpu_and_issue_time(engine_cost):
     gpu = engine_cost.gpu_s("paged", 10, [8], [0], 2, 80, 40)
     expect = max(gpu, e.issue_s(True, True)) + e.eager_residual_s + e.host_s(3, 8, False)
     assert engine_cost.step_time(mixed) == pytest.approx(expect, rel=1e-12)
+
+
+def test_a_bilinear_row_is_the_surface_at_that_batch_size_extrapolation_included():
+    """``Bilinear.row(b)`` (what decode pricing interpolates with
+    ``np.interp``) agrees with the surface itself between grid points,
+    clamped below the grid and extrapolated above it along the last segment."""
+    from sim.cost.interpolation import Bilinear
+
+    surface = Bilinear([1.0, 8.0, 32.0], [16.0, 256.0, 1024.0],
+                       np.array([[1.0, 2.0, 5.0], [2.0, 4.0, 9.0], [5.0, 9.0, 20.0]]))
+    for b in (1.0, 3.0, 8.0, 20.0, 32.0, 64.0):
+        xs, ys = surface.row(b)
+        for c in (0.0, 16.0, 100.0, 256.0, 700.0, 1024.0, 3000.0, 1e6):
+            assert np.interp(c, xs, ys) == pytest.approx(surface(b, c), rel=1e-12), (b, c)
+        assert surface.row(b) is surface.row(b)           # cached

@@ -57,15 +57,18 @@ def _axis(grid: list[float], x: float) -> tuple[int, float]:
     return i, (x - grid[i]) / (grid[i + 1] - grid[i])
 
 
+_FAR = 1e12      # a context no run reaches: ``Bilinear.row``'s extrapolation point
+
+
 class Bilinear:
     """``U(b, c)`` on a full grid, with ``_axis``'s rules on each axis."""
 
     def __init__(self, bs: list[float], cs: list[float], values: np.ndarray) -> None:
         self.bs, self.cs, self.v = bs, cs, [[float(x) for x in row] for row in values]
         self.arr = np.asarray(values, dtype=float)
-        self._cs = np.asarray(cs, dtype=float)          # for ``many``: no per-call conversions
+        self._cs = np.asarray(cs, dtype=float)          # for ``row``: no per-call conversions
         self._dcs = np.diff(self._cs)
-        self._top = len(cs) - 2
+        self._rows: dict[float, tuple[np.ndarray, np.ndarray]] = {}
 
     def __call__(self, b: float, c: float) -> float:
         i, tb = _axis(self.bs, b)
@@ -74,16 +77,18 @@ class Bilinear:
         return ((1 - tb) * ((1 - tc) * lo[j] + tc * lo[j + 1])
                 + tb * ((1 - tc) * hi[j] + tc * hi[j + 1]))
 
-    def many(self, b: float, c: np.ndarray) -> np.ndarray:
-        i, tb = _axis(self.bs, b)
-        j = np.searchsorted(self._cs, c, side="right") - 1
-        np.minimum(j, self._top, out=j)
-        np.maximum(j, 0, out=j)
-        tc = (c - self._cs[j]) / self._dcs[j]
-        tc[c <= self.cs[0]] = 0.0
-        lo, hi = self.arr[i], self.arr[i + 1]
-        return ((1 - tb) * ((1 - tc) * lo[j] + tc * lo[j + 1])
-                + tb * ((1 - tc) * hi[j] + tc * hi[j + 1]))
+    def row(self, b: float) -> tuple[np.ndarray, np.ndarray]:
+        """``(xs, ys)`` of ``c -> U(b, c)`` for ``np.interp``: the grid with one
+        far point that carries the last segment's slope on (extrapolation),
+        clamped below by ``np.interp`` itself. Cached per ``b``."""
+        cached = self._rows.get(b)
+        if cached is None:
+            i, tb = _axis(self.bs, b)
+            ys = (1 - tb) * self.arr[i] + tb * self.arr[i + 1]
+            far = self._cs[-1] + _FAR
+            slope = (ys[-1] - ys[-2]) / self._dcs[-1] if len(ys) > 1 else 0.0
+            cached = self._rows[b] = (np.append(self._cs, far), np.append(ys, ys[-1] + slope * _FAR))
+        return cached
 
 
 def _summed(parts: list[tuple[PiecewiseLinear, float]]) -> PiecewiseLinear:

@@ -129,14 +129,14 @@ class DecodeAttention:
     scale: float = 1.0
 
     def __call__(self, b: int, total_context: int, max_context: int) -> float:
-        um = self.uniform(b, total_context / b)
-        return self.scale * (um + self.skew(b) * (self.uniform(b, max_context) - um))
+        xs, ys = self.uniform.row(b)      # the same arithmetic as ``many``, so runs repeat steps exactly
+        um, longest = np.interp((total_context / b, max_context), xs, ys).tolist()
+        return self.scale * (um + self.skew(b) * (longest - um))
 
     def many(self, b: int, total_context: np.ndarray, max_context: np.ndarray) -> np.ndarray:
-        n = len(total_context)      # one interpolation call for both context axes
-        both = self.uniform.many(b, np.concatenate((total_context / b, max_context)))
-        um, longest = both[:n], both[n:]
-        return self.scale * (um + self.skew(b) * (longest - um))
+        xs, ys = self.uniform.row(b)      # U(b, .) as one piecewise-linear row, cached per b
+        um = np.interp(total_context / b, xs, ys)
+        return self.scale * (um + self.skew(b) * (np.interp(max_context, xs, ys) - um))
 
 
 @dataclass(frozen=True)
