@@ -244,6 +244,20 @@ def test_other_varying_swept_keys_split_series(tmp_path):
     assert len(table) == 8
 
 
+def test_a_swept_mapping_names_only_what_differs(tmp_path):
+    """A sweep over whole ``engine.batching`` mappings labels its series by
+    the entries that differ, not by the whole mapping."""
+    variants = [{"policy": "continuous", "max_batch_tokens": 8192, "chunked_prefill": False},
+                {"policy": "continuous", "max_batch_tokens": 512, "chunked_prefill": True}]
+    rows = [{**_sweep_row(f"{i}-{rate}", "continuous+paged", rate), "engine.batching": str(v)}
+            for i, v in enumerate(variants) for rate in (1, 2)]
+    sweep_dir = _write_sweep(tmp_path / "sweep", rows, with_timeline=set())
+    table, _ = read_sweep(sweep_dir, RATE)
+    assert sorted(set(table["series"])) == [
+        "continuous+paged, max_batch_tokens=512, chunked_prefill=True",
+        "continuous+paged, max_batch_tokens=8192, chunked_prefill=False"]
+
+
 @pytest.mark.parametrize("drop", [RATE, "ttft_s_p99"])
 def test_sweep_missing_column_names_column_and_file(tmp_path, drop):
     rows = [{k: v for k, v in _sweep_row("p", "continuous+paged", 1).items() if k != drop}]

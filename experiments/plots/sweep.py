@@ -168,9 +168,36 @@ def _series_names(sweep: pd.DataFrame, x_key: str) -> pd.Series:
     names = sweep["config_label"].fillna("?").astype(str)
     for column in sweep.columns:
         swept = column != x_key and ("." in column or column in TOP_LEVEL_CONFIG_KEYS)
-        if swept and sweep.groupby(names)[column].nunique(dropna=False).max() > 1:
-            names = names + f", {column.rsplit('.', 1)[-1]}=" + sweep[column].astype(str)
+        if swept and sweep[column].astype(str).groupby(names).nunique(dropna=False).max() > 1:
+            names = names + ", " + _value_names(column, sweep[column])
     return names
+
+
+def _value_names(column: str, values: pd.Series) -> pd.Series:
+    """``key=value`` for a swept column; a swept mapping (a whole
+    ``engine.batching``, say) names only the entries that differ between
+    its values, so legends stay short."""
+    maps = [_mapping(v) for v in values]
+    if all(m is not None for m in maps):
+        keys = list(dict.fromkeys(k for m in maps for k in m))
+        differ = [k for k in keys if len({repr(m.get(k)) for m in maps}) > 1]
+        return pd.Series([", ".join(f"{k}={m.get(k)}" for k in differ) for m in maps], index=values.index)
+    return f"{column.rsplit('.', 1)[-1]}=" + values.astype(str)
+
+
+def _mapping(value) -> dict | None:
+    """A swept value as a mapping: a dict, or its text as sweep.csv keeps it."""
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str) and value.startswith("{"):
+        import ast
+
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return None
+        return parsed if isinstance(parsed, dict) else None
+    return None
 
 
 def choose_x(table: pd.DataFrame, sweep_dir: Path) -> tuple[float | None, list[str]]:
