@@ -255,8 +255,12 @@ def test_max_batch_size_counts_every_sample_from_admission():
         pol.on_step_done(b, t)
         b = pol.schedule(t)
     assert second.status is Status.RUNNING and len(b.requests) == 1
-    pol._preempt_recompute(pol._run.reqs[0])            # before its samples joined
+    pol._preempt_recompute(pol._run.pop())      # as memory pressure does it, before its samples joined
     assert pol._joining == 0 and pol.waiting[0] is second
+    pol.on_step_done(pol.schedule(t), t + 1.0)  # admitted again: prompt, then its samples join
+    assert pol._joining == 0 and pol.num_running == 3
+    pol._preempt_recompute(pol._run.pop())      # after: all three rows go
+    assert pol._joining == 0 and pol.num_running == 0
 
 
 def test_a_request_with_more_samples_than_the_batch_is_rejected():

@@ -398,12 +398,10 @@ class Policy:
         tokens. A request that samples several sequences (its rows are the
         last ones, together) drops them all and starts its samples again."""
         run = self._run
-        rows = 0
         while run.n and run.reqs[run.n - 1] is req:
             run.pop()
-            rows += 1
-        if rows == 1:
-            self._joining -= req.num_seqs - 1     # its samples had not joined yet
+        if req.num_seqs > 1 and req.generated_tokens == 0:
+            self._joining -= req.num_seqs - 1     # before its first token: its samples had not joined
         for seq in req.seq_ids:
             self.kv.free(seq, complete=False)
         if req.num_seqs > 1:
