@@ -206,19 +206,22 @@ def _write_target(g: ModelSpec, layout: str, m: int, rng: np.random.Generator):
 
 
 # ---- attention ---------------------------------------------------------------
-def fresh_cache(g: ModelSpec, layout: str, comp: Composition, rng: np.random.Generator, num_sets: int):
+def fresh_cache(g: ModelSpec, layout: str, comp: Composition, rng: np.random.Generator, num_sets: int,
+                device: str = DEVICE, dtype=None):
     """A cache holding exactly ``comp``'s sequences plus the scratch page (block
     id / slot 0) that the engine's padding reads, placed at random (paged) or
     packed page-aligned (contiguous)."""
+    extra = {} if dtype is None else {"dtype": dtype}
     cached, new = comp.spans()
     totals = (cached + new).tolist()
     pages = 1 + sum(-(-t // BLOCK_SIZE) for t in totals)
     if layout == "paged":
-        cache = PagedKVCache(g, pages, block_size=BLOCK_SIZE, num_sets=num_sets, device=DEVICE)
+        cache = PagedKVCache(g, pages, block_size=BLOCK_SIZE, num_sets=num_sets, device=device, **extra)
         ids = np.concatenate([[0], 1 + rng.permutation(pages - 1)]).astype(np.int32)
         need = [-(-t // BLOCK_SIZE) for t in totals]
         return cache, np.split(ids[1:], np.cumsum(need)[:-1])
-    cache = ContiguousKVCache(g, pages * BLOCK_SIZE, block_size=BLOCK_SIZE, num_sets=num_sets, device=DEVICE)
+    cache = ContiguousKVCache(g, pages * BLOCK_SIZE, block_size=BLOCK_SIZE, num_sets=num_sets, device=device,
+                              **extra)
     return cache, place(cache, [BLOCK_SIZE, *totals])[1:]
 
 

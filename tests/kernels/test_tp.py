@@ -3,6 +3,9 @@ over a gloo process group, each running its shard with the reference
 kernels, give the full model's logits and tokens -- prefill, chunked prefill
 on cached context and decode, paged and contiguous."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -83,3 +86,79 @@ def test_collectives_are_timed_per_op_and_size_on_a_cpu_group():
     assert [(r["op"], r["world_size"], r["bytes"]) for r in rows] == [
         ("all_reduce", 2, 1024), ("all_reduce", 2, 65536), ("all_gather", 2, 1024), ("all_gather", 2, 65536)]
     assert all(0 < r["seconds"] < 10 for r in rows)
+
+
+STEPS = [{"step_id": i, "kind": kind, "layout": layout, "prefill_new_tokens": json.dumps(new),
+          "prefill_context_tokens": json.dumps(ctx), "decode_context_tokens": json.dumps(dec)}
+         for i, (kind, layout, new, ctx, dec) in enumerate([
+             ("prefill", "paged", [7, 5], [0, 0], []), ("decode", "paged", [], [], [9, 20, 3]),
+             ("mixed", "contiguous", [6], [4], [11])])]
+
+
+def test_whole_tp_steps_are_timed_across_a_cpu_group(tmp_path):
+    """The harness runs every held-out composition as a real TP step on a
+    gloo group and writes tp_steps.csv with the slowest rank's time."""
+    import pandas as pd
+
+    from kernels.distributed.tp_steps import COLUMNS, measure, write_steps
+
+    rows = measure(TINY_LLAMA, 2, STEPS, reps=2)
+    assert [r["step_id"] for r in rows] == [0, 1, 2]
+    assert all(r["tensor"] == 2 and r["measured_s"] > 0 and r["timing"].startswith("eager") for r in rows)
+    written = pd.read_csv(write_steps(rows, tmp_path))
+    assert list(written.columns) == list(COLUMNS) and len(written) == 3
+    assert (tmp_path / "tp_steps_provenance.json").is_file()
+
+
+def test_calibrate_check_reports_whole_tp_step_errors(tmp_path):
+    """With tp_steps.csv in a shard profile, the check prices each step as the
+    shard's profiled GPU time plus communication and reports the error, with
+    analytic and with measured (comm.csv) communication."""
+    import shutil
+
+    import pandas as pd
+
+    from kernels.calibration.cli import check, tp_step_errors
+    from sim.batch import Batch
+    from sim.cost.profiled import ProfiledCostModel
+    from sim.parallel import CommModel, Parallelism, ParallelCostModel
+    from sim.presets import MODELS, resolve_hardware
+
+    src = Path(__file__).resolve().parents[2] / "kernels" / "profiles" / "h200" / "llama-3-70b-tp2"
+    folder = tmp_path / "h200" / "llama-3-70b-tp2"
+    shutil.copytree(src, folder)
+    h200 = resolve_hardware("h200")
+    inner = ProfiledCostModel.from_dir(folder, shard(MODELS["llama-3-70b"], 2), h200, engine=False)
+    analytic = ParallelCostModel(inner, CommModel(MODELS["llama-3-70b"], h200, Parallelism(tensor=2)))
+    rows = []
+    for step in STEPS:
+        batch = Batch(tuple(json.loads(step["prefill_new_tokens"])), tuple(json.loads(step["prefill_context_tokens"])),
+                      tuple(json.loads(step["decode_context_tokens"])), kv_layout=step["layout"])
+        rows.append({**step, "tensor": 2, "measured_s": 1.25 * analytic.step_time(batch), "timing": "graph"})
+    pd.DataFrame(rows).to_csv(folder / "tp_steps.csv", index=False)
+    errors = tp_step_errors(folder, "h200", "llama-3-70b-tp2", 2)
+    np.testing.assert_allclose(errors["analytic"], 0.2)            # |p - 1.25 p| / 1.25 p
+    assert errors["measured"].isna().all()                         # no comm.csv yet
+    report = check(tmp_path, "h200", ["llama-3-70b-tp2"])
+    assert "no comm.csv" in report and "tp2 whole steps MISSES the target: mean 20.0%, p95 20.0%." in report
+    # measured collectives slower than the analytic model: the measured column differs and is reported
+    pd.DataFrame([{"op": op, "world_size": 2, "bytes": b, "seconds": 1e-3}
+                  for op in ("all_reduce", "all_gather") for b in (1024, 1 << 26)]).to_csv(
+        tmp_path / "h200" / "comm.csv", index=False)
+    errors = tp_step_errors(folder, "h200", "llama-3-70b-tp2", 2)
+    assert errors["measured"].notna().all() and not np.allclose(errors["measured"], errors["analytic"])
+    assert "no comm.csv" not in check(tmp_path, "h200", ["llama-3-70b-tp2"])
+
+
+def test_the_committed_harness_self_check_is_reported():
+    """The harness ran on the lent H200 in a group of one GPU over the
+    single-GPU profiles' held-out steps; the check reports how far its
+    whole-step times are from the profile's own (a few percent)."""
+    import re
+
+    from kernels.calibration.cli import check
+
+    root = Path(__file__).resolve().parents[2] / "kernels" / "profiles"
+    report = check(root, "h200", ["llama-2-7b"])
+    found = re.search(r"collectives in the captured graph\): ([0-9.]+)% mean, ([0-9.]+)% p95", report)
+    assert found and float(found.group(1)) < 5 and float(found.group(2)) < 10
