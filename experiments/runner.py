@@ -141,8 +141,11 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = False,
     policy_cls = POLICIES[engine.batching.policy]
     notes: list[str] = []
     policies = []
+    contents = [r.segments for r in requests if r.segments is not None] if engine.memory.prefix_caching else []
     for _ in range(engine.replicas):
         kv = build_kv_manager(engine.memory, memory_shard(model, par), hardware)
+        if contents:      # blocks of content only one request holds need no lookup key
+            kv.expect_content(contents)
         policies.append(policy_cls(engine.batching, kv, model, cfg.record_token_times))
     # replicas are identical: one cost model (stateless but for its caches) prices them all
     if cost is None:

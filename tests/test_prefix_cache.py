@@ -326,3 +326,62 @@ def test_a_prompt_repeating_an_unfinished_answer_shares_nothing_from_there_on():
     m.free(1)                                    # the answer is done: now it is a prefix
     assert m.prefix_hit_tokens(20, turn2) == 16
     m.check_invariants()
+
+
+def _docs_trace(tmp_path) -> str:
+    import json
+
+    rng = np.random.default_rng(1)
+    docs = [[int(x) for x in rng.integers(1, 10**9, 4)] for _ in range(3)]
+    rows, t = [], 0
+    for i in range(300):
+        t += int(rng.integers(20, 120))
+        ids = docs[i % 3][: int(rng.integers(1, 5))] + [10**10 + i]
+        rows.append({"timestamp": t, "input_length": 512 * (len(ids) - 1) + 100, "output_length": 60,
+                     "hash_ids": ids})
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return str(path)
+
+
+CASES = {
+    "system prompts, recompute": {"workload.prefix": {"shared_tokens": 256, "tenants": 4},
+                                  "engine.memory.num_blocks": 400},
+    "system prompts, swap": {"workload.prefix": {"shared_tokens": 256, "tenants": 4},
+                             "engine.memory.num_blocks": 400, "engine.memory.swap_space_gb": 4,
+                             "engine.batching": {"preemption": "swap"}},
+    "conversations, chunked": {"workload.prefix": {"turns": 3, "think_time_s": 2.0},
+                               "engine.memory.num_blocks": 400,
+                               "engine.batching": {"chunked_prefill": True, "max_batch_tokens": 512}},
+    "hashed documents": {"workload": "docs", "engine.memory.num_blocks": 300},
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_virtual_keys_change_nothing_but_work(case, tmp_path, monkeypatch):
+    """Told which content several requests share, the manager keys the rest
+    virtually; every request, every timeline row and every prefix statistic
+    (evictions included) is the same as keying every block, preemptions
+    (which turn virtual keys into real ones) included."""
+    changes = {**CASES[case], "engine.memory.prefix_caching": True}
+    if changes.get("workload") == "docs":
+        changes["workload"] = {"trace": {"path": _docs_trace(tmp_path)}}
+    keyed = {"virtually": 0}
+    original = PagedKVManager._key_virtually
+
+    def counting(self, slot, start, end):
+        keyed["virtually"] += max(0, end - start)
+        original(self, slot, start, end)
+
+    monkeypatch.setattr(PagedKVManager, "_key_virtually", counting)
+    told = _run(**changes)
+    assert keyed["virtually"] > 0                     # the hint did take blocks out of the maps
+    monkeypatch.setattr(PagedKVManager, "expect_content", lambda self, contents: None)
+    keyed["virtually"] = 0
+    every = _run(**changes)
+    assert keyed["virtually"] == 0
+    assert told.summary["preemptions"] == every.summary["preemptions"] > 0
+    assert told.summary["prefix_cache"] == every.summary["prefix_cache"]
+    assert told.summary["prefix_cache"]["evictions"] > 0 and told.summary["prefix_cache"]["hit_rate_tokens"] > 0
+    assert told.requests.equals(every.requests)
+    assert told.timeline.equals(every.timeline)

@@ -38,6 +38,16 @@ evicted. Then the free queue is an ``LRUFreeList`` and a released
 sequence's blocks enter it deepest first. Extra invariants: ``_key_of`` and
 ``_block_of`` are inverse maps; a keyed block is owned or free; handing a
 keyed free block out again drops its key (an eviction).
+
+**Keys no one can look up** (``expect_content``). A simulation knows every
+request's content up front. A block whose prefix holds content that no
+other request has can only be found again by its own request, after a
+recompute preemption; so, once told which content ids several requests
+share, the manager keys such blocks *virtually* (a bit in ``_virtual``,
+counted in the statistics and evicted like a key, but in no map and with no
+hash computed) and turns them into real keys when their sequence is
+preempted (its content then joins ``_revisit``). Hits, evictions and every
+statistic are the same as keying everything (tested against it).
 """
 from __future__ import annotations
 
@@ -86,6 +96,10 @@ class PagedKVManager:
         self._free = LRUFreeList(num_blocks) if prefix_caching else BlockQueue(num_blocks)
         self._key_of: dict[int, int] = {}          # block -> key (prefix caching)
         self._block_of: dict[int, int] = {}        # key -> block
+        self._multi: set[int] | None = None        # content ids several requests hold (None: unknown)
+        self._virtual = np.zeros(0, bool)          # block -> keyed virtually (see the module doc)
+        self._num_virtual = 0
+        self._revisit: set[Segments] = set()       # contents of preempted sequences: every block keyed
         self._content: dict[int, Segments] = {}    # request id -> segments
         self._keys: dict[int, list[int]] = {}      # request id -> keys of its full blocks so far
         self._queried: dict[Segments, list[int]] = {}   # keys of waiting requests' content, until allocated
@@ -197,10 +211,11 @@ class PagedKVManager:
         last = self._last_hits      # admission asks three times in a row, unchanged in between
         if last[0] is segments and last[1] == num_tokens and last[2] == self._version:
             return last[3]
+        upto = min(num_tokens // self.block_size, self._shared_blocks(segments))
         keys = self._queried.get(segments)
-        if keys is None or len(keys) < num_tokens // self.block_size:
-            keys = self._queried[segments] = block_keys(segments, num_tokens // self.block_size, self.block_size)
-        keys = keys[: num_tokens // self.block_size]
+        if keys is None or len(keys) < upto:
+            keys = self._queried[segments] = block_keys(segments, upto, self.block_size)
+        keys = keys[:upto]
         hits = []
         for key in keys[: min((num_tokens - 1) // self.block_size, self._settled_blocks(segments))]:
             block = self._block_of.get(key)
@@ -256,14 +271,16 @@ class PagedKVManager:
         if self.prefix_caching and segments is not None:
             self._queried.pop(segments, None)
             self._content[request_id], self._keys[request_id] = segments, keys
-            self._limit[request_id] = self._settled_blocks(segments)
-            self._register(slot, keys[: self._limit[request_id]], len(hits))
+            limit = self._limit[request_id] = self._settled_blocks(segments)
+            real = min(limit, len(keys))
+            self._register(slot, keys[:real], len(hits))
+            self._key_virtually(slot, max(real, len(hits)), min(limit, num_tokens // bs))
             self._open.add(segments[-1][0])
             self._version += 1
             st = self.prefix_stats
             st["queried_tokens"] += num_tokens
             st["hit_tokens"] += len(hits) * bs
-            st["queried_blocks"] += len(keys)
+            st["queried_blocks"] += num_tokens // bs
             st["hit_blocks"] += len(hits)
         return len(hits) * bs
 
@@ -374,11 +391,15 @@ class PagedKVManager:
         if request_id not in self._seqs:
             raise MemoryError_(f"free({request_id}): it holds no KV (double free?)")
         cpu_table = self._cpu_tables.pop(request_id, None)
-        if cpu_table is None and complete and request_id in self._content:
-            self._register_output(request_id)
+        if cpu_table is None and request_id in self._content:
+            if complete:
+                self._register_output(request_id)
+            elif self._num_virtual:
+                self._key_for_revisit(request_id)
         content = self._content.pop(request_id, None)
         if complete and content is not None:
             self._open.discard(content[-1][0])    # its answer is done: prompts may repeat it now
+            self._revisit.discard(content)
             self._version += 1
         self._keys.pop(request_id, None)
         self._limit.pop(request_id, None)
@@ -469,8 +490,11 @@ class PagedKVManager:
                 len(self._block_of) != len(self._key_of):
             raise MemoryError_("prefix cache: block and key maps disagree")
         free_ids = set(self._free.ids())
-        if any(b not in owned and b not in free_ids for b in self._key_of):
+        virtual = np.flatnonzero(self._virtual).tolist()
+        if any(b not in owned and b not in free_ids for b in [*self._key_of, *virtual]):
             raise MemoryError_("prefix cache: a keyed block is neither held nor free")
+        if len(virtual) != self._num_virtual or any(b in self._key_of for b in virtual):
+            raise MemoryError_("prefix cache: virtual keys miscounted or also real")
         cpu_owned = Counter(b for table in self._cpu_tables.values() for b in table)
         _check_pool("CPU", self._cpu_free.ids(), cpu_owned, self.num_cpu_blocks)
         if any(c > 1 for c in cpu_owned.values()):
@@ -579,6 +603,15 @@ class PagedKVManager:
     def _take(self, count: int) -> np.ndarray:
         """``count`` free blocks; a cached one loses its key (an eviction)."""
         blocks = self._free.take(count)
+        if self._num_virtual:
+            if len(self._virtual) < self._free.virgin:
+                self._grow_virtual()
+            gone = int(np.count_nonzero(self._virtual[blocks]))
+            if gone:
+                self._virtual[blocks] = False
+                self._num_virtual -= gone
+                self.prefix_stats["evictions"] += gone
+                self._version += gone
         key_of = self._key_of
         if key_of:
             evicted = key_of.keys() & blocks.tolist()
@@ -614,10 +647,76 @@ class PagedKVManager:
         full = min(int(self._tok[slot]) // self.block_size, total_tokens(content) // self.block_size,
                    self._limit[request_id])
         keys = self._keys[request_id]
-        if full > len(keys):
-            keys = keys + block_keys(content, full, self.block_size, len(keys),
+        real = min(full, self._shared_blocks(content))
+        if real > len(keys):
+            keys = keys + block_keys(content, real, self.block_size, len(keys),
                                      keys[-1] if keys else 0)
-        self._register(slot, keys[:full])
+        self._register(slot, keys[:real])
+        self._key_virtually(slot, real, full)
+
+    # ---- keys no one else can look up (expect_content) -----------------------
+    def expect_content(self, contents) -> None:
+        """Told every request's content (``segments``) before the run: blocks
+        of content only one request holds are then keyed virtually."""
+        counts: Counter = Counter()
+        for segments in contents:
+            counts.update({cid for cid, _ in segments})
+        self._multi = {cid for cid, n in counts.items() if n > 1}
+
+    def _shared_blocks(self, segments: Segments) -> int:
+        """Leading full blocks every token of whose prefix lies in content
+        other requests hold too (all of them without ``expect_content``, or
+        after the content's sequence was preempted)."""
+        if self._multi is None or segments in self._revisit:
+            return ALL_BLOCKS
+        offset, multi = 0, self._multi
+        for cid, length in segments:
+            if cid not in multi:
+                break
+            offset += length
+        return offset // self.block_size
+
+    def _key_virtually(self, slot: int, start: int, end: int) -> None:
+        """Key the slot's blocks ``start .. end - 1`` virtually."""
+        if end <= start:
+            return
+        blocks = self._table[slot, start:end]
+        if len(self._virtual) <= int(blocks.max()):
+            self._grow_virtual(int(blocks.max()) + 1)
+        fresh = blocks[~self._virtual[blocks]]
+        self._virtual[fresh] = True
+        self._num_virtual += len(fresh)
+        self._version += len(fresh)
+
+    def _grow_virtual(self, need: int = 0) -> None:
+        size = max(need, self._free.virgin, 2 * len(self._virtual), 64)
+        grown = np.zeros(size, bool)
+        grown[: len(self._virtual)] = self._virtual
+        self._virtual = grown
+
+    def _key_for_revisit(self, request_id: int) -> None:
+        """A preempted sequence may be admitted again and find its own
+        blocks: key its virtually keyed prompt blocks for real."""
+        slot = self._seqs.slot_of[request_id]
+        content = self._content[request_id]
+        end = min(int(self._nblk[slot]), len(self._virtual))
+        blocks = self._table[slot, :end]
+        virtual = np.flatnonzero(self._virtual[blocks])
+        if not len(virtual):
+            return
+        keys = self._keys[request_id]
+        top = int(virtual[-1]) + 1
+        if top > len(keys):
+            keys = self._keys[request_id] = keys + block_keys(content, top, self.block_size, len(keys),
+                                                              keys[-1] if keys else 0)
+        key_of, block_of = self._key_of, self._block_of
+        for k in virtual.tolist():
+            block, key = int(blocks[k]), keys[k]
+            key_of[block] = key
+            block_of[key] = block
+        self._virtual[blocks[virtual]] = False
+        self._num_virtual -= len(virtual)
+        self._revisit.add(content)
 
     def _any_shared_partial_last(self, slots: np.ndarray) -> bool:
         """Whether some sequence's partially filled last block is shared (it
