@@ -244,7 +244,7 @@ class PagedKVManager:
         sequences (a cached prefix block that is free counts as taken)."""
         self._check_new(request_id, num_tokens, final_tokens)
         hits, _ = self._hits(num_tokens, segments)
-        revived = sum(1 for b in hits if b in self._free) if hits else 0
+        revived = self._free.count_free(hits) if hits else 0
         need = _ceil_div(num_tokens, self.block_size) - len(hits) + revived
         return len(self._free) - need >= self.watermark_blocks
 

@@ -29,7 +29,7 @@ once, in that order.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import deque
 from typing import Iterable
 
 import numpy as np
@@ -92,18 +92,32 @@ def total_tokens(segments: Segments) -> int:
 
 class LRUFreeList:
     """``BlockQueue``'s interface (``take``, ``take_one``, ``put``, ``len``,
-    ``ids``) plus ``remove(block)`` for a block a prefix hit takes back."""
+    ``ids``) plus ``remove(block)`` for a block a prefix hit takes back.
+
+    Released ids wait in a deque in queue order, and ``_free`` holds the set
+    of them, so put and take move whole lists with C-level calls. A hit
+    removes its block from the set only; the entry left behind in the deque
+    is *stale* and counted in ``_stale``. Since a block has at most one live
+    entry and a removal leaves exactly that one stale, a block's stale
+    entries always come before its live one: ``take`` skips the first
+    ``_stale[b]`` entries of ``b`` it meets."""
 
     def __init__(self, num_blocks: int) -> None:
         self.num_blocks = num_blocks
         self.virgin = 0                                    # ids virgin.. never handed out
-        self._released: OrderedDict[int, None] = OrderedDict()
+        self._queue: deque[int] = deque()                  # released ids, queue order, stale ones too
+        self._free: set[int] = set()                       # the released ids that are free
+        self._stale: dict[int, int] = {}                   # block -> its stale entries still queued
 
     def __len__(self) -> int:
-        return self.num_blocks - self.virgin + len(self._released)
+        return self.num_blocks - self.virgin + len(self._free)
 
     def __contains__(self, block: int) -> bool:
-        return block >= self.virgin or block in self._released
+        return block >= self.virgin or block in self._free
+
+    def count_free(self, blocks) -> int:
+        """How many of ``blocks`` (ids handed out before) are free."""
+        return len(self._free.intersection(blocks))
 
     def take(self, count: int) -> np.ndarray:
         if count > len(self):
@@ -112,33 +126,50 @@ class LRUFreeList:
         out = list(range(self.virgin, self.virgin + fresh))
         self.virgin += fresh
         if count > fresh:
-            popitem = self._released.popitem
-            out += [popitem(last=False)[0] for _ in range(count - fresh)]
+            popleft, stale = self._queue.popleft, self._stale
+            taken = []
+            while len(taken) < count - fresh:
+                block = popleft()
+                if stale and block in stale:
+                    if stale[block] == 1:
+                        del stale[block]
+                    else:
+                        stale[block] -= 1
+                    continue
+                taken.append(block)
+            self._free.difference_update(taken)
+            out += taken
         return np.array(out, np.int64)
 
     def take_one(self) -> int:
         return int(self.take(1)[0])
 
     def put(self, blocks: Iterable[int]) -> None:
-        for b in blocks:
-            self._released[int(b)] = None
+        blocks = blocks.tolist() if isinstance(blocks, np.ndarray) else [int(b) for b in blocks]
+        self._queue.extend(blocks)
+        self._free.update(blocks)
 
     def remove(self, block: int) -> None:
         """Take a particular free block out of the queue (a prefix hit)."""
         if block >= self.virgin:
             raise ValueError(f"block {block} was never used: it holds no cached prefix")
-        del self._released[block]
+        self._free.remove(block)
+        self._stale[block] = self._stale.get(block, 0) + 1
+
+    def _released(self) -> list[int]:
+        """The free released ids in queue order (O(queue): checks and peeks)."""
+        stale, out = dict(self._stale), []
+        for block in self._queue:
+            if stale.get(block):
+                stale[block] -= 1
+            else:
+                out.append(block)
+        return out
 
     def head(self, count: int) -> list[int]:
         """The next ``count`` blocks ``take`` would hand out, without taking them."""
         fresh = list(range(self.virgin, min(self.num_blocks, self.virgin + count)))
-        it = iter(self._released)
-        while len(fresh) < count:
-            try:
-                fresh.append(next(it))
-            except StopIteration:
-                break
-        return fresh
+        return fresh + self._released()[: count - len(fresh)]
 
     def ids(self) -> list[int]:
-        return list(range(self.virgin, self.num_blocks)) + list(self._released)
+        return list(range(self.virgin, self.num_blocks)) + self._released()

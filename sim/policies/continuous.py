@@ -144,8 +144,7 @@ class ContinuousPolicy(Policy):
                 return self._schedule_chunked(now)
             return None
         done = [i for i in positions if run.todo[i] == 0]             # their last chunk: a first token
-        self._emitting = np.r_[0:num_decodes, np.array(done, np.int64)].astype(np.int64) \
-            if done else slice(0, num_decodes)
+        self._emitting = np.concatenate((np.arange(num_decodes), done)) if done else slice(0, num_decodes)
         contexts = tuple(run.computed[:num_decodes].tolist())
         reqs = tuple(run.reqs[positions].tolist()) + tuple(run.reqs[:num_decodes].tolist())
         held = tuple(c + n for c, n in zip(context, new)) + contexts   # KV that holds tokens after the step
