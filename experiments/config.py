@@ -148,6 +148,14 @@ class ExperimentConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _chunks_hold_a_block(self) -> ExperimentConfig:
+        b, m = self.engine.batching, self.engine.memory
+        if b.chunked_prefill and b.max_batch_tokens < m.block_size:
+            raise ValueError(f"engine.batching.max_batch_tokens: chunked prefill needs a budget of at least one "
+                             f"KV block (engine.memory.block_size={m.block_size}), got {b.max_batch_tokens}")
+        return self
+
+    @model_validator(mode="after")
     def _model_splits(self) -> ExperimentConfig:
         par = self.engine.parallel
         if par.tensor > 1 or par.pipeline > 1:

@@ -333,6 +333,9 @@ CASES: list[Case] = [
          ("workload.prefix.think_time_s",)),
     Case("chunked-prefill-static", RUN, with_({"engine.batching": {"policy": "static", "chunked_prefill": True}}),
          ("engine.batching.chunked_prefill: applies to policy: continuous only",)),
+    Case("chunk-below-a-block", RUN, with_({"engine.batching": {"chunked_prefill": True, "max_batch_tokens": 8}}),
+         ("engine.batching.max_batch_tokens: chunked prefill needs a budget of at least one KV block "
+          "(engine.memory.block_size=16), got 8",)),
     Case("chunked-prefill-unmixed", RUN, with_({"engine.batching": {"chunked_prefill": True,
                                                                     "mixed_prefill_decode": False}}),
          ("chunked_prefill: chunks share steps with decodes",)),
