@@ -45,7 +45,8 @@ cheapest bound first, and one whose bound is no better than the best found
 is pruned unsearched.
 
 Every probe is cached under ``OUT/probes/`` by a hash of its resolved
-config, so a re-run (or a grown grid) resumes.
+config and of the simulator's code (``experiments/fingerprint.py``), so a
+re-run (or a grown grid) resumes, and a new version of pagesim probes again.
 """
 from __future__ import annotations
 
@@ -66,6 +67,7 @@ import pandas as pd
 
 from experiments.atomic import atomic_path
 from experiments.config import ConfigError, ExperimentConfig, resolved_dict, set_path, validate
+from experiments.fingerprint import code_fingerprint
 from experiments.outputs import write_marker
 from sim.metrics import LATENCIES, STATS, flatten, summary_metrics
 from sim.presets import resolve_hardware
@@ -297,7 +299,7 @@ class ProbeRunner:
         if early_stop and cand.cfg.horizon_s is None and n:
             point["horizon_s"] = probe_horizon_s(n / rate_rps, self.search)
         cfg = validate(point)
-        key = _hash(resolved_dict(cfg))
+        key = _hash({**resolved_dict(cfg), "simulator": code_fingerprint()})   # another version: probed again
         row = self._cached(key)
         if row is None or (self.search.request_objectives and self.search.attainment_key() not in row["attainment"]):
             row = self._run(cfg, key, row)

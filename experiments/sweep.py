@@ -9,6 +9,11 @@ not of its place in the grid -- so a re-run reuses every finished point with
 the same config, whatever was added to the grid or reordered, and computes
 only the rest.
 
+A point is reused only if the same simulator computed it: each finished
+point records ``experiments.fingerprint.code_fingerprint()`` (``.code``),
+and a point from another version of pagesim (or from before points recorded
+it) is computed again, with one line on stderr saying how many.
+
 Interrupting (Ctrl-C) stops the worker processes at once and keeps every
 finished point; running the same command again resumes. Points run in local
 processes or as Ray tasks (``--backend ray``, experiments/backends.py).
@@ -21,6 +26,7 @@ import itertools
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +34,12 @@ import pandas as pd
 
 from experiments.atomic import atomic_path
 from experiments.config import ExperimentConfig, resolved_dict, set_path, validate
+from experiments.fingerprint import code_fingerprint
 from experiments.outputs import write_marker
 from experiments.progress import Progress
 from sim.metrics import flatten
+
+CODE_FILE = ".code"      # in a finished point: the fingerprint of the code that computed it
 
 
 def point_id(point: ExperimentConfig) -> str:
@@ -78,8 +87,17 @@ def _finish_point(pid: str, payload, points_dir: Path) -> dict:
 
     if payload is not None:
         write_outputs(payload, points_dir / pid, plots=False)
+    with atomic_path(points_dir / pid / CODE_FILE) as tmp:
+        tmp.write_text(code_fingerprint() + "\n")
     # the written file, as a resumed sweep reads it: one column order either way
     return json.loads((points_dir / pid / "summary.json").read_text())
+
+
+def _same_code(point_dir: Path) -> bool:
+    try:
+        return (point_dir / CODE_FILE).read_text().strip() == code_fingerprint()
+    except OSError:
+        return False
 
 
 def _row(point_id: str, swept: dict, summary: dict) -> dict:
@@ -104,13 +122,17 @@ def run_sweep(raw: dict, cfg: ExperimentConfig, out_dir: Path, jobs: int | None 
     points_dir.mkdir(parents=True, exist_ok=True)
     write_marker(out_dir, "sweep")
     rows: dict[str, dict] = {}
-    todo = []
+    todo, stale = [], 0
     for pid, swept, point in points:
         done = points_dir / pid / "summary.json"
-        if done.is_file():
+        if done.is_file() and _same_code(points_dir / pid):
             rows[pid] = _row(pid, swept, json.loads(done.read_text()))
         else:
+            stale += done.is_file()
             todo.append((pid, swept, point))
+    if stale and progress:
+        print(f"pagesim: {stale} finished point(s) in {points_dir} were simulated by another version of "
+              f"pagesim; computing them again", file=sys.stderr)
     try:
         _run_points(todo, rows, points_dir, cfg.name, len(points), jobs, progress, backend, address)
     finally:

@@ -108,6 +108,17 @@ def test_capacity_of_tiny_configurations_resumes_and_writes_a_runnable_recommend
     again = plan(raw, cfg, out, search, workers=1, quiet=True)
     assert sorted((out / "probes").glob("*.json")) == cache
     pd.testing.assert_frame_equal(table, again)
+    # another version of the simulator probes afresh (same code in fact: the same answers)
+    import experiments.capacity as capacity_module
+
+    original = capacity_module.code_fingerprint
+    capacity_module.code_fingerprint = lambda: "another-version"
+    try:
+        fresh = plan(raw, cfg, out, search, workers=1, quiet=True)
+    finally:
+        capacity_module.code_fingerprint = original
+    assert len(list((out / "probes").glob("*.json"))) == 2 * len(cache)
+    pd.testing.assert_frame_equal(table, fresh)
     cands = {c.cid: c for c in candidates(raw, cfg, load_axis(cfg))}
     paths = write_results(table, out, "cap", "pagesim capacity ...", search, None, None, cands)
     rec = yaml.safe_load(paths["yaml"].read_text())
