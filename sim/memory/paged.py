@@ -717,6 +717,7 @@ class PagedKVManager:
         self._virtual[blocks[virtual]] = False
         self._num_virtual -= len(virtual)
         self._revisit.add(content)
+        self._version += len(virtual)          # lookups of this content see its keys now
 
     def _any_shared_partial_last(self, slots: np.ndarray) -> bool:
         """Whether some sequence's partially filled last block is shared (it
