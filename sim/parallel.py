@@ -174,8 +174,10 @@ def memory_shard(model: ModelSpec, par: Parallelism) -> ModelSpec:
 
 class CommModel:
     """Seconds of communication in one step of a parallel replica: analytic,
-    or, with ``measured`` collectives of its group size, the measured
-    all-reduce and all-gather times (pipeline sends stay analytic)."""
+    or, with ``measured`` collectives of its tensor group's size, the
+    measured all-reduce and all-gather times, and the measured stage-to-stage
+    hand-off (``send_recv``) where the table has it (else, and for a
+    pipeline without tensor parallelism, the sends stay analytic)."""
 
     def __init__(self, model: ModelSpec, hardware: HardwareSpec, par: Parallelism,
                  measured: dict[str, CollectiveTimes] | None = None, source: str = "") -> None:
@@ -203,7 +205,9 @@ class CommModel:
         elif self._all_reduces:
             t_s = (self._all_reduces * (self.latency_s + rows * self._reduce_s_per_row)
                    + self.latency_s + seqs * self._gather_s_per_seq)
-        if self._sends:
+        if self._sends and self.measured is not None and "send_recv" in self.measured:
+            t_s = t_s + self._sends * self.measured["send_recv"](rows * self._row_bytes)
+        elif self._sends:
             t_s = t_s + self._sends * (self.latency_s + rows * self._send_s_per_row)
         return t_s
 

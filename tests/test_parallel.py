@@ -139,6 +139,15 @@ def test_measured_collectives_replace_the_analytic_all_reduce_and_gather(tmp_pat
         measured["all_gather"](seqs * 64128 * 2)
     assert comm.step_s(rows, seqs) == pytest.approx(expect, rel=1e-12)
     assert comm.note == f"measured ({csv})" and read_collectives(csv, 8) is None
+    # pipeline sends: analytic without a measured hand-off, the measured one with it
+    piped = CommModel(model, H200, Parallelism(2, 2), measured, str(csv))
+    assert piped.step_s(rows, seqs) == pytest.approx(expect + H200.collective_latency_s
+                                                     + rows * piped._send_s_per_row, rel=1e-12)
+    with csv.open("a") as f:
+        f.write("send_recv,2,1024,3e-6\nsend_recv,2,1048576,5e-5\n")
+    measured = read_collectives(csv, 2)
+    piped = CommModel(model, H200, Parallelism(2, 2), measured, str(csv))
+    assert piped.step_s(rows, seqs) == pytest.approx(expect + measured["send_recv"](rows * 8192 * 2), rel=1e-12)
     # the runner finds it beside the profiles and says so
     monkeypatch.setattr(runner, "comm_table_path", lambda hw: csv)
     cost, note = build_replica_cost_model(_cfg(parallel={"tensor": 2}, cost_model="roofline"))

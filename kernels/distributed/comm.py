@@ -5,8 +5,10 @@
 For each degree ``t`` (one process per GPU, NCCL; gloo on the CPU, for
 tests), every rank times ``all_reduce`` and ``all_gather`` of bf16 messages
 over a log-spaced range of sizes (the sizes a step produces: rows x hidden x
-2 bytes), with warm-up calls first and the median of repeated calls, each
-bracketed by CUDA events (host clocks on the CPU). Rank 0 writes
+2 bytes), and ranks 0 and 1 time ``send_recv``, the point-to-point hand-off
+between pipeline stages (half a round trip), with warm-up calls first and
+the median of repeated calls, each bracketed by CUDA events (host clocks on
+the CPU). Rank 0 writes
 ``OUT/comm.csv`` (``op, world_size, bytes, seconds``; rows of other group
 sizes already there are kept) and
 ``OUT/comm_provenance.json`` (GPU count and names, ``nvidia-smi topo -m``,
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-OPS = ("all_reduce", "all_gather")
+OPS = ("all_reduce", "all_gather", "send_recv")
 SIZES = [2**k for k in range(10, 28, 2)]        # 1 KiB .. 64 MiB
 MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
@@ -48,8 +50,14 @@ def time_collectives(world: int, rank: int, device: str, sizes: list[int], reps:
             def call():
                 if op == "all_reduce":
                     dist.all_reduce(x)
-                else:
+                elif op == "all_gather":
                     dist.all_gather(parts, x)
+                elif rank == 0:          # a round trip between stages 0 and 1; halved below
+                    dist.send(x, 1)
+                    dist.recv(x, 1)
+                elif rank == 1:
+                    dist.recv(x, 0)
+                    dist.send(x, 0)
 
             for _ in range(warmup):
                 call()
@@ -66,7 +74,8 @@ def time_collectives(world: int, rank: int, device: str, sizes: list[int], reps:
                     t0 = time.perf_counter()
                     call()
                     samples.append(time.perf_counter() - t0)
-            rows.append({"op": op, "world_size": world, "bytes": size, "seconds": float(np.median(samples))})
+            seconds = float(np.median(samples)) / (2 if op == "send_recv" else 1)
+            rows.append({"op": op, "world_size": world, "bytes": size, "seconds": seconds})
     return rows
 
 

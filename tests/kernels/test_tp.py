@@ -84,7 +84,8 @@ def test_collectives_are_timed_per_op_and_size_on_a_cpu_group():
 
     rows = measure([2], sizes=[1024, 65536], reps=3)
     assert [(r["op"], r["world_size"], r["bytes"]) for r in rows] == [
-        ("all_reduce", 2, 1024), ("all_reduce", 2, 65536), ("all_gather", 2, 1024), ("all_gather", 2, 65536)]
+        ("all_reduce", 2, 1024), ("all_reduce", 2, 65536), ("all_gather", 2, 1024), ("all_gather", 2, 65536),
+        ("send_recv", 2, 1024), ("send_recv", 2, 65536)]
     assert all(0 < r["seconds"] < 10 for r in rows)
 
 
