@@ -372,3 +372,23 @@ def test_a_bilinear_row_is_the_surface_at_that_batch_size_extrapolation_included
         for c in (0.0, 16.0, 100.0, 256.0, 700.0, 1024.0, 3000.0, 1e6):
             assert np.interp(c, xs, ys) == pytest.approx(surface(b, c), rel=1e-12), (b, c)
         assert surface.row(b) is surface.row(b)           # cached
+
+
+def test_engine_terms_false_prices_gpu_time_only():
+    """The committed H200 llama-2-7b profile has engine terms; with
+    ``engine_terms: false`` a step costs exactly its GPU time, and the note
+    says so."""
+    from sim.batch import Batch
+    from sim.cost import build_cost_model
+    from sim.cost.spec import ProfiledCostSpec
+    from sim.presets import resolve_hardware, resolve_model
+
+    model, hw = resolve_model("llama-2-7b"), resolve_hardware("h200")
+    full, note_full = build_cost_model(ProfiledCostSpec(), model, hw)
+    gpu, note_gpu = build_cost_model(ProfiledCostSpec(engine_terms=False), model, hw)
+    assert full.engine is not None and gpu.engine is None
+    assert note_gpu.endswith("(GPU time only)") and not note_full.endswith("(GPU time only)")
+    mixed = Batch(prefill_new_tokens=(300,), prefill_context_tokens=(0,), decode_context_tokens=(500,) * 7)
+    dec = mixed.decode_context_tokens
+    assert gpu.step_time(mixed) == gpu.gpu_s("paged", 307, (300,), (0,), 7, sum(dec), max(dec))
+    assert full.step_time(mixed) > gpu.step_time(mixed)       # the engine's issue floor and host time

@@ -70,8 +70,8 @@ def _build_profiled(spec: ProfiledCostSpec, model: ModelSpec, hardware: Hardware
                          f"to the roofline model")
     cost = profiled.ProfiledCostModel.from_dir(
         path, model, hardware, paged_attention_overhead=spec.paged_attention_overhead,
-        max_batch_size=max_batch_size)
-    return cost, f"cost model: profiled from {path}"
+        max_batch_size=max_batch_size, engine=spec.engine_terms)
+    return cost, f"cost model: profiled from {path}" + ("" if spec.engine_terms else " (GPU time only)")
 
 
 def _build_auto(spec: AutoCostSpec, model: ModelSpec, hardware: HardwareSpec, max_batch_size: int) -> Built:
@@ -88,8 +88,8 @@ def _build_auto(spec: AutoCostSpec, model: ModelSpec, hardware: HardwareSpec, ma
                       f"run `pagesim calibrate`)")
     cost = profiled.ProfiledCostModel.from_dir(
         path, model, hardware, paged_attention_overhead=spec.paged_attention_overhead,
-        max_batch_size=max_batch_size)
-    return cost, f"cost model: profiled from {path}"
+        max_batch_size=max_batch_size, engine=spec.engine_terms)
+    return cost, f"cost model: profiled from {path}" + ("" if spec.engine_terms else " (GPU time only)")
 
 
 _FACTORIES: dict[str, Callable[..., Built]] = {

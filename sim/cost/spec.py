@@ -10,6 +10,7 @@ decided by ``build_cost_model``.
                                       #   (1.1 if auto falls back); roofline: default 1.1
       step_overhead_s: null           # auto, roofline; null: measured by the committed profiles
       profile_dir: null               # auto, profiled; default kernels/profiles/<hardware>/<model>/
+      engine_terms: true              # auto, profiled; false: GPU time only (no engine host/launch terms)
 
 ``cost_model: roofline`` is short for ``cost_model: {kind: roofline}``.
 """
@@ -38,6 +39,9 @@ MeasuredOrOverhead = Annotated[float | None, Field(
                 "a number: paged = contiguous x that ratio")]
 ProfileDir = Annotated[Path | None, Field(
     None, description="folder of kernel profiles; null means kernels/profiles/<hardware>/<model>/")]
+EngineTerms = Annotated[bool, Field(
+    True, description="price the real engine's host and launch time too (engine_steps.csv, where the "
+                      "profile has it); false: GPU time only")]
 Coefficient = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 
 
@@ -62,6 +66,7 @@ class AutoCostSpec(_Spec):
     paged_attention_overhead: MeasuredOrOverhead
     step_overhead_s: StepOverheadS
     profile_dir: ProfileDir
+    engine_terms: EngineTerms
 
 
 class ProfiledCostSpec(_Spec):
@@ -70,6 +75,7 @@ class ProfiledCostSpec(_Spec):
     kind: Literal["profiled"] = "profiled"
     paged_attention_overhead: MeasuredOrOverhead
     profile_dir: ProfileDir
+    engine_terms: EngineTerms
 
 
 class LinearCostSpec(_Spec):
