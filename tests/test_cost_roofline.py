@@ -263,7 +263,7 @@ def fake_profiled_module(monkeypatch, tmp_path: Path, has_profiles: bool) -> lis
         name = "profiled"
 
         @classmethod
-        def from_dir(cls, path, model, hardware, paged_attention_overhead, max_batch_size=256):
+        def from_dir(cls, path, model, hardware, paged_attention_overhead, max_batch_size=256, engine=True):
             calls.append((path, model.name, hardware.name, paged_attention_overhead))
             return cls()
 
