@@ -316,13 +316,7 @@ def _errors(path: Path, hardware_name: str, name: str):
     from sim.presets import resolve_hardware
 
     model, hardware = resolve_profiled(name), resolve_hardware(hardware_name)
-    steps_path = path / "steps.csv"
-    if not steps_path.is_file():
-        raise ValueError(f"{steps_path}: missing; the check needs the held-out steps of the profiling run")
-    steps = pd.read_csv(steps_path)
-    held = steps[steps["split"] == "heldout"]
-    if held.empty:
-        raise ValueError(f"{steps_path}: no held-out steps (split == 'heldout')")
+    held = read_heldout_steps(path / "steps.csv")
     # steps.csv times whole steps as CUDA graphs: compare the GPU-time model
     # (the engine's launch and host terms are checked on real serving runs)
     models = {"profiled": ProfiledCostModel.from_dir(path, model, hardware, engine=False),
@@ -336,6 +330,20 @@ def _errors(path: Path, hardware_name: str, name: str):
             row[key] = np.nan if cost is None else abs(cost.step_time(batch) - r.measured_s) / r.measured_s
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def read_heldout_steps(steps_path: Path):
+    """The held-out rows of a profile's ``steps.csv`` (never fitted on)."""
+    import pandas as pd
+
+    if not steps_path.is_file():
+        raise ValueError(f"{steps_path}: missing; the held-out steps come from profiling the model "
+                         f"(pagesim calibrate)")
+    steps = pd.read_csv(steps_path)
+    held = steps[steps["split"] == "heldout"]
+    if held.empty:
+        raise ValueError(f"{steps_path}: no held-out steps (split == 'heldout')")
+    return held
 
 
 def _roofline(model, hardware):

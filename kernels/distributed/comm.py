@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,9 +30,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from kernels.distributed.group import run_on_group
+
 OPS = ("all_reduce", "all_gather", "send_recv")
 SIZES = [2**k for k in range(10, 28, 2)]        # 1 KiB .. 64 MiB
-MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
 def time_collectives(world: int, rank: int, device: str, sizes: list[int], reps: int = 20,
@@ -79,34 +78,16 @@ def time_collectives(world: int, rank: int, device: str, sizes: list[int], reps:
     return rows
 
 
-def _worker(rank: int, world: int, init_file: str, out_file: str, sizes: list[int], reps: int) -> None:
-    os.environ.update(MULTICAST_OFF)
-    cuda = torch.cuda.is_available() and torch.cuda.device_count() >= world
-    if cuda:
-        torch.cuda.set_device(rank)
-    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"file://{init_file}",
-                            rank=rank, world_size=world)
-    try:
-        rows = time_collectives(world, rank, f"cuda:{rank}" if cuda else "cpu", sizes, reps)
-        if rank == 0:
-            Path(out_file).write_text(json.dumps(rows))
-    finally:
-        dist.destroy_process_group()
-
-
 def measure(degrees: list[int], sizes: list[int] = SIZES, reps: int = 20) -> list[dict]:
     """Rows of every degree, each timed by a fresh group of processes."""
-    import torch.multiprocessing as mp
-
-    os.environ.update(MULTICAST_OFF)
     rows: list[dict] = []
     for world in degrees:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "rows.json"
-            mp.start_processes(_worker, args=(world, str(Path(tmp) / "init"), str(out), sizes, reps),
-                               nprocs=world, join=True, start_method="spawn")
-            rows += json.loads(out.read_text())
+        rows += run_on_group(world, _time_on_rank, sizes, reps)
     return rows
+
+
+def _time_on_rank(rank: int, world: int, device: str, sizes: list[int], reps: int) -> list[dict]:
+    return time_collectives(world, rank, device, sizes, reps)
 
 
 def provenance() -> dict:

@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -40,7 +38,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from kernels.distributed.comm import MULTICAST_OFF, provenance
+from kernels.distributed.comm import provenance
+from kernels.distributed.group import run_on_group
 
 COLUMNS = ("step_id", "kind", "layout", "prefill_new_tokens", "prefill_context_tokens",
            "decode_context_tokens", "tensor", "measured_s", "timing")
@@ -48,16 +47,10 @@ COLUMNS = ("step_id", "kind", "layout", "prefill_new_tokens", "prefill_context_t
 
 def heldout_steps(steps_csv: Path) -> list[dict]:
     """The held-out rows of a profile's ``steps.csv`` (what the check compares)."""
-    import pandas as pd
+    from kernels.calibration.cli import read_heldout_steps
 
-    if not steps_csv.is_file():
-        raise ValueError(f"{steps_csv}: missing; profile the shard first (pagesim calibrate --tp)")
-    steps = pd.read_csv(steps_csv)
-    held = steps[steps["split"] == "heldout"]
-    if held.empty:
-        raise ValueError(f"{steps_csv}: no held-out steps (split == 'heldout')")
     cols = ["step_id", "kind", "layout", "prefill_new_tokens", "prefill_context_tokens", "decode_context_tokens"]
-    return held[cols].to_dict("records")
+    return read_heldout_steps(steps_csv)[cols].to_dict("records")
 
 
 def _timed(fn, reps: int, cuda: bool) -> tuple[float, str]:
@@ -115,7 +108,7 @@ def time_steps(geom, rank: int, world: int, steps: list[dict], reps: int, seed: 
             rng = np.random.default_rng(seed + int(step["step_id"]))      # the same on every rank
             cache, where = fresh_cache(part, step["layout"], comp, rng, 1, device=device, dtype=dtype)
             inp = prepare_step(comp, cache, where, random_token_ids(geom, comp.num_tokens, rng), device, part)
-            seconds, timing = _timed(lambda: model.step(inp, cache), reps, cuda)
+            seconds, timing = _timed(lambda inp=inp, cache=cache: model.step(inp, cache), reps, cuda)
             slowest = torch.tensor([seconds], dtype=torch.float64, device=device)
             dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
             rows.append({**step, "tensor": world, "measured_s": float(slowest.item()), "timing": timing})
@@ -123,32 +116,13 @@ def time_steps(geom, rank: int, world: int, steps: list[dict], reps: int, seed: 
     return rows
 
 
-def _worker(rank: int, world: int, init_file: str, out_file: str, geom, steps: list[dict], reps: int,
-            seed: int) -> None:
-    os.environ.update(MULTICAST_OFF)
-    cuda = torch.cuda.is_available() and torch.cuda.device_count() >= world
-    if cuda:
-        torch.cuda.set_device(rank)
-    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"file://{init_file}",
-                            rank=rank, world_size=world)
-    try:
-        rows = time_steps(geom, rank, world, steps, reps, seed)
-        if rank == 0:
-            Path(out_file).write_text(json.dumps(rows))
-    finally:
-        dist.destroy_process_group()
-
-
 def measure(geom, world: int, steps: list[dict], reps: int = 10, seed: int = 0) -> list[dict]:
     """Every step at degree ``world``, timed by a fresh group of processes."""
-    import torch.multiprocessing as mp
+    return run_on_group(world, _time_on_rank, geom, steps, reps, seed)
 
-    os.environ.update(MULTICAST_OFF)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "rows.json"
-        mp.start_processes(_worker, args=(world, str(Path(tmp) / "init"), str(out), geom, steps, reps, seed),
-                           nprocs=world, join=True, start_method="spawn")
-        return json.loads(out.read_text())
+
+def _time_on_rank(rank: int, world: int, device: str, geom, steps: list[dict], reps: int, seed: int) -> list[dict]:
+    return time_steps(geom, rank, world, steps, reps, seed)
 
 
 def write_steps(rows: list[dict], folder: Path) -> Path:
