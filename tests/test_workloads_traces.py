@@ -228,7 +228,8 @@ def test_mooncake_hash_ids_become_prompt_segments_of_512_tokens(tmp_path):
     ])
     w = load_trace(path).workload                              # auto: JSON lines
     assert w.arrival_s.tolist() == [0.0, 1.5]                  # ms, sorted, from the first row
-    assert w.segments == (((5, 512), (8, 88), (-2, 3)), ((5, 512), (6, 512), (9, 76), (-1, 7)))
+    # answers get ids -2, -3, ... in file order (never -1, which Python hashes like -2)
+    assert w.segments == (((5, 512), (8, 88), (-3, 3)), ((5, 512), (6, 512), (9, 76), (-2, 7)))
     # the second request can reuse the first's 512-token block 5 of its 1100 prompt tokens
     assert prefix_reuse(w) == pytest.approx(512 / 1700)
 

@@ -123,8 +123,9 @@ def load_trace(
         raise TraceError(f"{label}: no requests left after the filters (window, 0-token rows, context limit)")
 
     segments = None
-    if raw.segments is not None:     # the prompt's blocks, then an answer of its own (negative ids)
-        segments = tuple(raw.segments[i] + ((-1 - int(i), int(raw.output_tokens[i])),) for i in order[kept])
+    if raw.segments is not None:     # the prompt's blocks, then an answer of its own: ids -2, -3, ...
+        # (never -1: Python hashes -1 like -2, and block keys hash content ids)
+        segments = tuple(raw.segments[i] + ((-2 - int(i), int(raw.output_tokens[i])),) for i in order[kept])
     workload = Workload(
         arrival_s=(arrival_s[kept] - arrival_s[kept[0]]) * time_scale,
         prompt_tokens=prompt_tokens[kept],
