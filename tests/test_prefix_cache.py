@@ -254,28 +254,33 @@ def test_conversations_repeat_the_previous_turn_and_arrive_in_order():
     assert out.summary["prefix_cache"]["hit_rate_tokens"] > 0.2
 
 
-def test_a_hashed_trace_reaches_about_its_reuse_potential(tmp_path):
-    """Documents shared by many requests (Mooncake format): with a cache that
-    holds them, the hit rate approaches the trace's unbounded reuse potential."""
+def _docs_trace(tmp_path, seed: int, requests: int, gap_ms: tuple[int, int], output_tokens: int) -> str:
+    """A Mooncake-format file: three documents of 4 blocks, each request
+    reading the first 1-4 blocks of one of them, then 100 tokens of its own."""
     import json
 
-    import numpy as np
-
-    from workloads.stats import prefix_reuse
-    from workloads.traces import load_trace
-
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     docs = [[int(x) for x in rng.integers(1, 10**9, 4)] for _ in range(3)]
     rows, t = [], 0
-    for i in range(120):
-        t += int(rng.integers(100, 600))
+    for i in range(requests):
+        t += int(rng.integers(*gap_ms))
         ids = docs[i % 3][: int(rng.integers(1, 5))] + [10**10 + i]
-        rows.append({"timestamp": t, "input_length": 512 * (len(ids) - 1) + 100, "output_length": 20,
+        rows.append({"timestamp": t, "input_length": 512 * (len(ids) - 1) + 100, "output_length": output_tokens,
                      "hash_ids": ids})
     path = tmp_path / "docs.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
+    return str(path)
+
+
+def test_a_hashed_trace_reaches_about_its_reuse_potential(tmp_path):
+    """Documents shared by many requests (Mooncake format): with a cache that
+    holds them, the hit rate approaches the trace's unbounded reuse potential."""
+    from workloads.stats import prefix_reuse
+    from workloads.traces import load_trace
+
+    path = _docs_trace(tmp_path, seed=0, requests=120, gap_ms=(100, 600), output_tokens=20)
     potential = prefix_reuse(load_trace(path).workload)
-    out = _run(**{"workload": {"trace": {"path": str(path)}}, "engine.memory.prefix_caching": True})
+    out = _run(**{"workload": {"trace": {"path": path}}, "engine.memory.prefix_caching": True})
     hit = out.summary["prefix_cache"]["hit_rate_tokens"]
     assert potential > 0.5 and potential - 0.05 <= hit <= potential + 1e-9
 
@@ -328,20 +333,6 @@ def test_a_prompt_repeating_an_unfinished_answer_shares_nothing_from_there_on():
     m.check_invariants()
 
 
-def _docs_trace(tmp_path) -> str:
-    import json
-
-    rng = np.random.default_rng(1)
-    docs = [[int(x) for x in rng.integers(1, 10**9, 4)] for _ in range(3)]
-    rows, t = [], 0
-    for i in range(300):
-        t += int(rng.integers(20, 120))
-        ids = docs[i % 3][: int(rng.integers(1, 5))] + [10**10 + i]
-        rows.append({"timestamp": t, "input_length": 512 * (len(ids) - 1) + 100, "output_length": 60,
-                     "hash_ids": ids})
-    path = tmp_path / "docs.jsonl"
-    path.write_text("\n".join(json.dumps(r) for r in rows))
-    return str(path)
 
 
 CASES = {
@@ -365,7 +356,8 @@ def test_virtual_keys_change_nothing_but_work(case, tmp_path, monkeypatch):
     (which turn virtual keys into real ones) included."""
     changes = {**CASES[case], "engine.memory.prefix_caching": True}
     if changes.get("workload") == "docs":
-        changes["workload"] = {"trace": {"path": _docs_trace(tmp_path)}}
+        changes["workload"] = {"trace": {"path": _docs_trace(tmp_path, seed=1, requests=300, gap_ms=(20, 120),
+                                                             output_tokens=60)}}
     keyed = {"virtually": 0}
     original = PagedKVManager._key_virtually
 
