@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from kernels.distributed.group import run_on_group
+from kernels.distributed.group import elapsed_s, run_on_group
 
 OPS = ("all_reduce", "all_gather", "send_recv")
 SIZES = [2**k for k in range(10, 28, 2)]        # 1 KiB .. 64 MiB
@@ -60,19 +60,7 @@ def time_collectives(world: int, rank: int, device: str, sizes: list[int], reps:
 
             for _ in range(warmup):
                 call()
-            samples = []
-            for _ in range(reps):
-                if cuda:
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    call()
-                    end.record()
-                    end.synchronize()
-                    samples.append(start.elapsed_time(end) / 1e3)
-                else:
-                    t0 = time.perf_counter()
-                    call()
-                    samples.append(time.perf_counter() - t0)
+            samples = [elapsed_s(call, cuda) for _ in range(reps)]
             seconds = float(np.median(samples)) / (2 if op == "send_recv" else 1)
             rows.append({"op": op, "world_size": world, "bytes": size, "seconds": seconds})
     return rows

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,7 @@ import torch
 import torch.distributed as dist
 
 from kernels.distributed.comm import provenance
-from kernels.distributed.group import run_on_group
+from kernels.distributed.group import elapsed_s, run_on_group
 
 COLUMNS = ("step_id", "kind", "layout", "prefill_new_tokens", "prefill_context_tokens",
            "decode_context_tokens", "tensor", "measured_s", "timing")
@@ -67,23 +66,13 @@ def _timed(fn, reps: int, cuda: bool) -> tuple[float, str]:
         except RuntimeError:                     # a collective that cannot be captured: time it eagerly
             torch.cuda.synchronize()
             run, timing = fn, "eager"
-        samples = []
-        for _ in range(reps):
-            dist.barrier()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            run()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end) / 1e3)
-        return float(np.median(samples)), timing
+    else:
+        run, timing = fn, "eager (host clock, CPU)"
     samples = []
     for _ in range(reps):
-        dist.barrier()
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return float(np.median(samples)), "eager (host clock, CPU)"
+        dist.barrier()                           # every rank starts the step together
+        samples.append(elapsed_s(run, cuda))
+    return float(np.median(samples)), timing
 
 
 def time_steps(geom, rank: int, world: int, steps: list[dict], reps: int, seed: int) -> list[dict]:
