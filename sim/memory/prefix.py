@@ -48,9 +48,6 @@ def block_keys(segments: Segments, num_blocks: int, block_size: int, start: int 
     if start >= num_blocks:
         return keys
     seg, offset, pos = 0, 0, start * block_size
-    while seg < len(segments) and pos >= offset + segments[seg][1]:
-        offset += segments[seg][1]
-        seg += 1
     key, end_all = previous, num_blocks * block_size
     while pos < end_all:
         while seg < len(segments) and pos >= offset + segments[seg][1]:   # past this segment
@@ -91,8 +88,7 @@ def total_tokens(segments: Segments) -> int:
 
 
 class LRUFreeList:
-    """``BlockQueue``'s interface (``take``, ``take_one``, ``put``, ``len``,
-    ``ids``) plus ``remove(block)`` for a block a prefix hit takes back.
+    """``BlockQueue``'s interface (``take``, ``put``, ``len``, ``ids``) plus ``remove(block)`` for a block a prefix hit takes back.
 
     Released ids wait in a deque in queue order, and ``_free`` holds the set
     of them, so put and take move whole lists with C-level calls. A hit
@@ -140,9 +136,6 @@ class LRUFreeList:
             self._free.difference_update(taken)
             out += taken
         return np.array(out, np.int64)
-
-    def take_one(self) -> int:
-        return int(self.take(1)[0])
 
     def put(self, blocks: Iterable[int]) -> None:
         blocks = blocks.tolist() if isinstance(blocks, np.ndarray) else [int(b) for b in blocks]

@@ -95,15 +95,6 @@ class BlockQueue:
         self._size -= rest
         return np.concatenate([out, taken]) if fresh else taken
 
-    def take_one(self) -> int:
-        if self.virgin < self.num_blocks:
-            self.virgin += 1
-            return self.virgin - 1
-        block = int(self._ring[self._head])
-        self._head = (self._head + 1) % len(self._ring)
-        self._size -= 1
-        return block
-
     def put(self, blocks) -> None:
         blocks = np.asarray(blocks, dtype=np.int64)
         n = len(blocks)
