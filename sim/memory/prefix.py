@@ -88,7 +88,8 @@ def total_tokens(segments: Segments) -> int:
 
 
 class LRUFreeList:
-    """``BlockQueue``'s interface (``take``, ``put``, ``len``, ``ids``) plus ``remove(block)`` for a block a prefix hit takes back.
+    """``BlockQueue``'s interface (``take``, ``put``, ``len``, ``ids``) plus
+    ``remove(block)`` for a block a prefix hit takes back.
 
     Released ids wait in a deque in queue order, and ``_free`` holds the set
     of them, so put and take move whole lists with C-level calls. A hit
