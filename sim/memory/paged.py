@@ -67,7 +67,7 @@ if TYPE_CHECKING:
 
 
 ALL_BLOCKS = 1 << 62
-"""``_settled_blocks`` of content with nothing unsettled: every block."""
+"""``_settled_blocks`` / ``_shared_blocks`` when nothing limits them: every block."""
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -205,7 +205,9 @@ class PagedKVManager:
         return len(self._hits(num_tokens, segments)[0]) * self.block_size
 
     def _hits(self, num_tokens: int, segments: Segments | None) -> tuple[list[int], list[int]]:
-        """(cached blocks of the longest cached prefix, keys of every full block)."""
+        """(cached blocks of the longest cached prefix, keys of the full
+        blocks that can be looked up: all of them, or those of content other
+        requests hold too, ``_shared_blocks``)."""
         if not self.prefix_caching or segments is None or num_tokens < 1:
             return [], []
         last = self._last_hits      # admission asks three times in a row, unchanged in between
@@ -561,15 +563,19 @@ class PagedKVManager:
 
     def _drop_ref(self, block: int) -> bool:
         """One table less holds ``block``; True if it became free."""
-        count = self._shared.get(block)
-        if count is None:
+        if block not in self._shared:
             self._free.put([block])
             return True
+        self._unshare(block)
+        return False
+
+    def _unshare(self, block: int) -> None:
+        """One table less holds a shared ``block``."""
+        count = self._shared[block]
         if count == 2:
             del self._shared[block]
         else:
             self._shared[block] = count - 1
-        return False
 
     def _release_gpu(self, slot: int) -> int:
         """Drop one reference to each of the slot's blocks; returns the real
@@ -582,17 +588,12 @@ class PagedKVManager:
         if not self._shared:               # nothing shared: all go
             self._free.put(blocks)
             return min(tokens, len(blocks) * bs)
-        shared = self._shared
         order = blocks.tolist()
         if not order:
             return 0
-        common = shared.keys() & set(order)        # blocks other tables hold too: one reference less
+        common = self._shared.keys() & set(order)  # blocks other tables hold too: one reference less
         for block in common:
-            count = shared[block]
-            if count == 2:
-                del shared[block]
-            else:
-                shared[block] = count - 1
+            self._unshare(block)
         freed = [b for b in order if b not in common] if common else order
         self._free.put(freed)
         # every block but the last is full; the last holds what is left of the tokens
