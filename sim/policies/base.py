@@ -207,12 +207,16 @@ class Policy:
         reqs = tuple(run.reqs[prefill_from: run.n].tolist()) + tuple(run.reqs[:decode_to].tolist())
         return reqs, tuple(run.computed[prefill_from: run.n].tolist()) + contexts, contexts
 
-    def _seq_ids(self, rows) -> tuple[int, ...]:
-        """``Batch.seq_ids`` of the running positions ``rows`` (in batch
-        order): empty unless some running request has several sequences."""
-        if not self._run.num_multi_rows:
+    def _seq_ids(self, prefill_rows, num_decodes: int) -> tuple[int, ...]:
+        """``Batch.seq_ids`` of a batch whose prefills are the running
+        positions ``prefill_rows`` (a slice or a list) and whose decodes are
+        ``:num_decodes``, prefills first: empty unless some running request
+        has several sequences."""
+        run = self._run
+        if not run.num_multi_rows:
             return ()
-        return tuple(self._run.seq[: self._run.n][rows].tolist())
+        seq = run.seq[: run.n]
+        return tuple(seq[prefill_rows].tolist()) + tuple(seq[:num_decodes].tolist())
 
     def _take_copies(self) -> tuple[tuple[int, int], ...]:
         """The copy-on-write block copies this step's reservations made."""

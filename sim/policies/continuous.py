@@ -105,7 +105,7 @@ class ContinuousPolicy(Policy):
             swap_out_blocks=tuple(swap_out),
             swap_in_blocks=tuple(swap_in),
             held_tokens=held,
-            seq_ids=self._seq_ids(np.r_[first_admitted:run.n, 0:num_decodes]) if run.num_multi_rows else (),
+            seq_ids=self._seq_ids(slice(first_admitted, run.n), num_decodes),
             block_copies=self._take_copies(),
         )
 
@@ -153,7 +153,7 @@ class ContinuousPolicy(Policy):
             decode_context_tokens=contexts, kv_layout=self.kv.layout,  # type: ignore[arg-type]
             swap_in_tokens=swap_in_tokens, swap_out_tokens=swap_out_tokens, requests=reqs,
             swap_out_blocks=tuple(swap_out), swap_in_blocks=tuple(swap_in), held_tokens=held,
-            seq_ids=self._seq_ids(np.r_[np.array(positions, np.int64), 0:num_decodes]) if run.num_multi_rows else (),
+            seq_ids=self._seq_ids(positions, num_decodes),
             block_copies=self._take_copies(),
         )
 

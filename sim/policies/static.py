@@ -70,7 +70,7 @@ class StaticPolicy(Policy):
             kv_layout=self.kv.layout,  # type: ignore[arg-type]
             requests=requests,
             held_tokens=held,
-            seq_ids=self._seq_ids(slice(0, run.n)),
+            seq_ids=self._seq_ids(slice(0, run.n), 0),
             block_copies=self._take_copies(),
         )
 
@@ -84,7 +84,7 @@ class StaticPolicy(Policy):
             kv_layout=self.kv.layout,  # type: ignore[arg-type]
             requests=requests,
             held_tokens=held,
-            seq_ids=self._seq_ids(slice(0, active)),
+            seq_ids=self._seq_ids(slice(0, 0), active),
             block_copies=self._take_copies(),
         )
 
