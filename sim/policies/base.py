@@ -90,29 +90,26 @@ class Policy:
         if req.num_seqs > self.spec.max_batch_size:
             return (f"runs {req.num_seqs} sequences, engine.batching.max_batch_size allows "
                     f"{self.spec.max_batch_size}")
-        if req.num_seqs > 1:       # its samples together: the prompt once (paged) or a reservation each
-            need = (req.prompt_tokens + req.num_seqs * (req.output_tokens + self._block_slack())
-                    if self.kv.layout == "paged" else None)
-            if need is None:
-                one = self.kv.rejection_reason(req.final_tokens)
-                if one is not None:
-                    return one
-                per = self.kv.reservation_tokens(req.final_tokens)
-                if per * req.num_seqs > self.kv.total_tokens:
-                    return (f"{req.num_seqs} samples need {per * req.num_seqs} reserved tokens, "
-                            f"the KV cache has {self.kv.total_tokens}")
-                return None
-            return self.kv.rejection_reason(need)
+        if req.num_seqs > 1 and self.kv.layout == "paged":
+            # its samples together: the prompt once, then each sample's output and its copy
+            # of the prompt's partial last block
+            return self.kv.rejection_reason(
+                req.prompt_tokens + req.num_seqs * (req.output_tokens + self.kv.block_size))
+        if req.num_seqs > 1:       # contiguous: a reservation each
+            one = self.kv.rejection_reason(req.final_tokens)
+            if one is not None:
+                return one
+            per = self.kv.reservation_tokens(req.final_tokens)
+            if per * req.num_seqs > self.kv.total_tokens:
+                return (f"{req.num_seqs} samples need {per * req.num_seqs} reserved tokens, "
+                        f"the KV cache has {self.kv.total_tokens}")
+            return None
         return self.kv.rejection_reason(req.final_tokens)
 
     def _has_room(self, req: Request) -> bool:
         """Whether ``max_batch_size`` leaves rows for every sequence of
         ``req`` (its samples count from admission, as vLLM counts them)."""
         return self._run.n + self._joining + req.num_seqs <= self.spec.max_batch_size
-
-    def _block_slack(self) -> int:
-        """A sample's copy of the prompt's partial last block (paged)."""
-        return getattr(self.kv, "block_size", 0)
 
     def add(self, req: Request, now: float) -> bool:
         """Queue an arrived request; False (and status REJECTED) if it can never run."""
