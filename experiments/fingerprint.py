@@ -28,8 +28,9 @@ def _files() -> list[tuple[str, Path]]:
     for package in ("sim", "workloads", "experiments"):
         root = _package_dir(package)
         parts += [(f"{package}/{p.relative_to(root)}", p) for p in root.rglob("*.py") if "results" not in p.parts]
-    for label, root in (("workloads/data", _package_dir("workloads") / "data"),
-                        ("kernels/profiles", _package_dir("kernels") / "profiles")):
+    from kernels import PROFILES_DIR
+
+    for label, root in (("workloads/data", _package_dir("workloads") / "data"), ("kernels/profiles", PROFILES_DIR)):
         if root.is_dir():
             parts += [(f"{label}/{p.relative_to(root)}", p) for p in root.rglob("*")
                       if p.is_file() and p.suffix in (".csv", ".json", ".gz")]

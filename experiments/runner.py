@@ -122,9 +122,9 @@ def build_replica_cost_model(cfg: ExperimentConfig) -> tuple[CostModel, str]:
 
 def comm_table_path(hardware_name: str):
     """``kernels/profiles/<hardware>/comm.csv``: measured collectives, if any."""
-    import kernels
+    from kernels import PROFILES_DIR
 
-    return Path(kernels.__file__).parent / "profiles" / hardware_name / "comm.csv"
+    return PROFILES_DIR / hardware_name / "comm.csv"
 
 
 def run_experiment(cfg: ExperimentConfig, progress: bool = False,

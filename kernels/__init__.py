@@ -10,3 +10,7 @@
 Importing this package does not import torch or triton; the modules that
 need them do, so the simulator runs without them.
 """
+from pathlib import Path
+
+PROFILES_DIR = Path(__file__).parent / "profiles"
+"""The committed profiles, ``<hardware>/<model>/`` (and ``<hardware>/comm.csv``)."""

@@ -161,7 +161,9 @@ def parse_tp(value: str) -> list[int]:
 
 
 def _installed_root() -> Path:
-    return Path(__file__).parent.parent / "profiles"
+    from kernels import PROFILES_DIR
+
+    return PROFILES_DIR
 
 
 # ---- the check ---------------------------------------------------------------

@@ -83,9 +83,9 @@ FIXED_OVERHEADS = ("graph_launch_s",)
 
 def default_profile_dir(hardware_name: str, model_name: str) -> Path:
     """The committed ``kernels/profiles/<hardware>/<model>/`` of the installed package."""
-    import kernels  # its __init__ imports neither torch nor triton
+    from kernels import PROFILES_DIR  # the package's __init__ imports neither torch nor triton
 
-    return Path(kernels.__file__).parent / "profiles" / hardware_name / model_name
+    return PROFILES_DIR / hardware_name / model_name
 
 
 def has_profiles(path: str | Path) -> bool:
@@ -103,7 +103,7 @@ def measured_step_overhead_s(hardware_name: str) -> tuple[float, str] | None:
     so that a GPU without profiles is priced on the same footing as one with."""
     from sim.presets import HARDWARE, MODELS   # noqa: PLC0415 (names, beside the module's types)
 
-    root = default_profile_dir(hardware_name, "x").parent.parent
+    from kernels import PROFILES_DIR as root
     if not root.is_dir():
         return None
     mine = [d for d in sorted((root / hardware_name).glob("*")) if has_profiles(d)] \
