@@ -31,6 +31,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     _add_force(p)
 
 
+def _check_backend(args: argparse.Namespace) -> None:
+    if args.address and args.backend != "ray":
+        raise ValueError("--address: applies to --backend ray only")
+
+
 def _add_backend(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("local", "ray"), default="local",
                    help="where the work runs: local processes (default) or Ray tasks (optional extra)")
@@ -162,8 +167,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             if slo.metric not in known:
                 raise ValueError(f"--slo {slo.metric}: not a sweep.csv metric; allowed: {', '.join(known)}")
     check_out_dir(Path(args.out), force=args.force, replace=False)
-    if args.address and args.backend != "ray":
-        raise ValueError("--address: applies to --backend ray only")
+    _check_backend(args)
     table = run_sweep(raw, cfg, Path(args.out), jobs=args.jobs, x_key=args.x_key,
                       plots=not args.no_plots, progress=not args.quiet, backend=args.backend,
                       address=args.address)
@@ -211,10 +215,9 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
         print("pagesim: note: --gpu-cost without --target-rate prices each configuration at its capacity "
               "($ per 1M output tokens)", file=sys.stderr)
     search = Search(tuple(args.slo), args.attainment, args.seeds, args.tolerance)
-    if any(o.per_request for o in search.objectives) is False and args.attainment_given:
+    if args.attainment_given and not any(o.per_request for o in search.objectives):
         raise ValueError("--attainment: give per-request objectives with it, e.g. --slo ttft_s<=1 --slo tpot_s<=0.1")
-    if args.address and args.backend != "ray":
-        raise ValueError("--address: applies to --backend ray only")
+    _check_backend(args)
     units = search_units(raw, cfg, args.target_rate)
     check_out_dir(Path(args.out), force=args.force, replace=False)
     table = plan(raw, cfg, Path(args.out), search, target_rps=args.target_rate, gpu_cost=gpu_cost or None,
