@@ -98,31 +98,24 @@ def open_text(path: Path, newline: str | None = None):
     return open(path, encoding="utf-8-sig", newline=newline)
 
 
-def sniff_json_lines(path: Path) -> str:
-    """``qwen`` when the first row names a ``chat_id``, else ``mooncake``."""
+def sniff_json_lines(path: Path) -> str | None:
+    """For a JSON-lines file (its first non-blank character opens an
+    object): ``qwen`` when the first row names a ``chat_id``, else
+    ``mooncake``. None for any other file."""
     import json
 
-    with open_text(path) as file:
-        for line in file:
-            if line.strip():
-                try:
-                    first = json.loads(line)
-                except json.JSONDecodeError:
-                    return "mooncake"            # the parser names the bad row
-                return "qwen" if isinstance(first, dict) and "chat_id" in first else "mooncake"
-    return "mooncake"
-
-
-def is_json_lines(path: Path) -> bool:
-    """Whether the file's first non-blank character opens a JSON object."""
     try:
         with open_text(path) as file:
-            for line in file:
-                if line.strip():
-                    return line.lstrip().startswith("{")
+            line = next((line for line in file if line.strip()), "")
     except (UnicodeDecodeError, OSError, EOFError):
-        return False
-    return False
+        return None
+    if not line.lstrip().startswith("{"):
+        return None
+    try:
+        first = json.loads(line)
+    except json.JSONDecodeError:
+        return "mooncake"            # the parser names the bad row
+    return "qwen" if isinstance(first, dict) and "chat_id" in first else "mooncake"
 
 
 def parse_hashed_trace(path: Path, label: str, fmt: str) -> RawTrace:

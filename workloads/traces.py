@@ -34,7 +34,6 @@ from workloads.trace_formats import (
     RawTrace,
     TraceColumns,
     TraceError,
-    is_json_lines,
     parse_hashed_trace,
     parse_trace,
     read_header,
@@ -104,8 +103,7 @@ def load_trace(
     label = str(path)
     resolved = resolve_trace_path(path)
     if format == "auto":
-        format = sniff_json_lines(resolved) if is_json_lines(resolved) else \
-            sniff_format(read_header(resolved, label), label)
+        format = sniff_json_lines(resolved) or sniff_format(read_header(resolved, label), label)
     if format in HASHED_FORMATS:
         raw = parse_hashed_trace(resolved, label, format)
     else:
