@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-_SLO = re.compile(r"^\s*([A-Za-z0-9_.]+)\s*<=\s*([0-9.eE+-]+)\s*$")
+SLO_PATTERN = re.compile(r"^\s*([A-Za-z0-9_.]+)\s*<=\s*([0-9.eE+-]+)\s*$")
+"""``METRIC<=VALUE``, as ``--slo`` takes it (sweep and capacity)."""
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,7 @@ class SLO:
 
     @classmethod
     def parse(cls, text: str) -> SLO:
-        m = _SLO.match(text)
+        m = SLO_PATTERN.match(text)
         if not m:
             raise ValueError(f"--slo {text!r}: expected METRIC<=VALUE, e.g. ttft_s_p99<=1.0")
         return cls(m.group(1), float(m.group(2)))

@@ -56,7 +56,6 @@ import itertools
 import json
 import math
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +64,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from experiments.analysis import SLO_PATTERN
 from experiments.atomic import atomic_path
 from experiments.config import ConfigError, ExperimentConfig, resolved_dict, set_path, validate
 from experiments.fingerprint import code_fingerprint
@@ -76,7 +76,6 @@ RATE_KEY = "workload.arrival.rate_rps"
 SCALE_KEY = "workload.arrival.time_scale"
 MAX_DOUBLINGS = 24
 OVERLOAD_FACTOR = 64           # the bound probe runs at this x the config's load
-_SLO = re.compile(r"^\s*([A-Za-z0-9_.]+)\s*<=\s*([0-9.eE+-]+)\s*$")
 
 
 # ---- objectives ----------------------------------------------------------------
@@ -103,7 +102,7 @@ class Objective:
 
 
 def parse_objective(text: str) -> Objective:
-    m = _SLO.match(text)
+    m = SLO_PATTERN.match(text)
     if not m:
         raise ValueError(f"--slo {text!r}: expected METRIC<=VALUE, e.g. ttft_s_p99<=1 or ttft_s<=1")
     metric = m.group(1)
