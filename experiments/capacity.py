@@ -51,7 +51,6 @@ re-run (or a grown grid) resumes, and a new version of pagesim probes again.
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import json
 import math
@@ -66,7 +65,7 @@ import pandas as pd
 
 from experiments.analysis import SLO_PATTERN
 from experiments.atomic import atomic_path
-from experiments.config import ConfigError, ExperimentConfig, resolved_dict, set_path, validate
+from experiments.config import ConfigError, ExperimentConfig, resolved_dict, set_path, tree_id, validate
 from experiments.fingerprint import code_fingerprint
 from experiments.outputs import write_marker
 from sim.metrics import LATENCIES, STATS, flatten, summary_metrics
@@ -211,15 +210,11 @@ def candidates(raw: dict, cfg: ExperimentConfig, load: Load) -> list[Candidate]:
         for key, value in swept.items():
             set_path(point, key, value)
         point_cfg = validate(point)
-        cid = _hash(resolved_dict(point_cfg))
+        cid = tree_id(resolved_dict(point_cfg))
         if cid not in seen:
             seen.add(cid)
             out.append(Candidate(cid, swept, point, point_cfg))
     return out
-
-
-def _hash(tree: Any) -> str:
-    return hashlib.sha1(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 # ---- probes --------------------------------------------------------------------
@@ -298,7 +293,7 @@ class ProbeRunner:
         if early_stop and cand.cfg.horizon_s is None and n:
             point["horizon_s"] = probe_horizon_s(n / rate_rps, self.search)
         cfg = validate(point)
-        key = _hash({**resolved_dict(cfg), "simulator": code_fingerprint()})   # another version: probed again
+        key = tree_id({**resolved_dict(cfg), "simulator": code_fingerprint()})   # another version: probed again
         row = self._cached(key)
         if row is None or (self.search.request_objectives and self.search.attainment_key() not in row["attainment"]):
             row = self._run(cfg, key, row)

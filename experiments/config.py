@@ -353,3 +353,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> tuple[E
 def resolved_dict(cfg: ExperimentConfig) -> dict:
     """The fully resolved config (defaults filled in), for ``DIR/config.yaml``."""
     return cfg.model_dump(mode="json", exclude_none=False)
+
+
+def tree_id(tree: Any) -> str:
+    """A short stable hash of a JSON-like tree (a resolved config, say): the
+    id of a sweep point, a capacity candidate or a cached probe."""
+    import hashlib
+    import json
+
+    return hashlib.sha1(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:12]

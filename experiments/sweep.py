@@ -21,7 +21,6 @@ processes or as Ray tasks (``--backend ray``, experiments/backends.py).
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import json
 import os
@@ -33,7 +32,7 @@ from typing import Any
 import pandas as pd
 
 from experiments.atomic import atomic_path
-from experiments.config import ExperimentConfig, resolved_dict, set_path, validate
+from experiments.config import ExperimentConfig, resolved_dict, set_path, tree_id, validate
 from experiments.fingerprint import code_fingerprint
 from experiments.outputs import write_marker
 from experiments.progress import Progress
@@ -44,8 +43,7 @@ CODE_FILE = ".code"      # in a finished point: the fingerprint of the code that
 
 def point_id(point: ExperimentConfig) -> str:
     """A finished point is reused by any sweep whose point resolves to the same config."""
-    resolved = json.dumps(resolved_dict(point), sort_keys=True)
-    return hashlib.sha1(resolved.encode()).hexdigest()[:12]
+    return tree_id(resolved_dict(point))
 
 
 def sweep_points(raw: dict, cfg: ExperimentConfig) -> list[tuple[str, dict[str, Any], ExperimentConfig]]:
