@@ -42,6 +42,7 @@ from kernels.calibration.cache import ContiguousKVCache, PagedKVCache, place
 from kernels.calibration.inputs import Composition, prepare_step
 from kernels.calibration.model import Transformer, dense_logits, random_token_ids, random_weights
 from kernels.calibration.cli import parse_tp
+from kernels.timing import elapsed_s
 from sim.parallel import shard
 from sim.presets import MODELS, ModelSpec
 
@@ -80,15 +81,6 @@ QUICK = Grid(tokens=(1, 4, 16, 64, 256, 1024, 4096), seqs=(1, 8, 64, 256), decod
 
 
 # ---- timing ----------------------------------------------------------------
-def _elapsed_s(fn) -> float:
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / 1e3
-
-
 class GraphTimer:
     """Median device time of ``fn(i)``: ``reps`` calls (rotating ``i`` over
     ``num_sets`` weight/cache copies) captured in one CUDA graph, replayed for
@@ -105,16 +97,16 @@ class GraphTimer:
         for i in range(2):
             fn(i % n)                       # compile, autotune, allocate
         torch.cuda.synchronize()
-        estimate = _elapsed_s(lambda: [fn(i % n) for i in range(3)]) / 3
+        estimate = elapsed_s(lambda: [fn(i % n) for i in range(3)], cuda=True) / 3
         reps = int(min(MAX_REPS, max(1, round(target_s / max(estimate, 1e-7)))))
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             for r in range(reps):
                 fn(r % n)
-        warmed = _elapsed_s(graph.replay)
+        warmed = elapsed_s(graph.replay, cuda=True)
         while warmed < warm_s:
-            warmed += _elapsed_s(graph.replay)
-        times = [_elapsed_s(graph.replay) for _ in range(self.replays)]
+            warmed += elapsed_s(graph.replay, cuda=True)
+        times = [elapsed_s(graph.replay, cuda=True) for _ in range(self.replays)]
         del graph
         return float(np.median(times)) / reps
 
@@ -357,7 +349,7 @@ def time_step(model: Transformer, comp: Composition, layout: str, timer: GraphTi
     inp = prepare_step(comp, cache, where, random_token_ids(g, comp.num_tokens, rng), DEVICE, g)
     model.step(inp, cache)
     torch.cuda.synchronize()
-    eager = float(np.median([_elapsed_s(lambda: model.step(inp, cache)) for _ in range(2)]))
+    eager = float(np.median([elapsed_s(lambda: model.step(inp, cache), cuda=True) for _ in range(2)]))
     graph = timer(lambda i: model.step(inp, cache), warm_s=0.1)
     del cache, inp
     torch.cuda.empty_cache()
@@ -393,7 +385,7 @@ def profile_overhead(model: Transformer, timer: GraphTimer, rng) -> list[dict]:
     with torch.cuda.graph(graph):
         x.add_(1)
     graph.replay()
-    launch = float(np.median([_elapsed_s(graph.replay) for _ in range(50)]))
+    launch = float(np.median([elapsed_s(graph.replay, cuda=True) for _ in range(50)]))
     comp = Composition((), (), (128,))
     cache, where = fresh_cache(model.geom, "paged", comp, rng, 1)
     inp = prepare_step(comp, cache, where, random_token_ids(model.geom, 1, rng), DEVICE, model.geom)

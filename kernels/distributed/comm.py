@@ -30,7 +30,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from kernels.distributed.group import elapsed_s, run_on_group
+from kernels.distributed.group import run_on_group
+from kernels.timing import elapsed_s
 
 OPS = ("all_reduce", "all_gather", "send_recv")
 SIZES = [2**k for k in range(10, 28, 2)]        # 1 KiB .. 64 MiB

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -47,17 +46,3 @@ def run_on_group(world: int, fn, *args):
                            nprocs=world, join=True, start_method="spawn")
         return json.loads(out.read_text())
 
-
-def elapsed_s(fn, cuda: bool) -> float:
-    """Seconds one call of ``fn`` takes on this rank: between CUDA events on
-    a GPU, by the host clock on the CPU."""
-    if cuda:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0

@@ -38,7 +38,8 @@ import torch
 import torch.distributed as dist
 
 from kernels.distributed.comm import provenance
-from kernels.distributed.group import elapsed_s, run_on_group
+from kernels.distributed.group import run_on_group
+from kernels.timing import elapsed_s
 
 COLUMNS = ("step_id", "kind", "layout", "prefill_new_tokens", "prefill_context_tokens",
            "decode_context_tokens", "tensor", "measured_s", "timing")
