@@ -13,16 +13,14 @@ generated (contiguous, ``reserved``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 
 class MemoryError_(RuntimeError):
     """A manager invariant was violated (double free, act without check, leak)."""
 
 
-@dataclass(frozen=True, slots=True)
-class KVUsage:
+class KVUsage(NamedTuple):
     """Snapshot of token slots, all in tokens. ``real + internal + reserved +
     free == total`` always holds."""
 

@@ -329,20 +329,23 @@ class PagedKVManager:
             return self._append_slots_shared(slots, num_tokens)
         bs = self.block_size
         tokens = self._tok[slots]
-        if num_tokens == 1:             # the decode step: a block for each sequence whose last is full
-            full = tokens % bs == 0
-            count = int(np.count_nonzero(full))
+        if num_tokens <= bs:      # a decode step or a short run: at most one new block each
+            grow = (tokens - 1) % bs >= bs - num_tokens        # the last block has fewer free slots
+            count = int(np.count_nonzero(grow))
             if count > len(self._free):
                 return False
             if count:
-                rows = slots[full]
+                rows = slots[grow]
                 cols = self._nblk[rows]
-                if int(cols.max()) >= self._table.shape[1]:
+                blocks = self._take(count)
+                try:
+                    self._table[rows, cols] = blocks
+                except IndexError:                             # a sequence longer than any before
                     self._ensure_width(int(cols.max()) + 1)
-                self._table[rows, cols] = self._take(count)
+                    self._table[rows, cols] = blocks
                 self._nblk[rows] = cols + 1
-            self._tok[slots] = tokens + 1
-            self._real_slots += len(slots)
+            self._tok[slots] = tokens + num_tokens
+            self._real_slots += num_tokens * len(slots)
             return True
         have = self._nblk[slots]
         need = (tokens + num_tokens + bs - 1) // bs - have

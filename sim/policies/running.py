@@ -127,12 +127,17 @@ class RunningSet:
         """Remove the sequences at ``positions`` (keeping the others' order);
         returns their Requests, synchronised."""
         removed = [self._sync(int(i)) for i in positions]
-        keep = np.ones(self.n, bool)
-        keep[positions] = False
-        m = self.n - len(removed)
-        self.reqs[:m] = self.reqs[: self.n][keep]
-        self.reqs[m: self.n] = None
-        self._cols[:, :m] = self._cols[:, : self.n][:, keep]
+        n, m = self.n, self.n - len(removed)
+        if len(removed) == 1:             # the usual case: shift the rows behind it
+            p = int(positions[0])
+            self.reqs[p: m] = self.reqs[p + 1: n]
+            self._cols[:, p: m] = self._cols[:, p + 1: n]
+        else:
+            keep = np.ones(n, bool)
+            keep[positions] = False
+            self.reqs[:m] = self.reqs[:n][keep]
+            self._cols[:, :m] = self._cols[:, :n][:, keep]
+        self.reqs[m: n] = None
         self.n = m
         for req in removed:
             self._count(req, -1)
