@@ -110,10 +110,11 @@ def simulate(requests: Sequence[Request], policies: Sequence[Policy],
             done_before = len(policy.finished)
             k = policy.decode_run_length(batch) if fast_forward else 1
             through = False
+            step_s = None
             if k > 1:
                 through = policy.run_ignores_arrivals()
                 arrival_s = math.inf if through else _next_arrival_s(requests, state)
-                k, ends = _run_ends(env.now, cost, batch, k, arrival_s, horizon_s)
+                k, ends, step_s = _run_ends(env.now, cost, batch, k, arrival_s, horizon_s)
             if k > 1:
                 starts = np.concatenate(([env.now], ends[:-1]))
                 timeline.record_run(starts, rep.index, ends - starts, policy, batch, pending=through)
@@ -124,7 +125,8 @@ def simulate(requests: Sequence[Request], policies: Sequence[Policy],
                     rep.queued_s = None
                 policy.advance_decode_run(batch, ends.tolist())
             else:
-                step_s = cost.step_time(batch)
+                if step_s is None:        # not already priced as a run's first step
+                    step_s = cost.step_time(batch)
                 timeline.record_step(env.now, rep.index, step_s, policy, batch)
                 yield env.timeout(step_s)
                 policy.on_step_done(batch, env.now)
@@ -152,18 +154,21 @@ def _next_arrival_s(requests: Sequence[Request], state: _State) -> float:
 
 
 def _run_ends(now: float, cost: CostModel, batch, max_steps: int, next_arrival_s: float,
-              horizon_s: float | None) -> tuple[int, np.ndarray]:
+              horizon_s: float | None) -> tuple[int, np.ndarray, float]:
     """End times of a run's steps, accumulated one step at a time exactly as
     stepping would, cut after the step during which the next arrival lands and
-    before any step that would end past the horizon. Steps are priced in
-    chunks of 32, 128, 512, ... so that a run cut by an arrival is not priced
-    to its end."""
+    before any step that would end past the horizon, and the first step's
+    duration (``cost.step_time(batch)``). Steps are priced in chunks of 32,
+    128, 512, ... so that a run cut by an arrival is not priced to its end."""
     parts, done, chunk, start = [], 0, RUN_CHUNK_STEPS, now
+    first_s = 0.0
     while done < max_steps:
         m = min(chunk, max_steps - done)
         acc = np.empty(m + 1)
         acc[0] = start
         acc[1:] = cost.decode_run_times(batch, m, done)
+        if not done:
+            first_s = float(acc[1])
         ends = np.cumsum(acc)[1:]
         cut = int(np.searchsorted(ends, next_arrival_s, "left"))
         if cut < m or (horizon_s is not None and ends[-1] > horizon_s):
@@ -175,7 +180,7 @@ def _run_ends(now: float, cost: CostModel, batch, max_steps: int, next_arrival_s
     k = len(ends)
     if horizon_s is not None:
         k = min(k, int(np.searchsorted(ends, horizon_s, "right")))
-    return k, ends[:k]
+    return k, ends[:k], first_s
 
 
 def _close(requests, replicas, timeline, state, now, horizon_s, wall_s) -> SimResult:

@@ -44,29 +44,24 @@ def external_slots(policy: Policy) -> int:
     return policy.kv.free_unusable(policy.waiting[0].final_tokens)
 
 
+_RUN_FIELDS = ("replica", "running", "waiting", "swapped", "batch_seqs", "batch_rows", "batch_tokens",
+               "decode_seqs", "external", "real", "used", "reserved", "free", "total", "shared")
+"""What stays constant over a decode run, in this order (KV figures at its
+first step; ``used`` is real + internal; ``shared``: slots shared beyond one
+holder, constant because decodes write private blocks)."""
+
+
 class _Run(NamedTuple):
-    """What stays constant over a decode run (KV figures at its first step);
-    ``waiting`` and ``external`` may be per-step arrays when arrivals joined
-    the queue during the run."""
+    """A decode run as recorded: its steps' start times and durations, the
+    ``_RUN_FIELDS`` values, the paged manager's sequences by ``(tokens - 1) %
+    block_size`` (None: contiguous), and per-step ``waiting``/``external``
+    arrays where arrivals joined the queue during the run."""
 
     starts_s: np.ndarray
     steps_s: np.ndarray
-    replica: int
-    running: int
-    waiting: int | np.ndarray
-    swapped: int
-    batch_seqs: int
-    batch_rows: int
-    batch_tokens: int
-    decode_seqs: int
-    external: int | np.ndarray
-    real: int
-    used: int                      # real + internal
-    reserved: int
-    free: int
-    total: int
-    block_hist: list[int] | None   # paged: sequences by (tokens - 1) % block_size
-    shared: int = 0                # slots shared beyond one holder (constant: decode writes private blocks)
+    values: tuple
+    block_hist: list[int] | None
+    per_step: dict[str, np.ndarray] | None = None
 
 
 class Timeline:
@@ -116,12 +111,10 @@ class Timeline:
             bs = kv.block_size  # type: ignore[attr-defined]
             # sequences by (tokens - 1) % block_size
             block_hist = np.bincount((policy.decode_contexts() - 1) % bs, minlength=bs).tolist()
-        run = _Run(
-            starts_s, steps_s, replica, policy.num_running, len(policy.waiting),
-            len(policy.swapped), len(batch.requests), batch.num_seqs, batch.num_tokens,
-            batch.num_decode_seqs, external_slots(policy), u.real, u.real + u.internal,
-            u.reserved, u.free, u.total, block_hist, u.shared,
-        )
+        run = _Run(starts_s, steps_s, (
+            replica, policy.num_running, len(policy.waiting), len(policy.swapped), len(batch.requests),
+            batch.num_seqs, batch.num_tokens, batch.num_decode_seqs, external_slots(policy), u.real,
+            u.real + u.internal, u.reserved, u.free, u.total, u.shared), block_hist)
         if pending:
             self._pending[replica] = run
             return
@@ -135,12 +128,12 @@ class Timeline:
         run = self._pending.pop(replica)
         if queued_s:
             joined = np.searchsorted(np.asarray(queued_s), run.starts_s, side="right")
-            external = run.external
-            if run.waiting == 0 and policy.waiting:
+            values = dict(zip(_RUN_FIELDS, run.values))
+            external = np.full(len(joined), values["external"])
+            if values["waiting"] == 0 and policy.waiting:
                 # the queue's head is the first arrival: its hole fit, in a run's fixed memory
-                head = external_slots(policy)
-                external = np.where(joined > 0, head, 0)
-            run = run._replace(waiting=run.waiting + joined, external=external)
+                external = np.where(joined > 0, external_slots(policy), 0)
+            run = run._replace(per_step={"waiting": values["waiting"] + joined, "external": external})
         self._maybe_flush()
         self._runs.append(run)
 
@@ -193,23 +186,22 @@ class Timeline:
         a run's allocation at step j only needs its histogram of
         ``(t - 1) % bs``; contiguous reservations and free space are fixed."""
         runs = self._runs
-        lengths = np.array([len(r.starts_s) for r in runs], np.int64)
-
-        def rep(field: str) -> np.ndarray:     # a per-run value (or per-step array), one value per row
-            values = [getattr(r, field) for r in runs]
-            if any(isinstance(v, np.ndarray) for v in values):
-                return np.concatenate([np.broadcast_to(np.asarray(v, np.int64), (k,))
-                                       for v, k in zip(values, lengths)])
-            return np.repeat(np.array(values, np.int64), lengths)
-
-        j = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        n = rep("batch_seqs")
-        real = rep("real") + n * j
+        lengths = np.fromiter((len(r.starts_s) for r in runs), np.int64, len(runs))
+        values = np.array([r.values for r in runs], np.int64)
+        cols = {name: np.repeat(values[:, i], lengths) for i, name in enumerate(_RUN_FIELDS)}
+        offsets = np.cumsum(lengths) - lengths
+        for i, r in enumerate(runs):
+            if r.per_step is not None:          # a run through arrivals: the queue grew step by step
+                for name, per_step in r.per_step.items():
+                    cols[name][offsets[i]: offsets[i] + lengths[i]] = per_step
+        j = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(offsets, lengths)
+        n = cols["batch_seqs"]
+        real = cols["real"] + n * j
         paged = np.repeat(np.array([r.block_hist is not None for r in runs]), lengths)
         # contiguous: every token lands in its own reservation; paged: no reservations
-        reserved = np.where(paged, rep("reserved"), rep("reserved") - n * j)
-        internal = np.where(paged, rep("used") - real, 0)
-        free = rep("free")
+        reserved = np.where(paged, cols["reserved"], cols["reserved"] - n * j)
+        internal = np.where(paged, cols["used"] - real, 0)
+        free = cols["free"]
         if paged.any():
             bs = len(next(r.block_hist for r in runs if r.block_hist is not None))
             hist = np.array([r.block_hist or [0] * bs for r in runs], np.int64)
@@ -221,12 +213,12 @@ class Timeline:
         return {
             "t_s": np.concatenate([r.starts_s for r in runs]),
             "step_s": np.concatenate([r.steps_s for r in runs]),
-            **{name: rep(name) for name in ("replica", "running", "waiting", "swapped",
-                                            "batch_rows", "batch_tokens", "decode_seqs")},
+            **{name: cols[name] for name in ("replica", "running", "waiting", "swapped",
+                                             "batch_rows", "batch_tokens", "decode_seqs")},
             "batch_seqs": n, "prefill_tokens": np.zeros_like(n),
             "kv_token_slots_used": real, "kv_internal_slots": internal, "kv_reserved_slots": reserved,
-            "kv_token_slots_reserved": internal + reserved, "kv_external_slots": rep("external"),
-            "kv_free_slots": free, "kv_total_slots": rep("total"), "kv_shared_slots": rep("shared"),
+            "kv_token_slots_reserved": internal + reserved, "kv_external_slots": cols["external"],
+            "kv_free_slots": free, "kv_total_slots": cols["total"], "kv_shared_slots": cols["shared"],
         }
 
     # ---- output ---------------------------------------------------------------
