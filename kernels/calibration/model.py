@@ -73,8 +73,13 @@ class Weights:
 
 
 def random_weights(geom: ModelSpec, *, num_sets: int | None = None, dtype=torch.bfloat16,
-                   device="cpu", seed: int = 0) -> Weights:
-    """Random weights scaled so activations stay O(1) through every layer."""
+                   device="cpu", seed: int = 0,
+                   layer_cut: Callable[[LayerWeights], LayerWeights] | None = None) -> Weights:
+    """Random weights scaled so activations stay O(1) through every layer.
+    ``layer_cut`` (e.g. one rank's tensor shard) is applied to each layer as
+    soon as it is drawn, so only one whole layer is ever in memory, and the
+    values are those of the whole model's."""
+    cut = layer_cut or (lambda layer: layer)
     gen = torch.Generator(device=device).manual_seed(seed)
 
     def rand(*shape, std=1.0):
@@ -93,8 +98,8 @@ def random_weights(geom: ModelSpec, *, num_sets: int | None = None, dtype=torch.
     up_rows = geom.ffn_size * (1 if opt_style(geom) else 2)
     residual_scale = 1.0 / math.sqrt(2 * geom.num_layers)
     layers = tuple(
-        LayerWeights(norm(), linear(qkv_rows, h), linear(h, geom.num_heads * hd, residual_scale),
-                     norm(), linear(up_rows, h), linear(h, geom.ffn_size, residual_scale))
+        cut(LayerWeights(norm(), linear(qkv_rows, h), linear(h, geom.num_heads * hd, residual_scale),
+                         norm(), linear(up_rows, h), linear(h, geom.ffn_size, residual_scale)))
         for _ in range(num_sets or geom.num_layers))
     positions = rand(geom.max_context_tokens, h) if opt_style(geom) else None
     return Weights(rand(geom.vocab_size, h), positions, layers, norm(),

@@ -28,13 +28,32 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from kernels.calibration.model import Backend, LayerWeights, Transformer, Weights, opt_style
+from kernels.calibration.model import Backend, LayerWeights, Transformer, Weights, opt_style, random_weights
 from sim.parallel import shard
 from sim.presets import ModelSpec
 
 
 def shard_weights(full: Weights, geom: ModelSpec, rank: int, tensor: int) -> Weights:
     """Rank ``rank``'s part of ``full`` (the weights of ``geom``)."""
+    layers = tuple(shard_layer(lw, geom, rank, tensor) for lw in full.layers)
+    return _vocab_shard(Weights(full.embed, full.positions, layers, full.final_norm, full.lm_head),
+                        geom, rank, tensor)
+
+
+def random_shard_weights(geom: ModelSpec, rank: int, tensor: int, *, dtype=torch.bfloat16, device="cpu",
+                         seed: int = 0) -> Weights:
+    """Rank ``rank``'s part of ``random_weights(geom, seed=seed)``, drawn
+    layer by layer on ``device`` (the whole model is never in memory, so a
+    70B model's shard is drawn on one GPU); degree 1 is the whole model."""
+    if tensor == 1:
+        return random_weights(geom, dtype=dtype, device=device, seed=seed)
+    full = random_weights(geom, dtype=dtype, device=device, seed=seed,
+                          layer_cut=lambda lw: shard_layer(lw, geom, rank, tensor))
+    return _vocab_shard(full, geom, rank, tensor)
+
+
+def shard_layer(lw: LayerWeights, geom: ModelSpec, rank: int, tensor: int) -> LayerWeights:
+    """Rank ``rank``'s part of one layer: new tensors, none a view of ``lw``'s."""
     s = shard(geom, tensor)
     d, hq, hkv = geom.head_dim, s.num_heads, s.num_kv_heads
     q_rows = slice(rank * hq * d, (rank + 1) * hq * d)
@@ -61,10 +80,15 @@ def shard_weights(full: Weights, geom: ModelSpec, rank: int, tensor: int) -> Wei
         w, b = wb
         return w[:, rank * width: (rank + 1) * width].contiguous(), b     # bias added after the reduce
 
-    layers = tuple(LayerWeights(lw.attn_norm, qkv(lw.qkv), columns(lw.out, hq * d), lw.mlp_norm, up(lw.up),
-                                columns(lw.down, f)) for lw in full.layers)
-    return Weights(_vocab_rows(full.embed, rank, s.vocab_size), full.positions, layers, full.final_norm,
-                   _vocab_rows(full.lm_head, rank, s.vocab_size))
+    return LayerWeights(lw.attn_norm, qkv(lw.qkv), columns(lw.out, hq * d), lw.mlp_norm, up(lw.up),
+                        columns(lw.down, f))
+
+
+def _vocab_shard(w: Weights, geom: ModelSpec, rank: int, tensor: int) -> Weights:
+    """``w`` with the embedding and the LM head cut to the rank's vocabulary rows."""
+    per = shard(geom, tensor).vocab_size
+    return Weights(_vocab_rows(w.embed, rank, per), w.positions, w.layers, w.final_norm,
+                   _vocab_rows(w.lm_head, rank, per))
 
 
 def _shift(s: slice, by: int) -> slice:
@@ -75,8 +99,8 @@ def _vocab_rows(matrix: torch.Tensor, rank: int, per_rank: int) -> torch.Tensor:
     """Rows ``[rank per_rank, (rank+1) per_rank)``, zero-padded past the vocabulary."""
     part = matrix[rank * per_rank: (rank + 1) * per_rank]
     if part.shape[0] < per_rank:
-        part = torch.cat([part, part.new_zeros(per_rank - part.shape[0], matrix.shape[1])])
-    return part
+        return torch.cat([part, part.new_zeros(per_rank - part.shape[0], matrix.shape[1])])
+    return part.clone()          # not a view that keeps the whole matrix alive
 
 
 class TensorParallelTransformer(Transformer):

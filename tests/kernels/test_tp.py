@@ -79,6 +79,22 @@ def test_shards_hold_the_sharded_shapes():
     assert s.vocab_size * 2 > TINY_LLAMA.vocab_size and not w.embed[TINY_LLAMA.vocab_size - s.vocab_size:].any()
 
 
+def test_a_shard_drawn_layer_by_layer_is_the_whole_models_shard():
+    """What a serving rank draws on its own GPU is its cut of the whole model's weights."""
+    from kernels.distributed.tp import random_shard_weights
+
+    for geom, tensor in ((TINY_LLAMA, 2), (TINY_OPT, 2), (TINY_LLAMA, 4)):
+        full = random_weights(geom, dtype=torch.float32, seed=7)
+        for rank in range(tensor):
+            a = shard_weights(full, geom, rank, tensor)
+            b = random_shard_weights(geom, rank, tensor, dtype=torch.float32, seed=7)
+            assert torch.equal(a.embed, b.embed) and torch.equal(a.lm_head, b.lm_head)
+            for la, lb in zip(a.layers, b.layers, strict=True):
+                for part in ("qkv", "out", "up", "down"):
+                    for x, y in zip(getattr(la, part), getattr(lb, part)):
+                        assert (x is None and y is None) or torch.equal(x, y), (geom.name, rank, part)
+
+
 def test_collectives_are_timed_per_op_and_size_on_a_cpu_group():
     from kernels.distributed.comm import measure
 
