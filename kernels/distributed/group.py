@@ -1,4 +1,4 @@
-"""Running one function on every rank of a fresh process group.
+"""Running functions on the ranks of a fresh process group.
 
 ``run_on_group(world, fn, *args)`` starts ``world`` processes (spawned),
 one per GPU with NCCL where the machine has that many GPUs, else gloo on
@@ -6,29 +6,44 @@ the CPU (the tests), with NVLink multicast off in every one; each calls
 ``fn(rank, world, device, *args)``, and rank 0's result (JSON-serialisable)
 comes back. The collective timing (``comm.py``) and the whole-step timing
 (``tp_steps.py``) both run this way.
+
+``lead_group(world, fn, *args, cuda=...)`` makes the calling process rank 0
+of a fresh group and spawns ranks ``1 .. world - 1``, each calling
+``fn(rank, world, device, *args)``; rank 0 keeps its own state (the
+tensor-parallel engine, ``kernels/engine/tensor_parallel.py``, runs its
+scheduler there and the other ranks mirror it).
 """
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+JOIN_TIMEOUT_S = 60.0        # how long rank 0 waits for a worker to exit before ending it
 
 
-def _worker(rank: int, world: int, init_file: str, out_file: str, fn, args: tuple) -> None:
+def _join(rank: int, world: int, init_file: str, cuda: bool) -> str:
+    """Join the group as ``rank`` (NCCL on GPU ``rank``, else gloo); this rank's device."""
     os.environ.update(MULTICAST_OFF)
-    cuda = torch.cuda.is_available() and torch.cuda.device_count() >= world
     if cuda:
         torch.cuda.set_device(rank)
     dist.init_process_group("nccl" if cuda else "gloo", init_method=f"file://{init_file}",
                             rank=rank, world_size=world)
+    return f"cuda:{rank}" if cuda else "cpu"
+
+
+def _worker(rank: int, world: int, init_file: str, out_file: str, fn, args: tuple) -> None:
+    cuda = torch.cuda.is_available() and torch.cuda.device_count() >= world
+    device = _join(rank, world, init_file, cuda)
     try:
-        result = fn(rank, world, f"cuda:{rank}" if cuda else "cpu", *args)
+        result = fn(rank, world, device, *args)
         if rank == 0:
             Path(out_file).write_text(json.dumps(result))
     finally:
@@ -46,3 +61,47 @@ def run_on_group(world: int, fn, *args):
                            nprocs=world, join=True, start_method="spawn")
         return json.loads(out.read_text())
 
+
+def _follower(index: int, world: int, init_file: str, cuda: bool, fn, args: tuple) -> None:
+    rank = index + 1
+    device = _join(rank, world, init_file, cuda)
+    try:
+        fn(rank, world, device, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+@contextmanager
+def lead_group(world: int, fn, *args, cuda: bool):
+    """This process as rank 0 of a fresh group of ``world`` processes (NCCL
+    on GPUs ``0 .. world - 1`` with ``cuda``, else gloo); ranks ``1 ..
+    world - 1`` are spawned and call ``fn(rank, world, device, *args)``.
+    Yields rank 0's device. On exit the group is destroyed and the workers
+    are waited for -- ``fn`` must return once rank 0 is done with it -- and
+    any still running after ``JOIN_TIMEOUT_S`` is ended (a worker left
+    inside a collective rank 0 never joined, after an error)."""
+    import torch.multiprocessing as mp
+
+    os.environ.update(MULTICAST_OFF)          # inherited by the spawned ranks
+    with tempfile.TemporaryDirectory() as tmp:
+        init = str(Path(tmp) / "init")
+        workers = mp.start_processes(_follower, args=(world, init, cuda, fn, args), nprocs=world - 1,
+                                     join=False, start_method="spawn")
+        try:
+            yield _join(0, world, init, cuda)
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            _wait_for(workers)
+
+
+def _wait_for(workers) -> None:
+    """Join the spawned ranks (raising if one failed); end any still running
+    after ``JOIN_TIMEOUT_S``."""
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    while not workers.join(timeout=max(0.0, deadline - time.monotonic())):
+        if time.monotonic() >= deadline:
+            for process in workers.processes:
+                if process.is_alive():
+                    process.kill()
+            return
