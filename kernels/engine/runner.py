@@ -23,7 +23,14 @@ stays ``schedule -> run -> on_step_done``:
   seen for the first time continues its fork parent's tokens (paged: the
   manager reports forks; contiguous: the request's own sequence, whose
   prompt KV is copied into the new reservation), and the copy-on-write
-  block copies a ``Batch`` carries run after the swaps, before the step.
+  block copies a ``Batch`` carries run after the swaps, before the step;
+* **tensor parallelism** -- with ``tensor > 1`` the model is one rank's
+  ``TensorParallelTransformer`` and the cache holds its shard of the KV
+  heads. Everything a step does to the device is one ``StepPlan`` built on
+  the host (copies, inputs, which graph); ``mirror`` sees each plan and each
+  warm-up before this runner executes it, so the other ranks' runners
+  (``kernels/engine/tensor_parallel.py``) execute the same and the
+  collectives inside the model line up.
 
 Memory: the paged pool is ``num_blocks + 1`` blocks (the last is scratch);
 the contiguous buffer is the manager's ``total_tokens`` slots, rounded up to
@@ -33,7 +40,8 @@ a page, plus a guard of one model context (padded static reads past an
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -43,6 +51,7 @@ from kernels.calibration.inputs import HostStep, Rows, StepInputs, host_step, ta
 from kernels.calibration.model import Transformer, Weights
 from sim.batch import Batch
 from sim.cost.graphs import bucket_for, graph_batch_sizes
+from sim.parallel import shard
 from sim.presets import ModelSpec
 
 SWAP_CHUNK_BLOCKS = 64        # blocks staged on the GPU per swap copy
@@ -56,6 +65,41 @@ class StepTiming:
     launch_s: float = 0.0      # issuing the step's kernels (eager) or the graph replay
     wait_s: float = 0.0        # blocked until the sampled tokens are on the host
     graph_batch: int = 0       # rows of the replayed graph; 0: eager
+
+
+@dataclass
+class StepPlan:
+    """Everything one step does to the device, decided on the host: whole
+    blocks swapped out (GPU -> CPU), then in, then copied within the pool
+    (copy-on-write), token slots copied within a contiguous buffer (a
+    sample's prompt KV), then the step on ``host``'s inputs (None: the
+    step computes nothing), replaying the ``graph_rows`` graph (0: eager).
+    Small and picklable: it is what a tensor-parallel rank 0 broadcasts."""
+
+    swap_out: tuple = ()                 # (GPU block, CPU block)
+    swap_in: tuple = ()                  # (CPU block, GPU block)
+    block_copies: tuple = ()             # (GPU block, GPU block)
+    slot_copies: list = field(default_factory=list)     # (first source slot, first target slot, slots)
+    host: HostStep | None = None
+    graph_rows: int = 0
+
+
+@dataclass
+class PoolShape:
+    """What a runner reads from its KV manager: the sizes of its pools. A
+    mirroring rank, which has no manager, builds its runner on this."""
+
+    layout: str
+    block_size: int = 16
+    num_blocks: int = 0
+    num_cpu_blocks: int = 0
+    total_tokens: int = 0
+    on_fork: Callable | None = None       # the manager's fork hook (unused here)
+
+    @classmethod
+    def of(cls, kv) -> "PoolShape":
+        return cls(kv.layout, getattr(kv, "block_size", 16), getattr(kv, "num_blocks", 0),
+                   getattr(kv, "num_cpu_blocks", 0), kv.total_tokens)
 
 
 class DecodeGraph:
@@ -86,23 +130,36 @@ class DecodeGraph:
 
 class ModelRunner:
     """Runs the policy's batches on a real model over the manager's memory.
-    ``swap``: allocate the pinned CPU pool for swap preemption."""
+    ``swap``: allocate the pinned CPU pool for swap preemption. ``tensor``
+    and ``rank``: run rank ``rank`` of a ``tensor``-way tensor-parallel model
+    (``weights`` its shard) in the current process group. ``mirror(method,
+    *args)`` is called before each ``execute`` and ``warm_up`` this runner
+    performs, with the same arguments (rank 0 broadcasts them)."""
 
     def __init__(self, model: ModelSpec, weights: Weights, kv, *, device="cuda", backend="triton",
                  dtype=torch.bfloat16, max_batch_size: int = 256, use_graphs: bool = True,
-                 swap: bool = False, seed: int = 0, warm_up_steps: int = 32) -> None:
+                 swap: bool = False, seed: int = 0, warm_up_steps: int = 32, tensor: int = 1, rank: int = 0,
+                 mirror: Callable[..., None] | None = None) -> None:
         self.geom, self.kv, self.device = model, kv, torch.device(device)
         self.layout = kv.layout
         self.block_size = getattr(kv, "block_size", 16)
         self.width = table_width(model, self.block_size)
-        self.model = Transformer(model, weights, backend)
+        if tensor > 1:
+            from kernels.distributed.tp import TensorParallelTransformer
+
+            self.model = TensorParallelTransformer(model, weights, rank, tensor, backend)
+        else:
+            self.model = Transformer(model, weights, backend)
+        self.tensor = tensor
+        self.mirror = mirror or (lambda method, *args: None)
+        held = shard(model, tensor)                  # the KV heads this rank's cache holds
         self.seed = seed
         self.warm_up_steps = warm_up_steps
         self._tokens: dict[int, list[int]] = {}      # KV sequence -> its token ids
         self._inherit: dict[int, int] = {}           # forked sequence -> parent, until it first runs
         self._content: dict[int, list[int]] = {}     # token ids of each content id, fixed at first use
         if self.layout == "paged":
-            self.cache = PagedKVCache(model, kv.num_blocks + 1, block_size=self.block_size, dtype=dtype,
+            self.cache = PagedKVCache(held, kv.num_blocks + 1, block_size=self.block_size, dtype=dtype,
                                       device=device, init="zeros")
             self.scratch = kv.num_blocks
             self.cpu_pool = self._pinned((kv.num_cpu_blocks, *self.cache.kv.shape[:2],
@@ -111,7 +168,7 @@ class ModelRunner:
             # padding rows read from a page-aligned scratch start (a prefill over
             # cached context reads pages), one model context long
             self.scratch = -(-kv.total_tokens // self.block_size) * self.block_size
-            self.cache = ContiguousKVCache(model, self.scratch + model.max_context_tokens,
+            self.cache = ContiguousKVCache(held, self.scratch + model.max_context_tokens,
                                            block_size=self.block_size, dtype=dtype, device=device,
                                            init="zeros")
             self.cpu_pool = None
@@ -151,9 +208,11 @@ class ModelRunner:
         some prefilling over cached context, so that first-use costs -- kernel
         specialisations, GEMM heuristics, allocator growth -- are paid before
         serving starts, as a production engine does before it takes requests."""
+        num_steps = self.warm_up_steps if num_steps is None else num_steps
+        self.mirror("warm_up", num_steps, max_tokens)
         rng = np.random.default_rng(self.seed)
         top = max(8, min(max_tokens, self.geom.max_context_tokens))
-        for i in range(self.warm_up_steps if num_steps is None else num_steps):
+        for i in range(num_steps):
             prompts = np.exp(rng.uniform(np.log(8), np.log(top), int(rng.integers(1, 4)))).astype(np.int64)
             decodes = 0 if i % 4 == 0 else int(rng.integers(1, 65))
             new = np.concatenate([prompts, np.ones(decodes, np.int64)])
@@ -176,30 +235,19 @@ class ModelRunner:
         sampled token to its token list."""
         timing = StepTiming()
         t0 = time.perf_counter()
-        self._swap(batch)
-        if batch.block_copies:
-            self._copy_within(batch.block_copies)
-        if batch.num_tokens == 0:
+        plan = StepPlan(tuple(batch.swap_out_blocks), tuple(batch.swap_in_blocks), tuple(batch.block_copies))
+        self._copy(plan)                  # issued first: the copies overlap the host work below
+        self._plan_inputs(batch, plan)
+        self.mirror("execute", plan)
+        launch = self._stage(plan)
+        if launch is None:
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             timing.prepare_s = time.perf_counter() - t0
             return timing
-        host = host_step(self._rows(batch), self._token_ids(batch), self.layout, block_size=self.block_size,
-                         width=self.width, max_context_tokens=self.geom.max_context_tokens, scratch=self.scratch)
-        graph = None
-        if not batch.prefill_new_tokens:
-            size = bucket_for(self.graph_sizes, batch.num_decode_seqs)
-            graph = self.graphs.get(size) if size is not None else None
-        if graph is not None:
-            _pad_to(host, self._decode_padding(len(graph.inputs.decode_context_lens)))
-            host.copy_into(graph.inputs)
-            t1 = time.perf_counter()
-            tokens = graph.replay()
-            timing.graph_batch = len(graph.inputs.decode_context_lens)
-        else:
-            inputs = host.to_device(self.device)
-            t1 = time.perf_counter()
-            tokens = self.model.step(inputs, self.cache)[1]
+        t1 = time.perf_counter()
+        tokens = launch()
+        timing.graph_batch = plan.graph_rows
         t2 = time.perf_counter()
         sampled = tokens[: len(batch.requests)].cpu().numpy()
         t3 = time.perf_counter()
@@ -218,6 +266,51 @@ class ModelRunner:
             toks.append(token)
         timing.prepare_s, timing.launch_s, timing.wait_s = t1 - t0, t2 - t1, t3 - t2
         return timing
+
+    def execute(self, plan: StepPlan) -> torch.Tensor | None:
+        """A step's device work (what a mirroring rank runs): the sampled
+        tokens on the device, or None when the step computes nothing."""
+        self._copy(plan)
+        launch = self._stage(plan)
+        return None if launch is None else launch()
+
+    def _plan_inputs(self, batch: Batch, plan: StepPlan) -> None:
+        """The step's inputs into ``plan``: host arrays, slot copies, graph."""
+        if batch.num_tokens == 0:
+            return
+        plan.host = host_step(self._rows(batch), self._token_ids(batch, plan.slot_copies), self.layout,
+                              block_size=self.block_size, width=self.width,
+                              max_context_tokens=self.geom.max_context_tokens, scratch=self.scratch)
+        if not batch.prefill_new_tokens:
+            size = bucket_for(self.graph_sizes, batch.num_decode_seqs)
+            if size in self.graphs:
+                _pad_to(plan.host, self._decode_padding(size))
+                plan.graph_rows = size
+
+    def _copy(self, plan: StepPlan) -> None:
+        """Swap copies, GPU -> CPU first (their GPU blocks may be reused this
+        very step), then CPU -> GPU, then copy-on-write within the pool."""
+        if plan.swap_out:
+            self._copy_blocks(plan.swap_out, out=True)
+        if plan.swap_in:
+            self._copy_blocks(plan.swap_in, out=False)
+        if plan.block_copies:
+            self._copy_within(plan.block_copies)
+
+    def _stage(self, plan: StepPlan) -> Callable[[], torch.Tensor] | None:
+        """Issue the plan's slot copies and put its inputs on the device;
+        what then launches the step (None: nothing to compute)."""
+        pool = self.cache.kv
+        for src, dst, n in plan.slot_copies:
+            pool[:, :, dst:dst + n] = pool[:, :, src:src + n]
+        if plan.host is None:
+            return None
+        if plan.graph_rows:
+            graph = self.graphs[plan.graph_rows]
+            plan.host.copy_into(graph.inputs)
+            return graph.replay
+        inputs = plan.host.to_device(self.device)
+        return lambda: self.model.step(inputs, self.cache)[1]
 
     def release(self, req) -> None:
         """Forget a finished request's tokens; with content ``segments``,
@@ -251,9 +344,10 @@ class ModelRunner:
         else:
             self._tokens[child] = list(src)
 
-    def _seq_tokens(self, batch: Batch, i: int) -> list[int]:
+    def _seq_tokens(self, batch: Batch, i: int, slot_copies: list) -> list[int]:
         """The token list of row ``i``'s sequence, started from its parent's
-        when the row is the sequence's first (see ``_forked``)."""
+        when the row is the sequence's first (see ``_forked``); a contiguous
+        sequence's first row adds the copy of its prompt's KV to ``slot_copies``."""
         seq = batch.seq_id(i)
         toks = self._tokens.get(seq)
         if toks is None:
@@ -262,8 +356,7 @@ class ModelRunner:
             if self.layout == "contiguous":       # a reservation of its own: the prompt's KV copied in
                 j = i - batch.num_prefill_seqs
                 n = batch.decode_context_tokens[j] - 1
-                src, dst = self.kv.address_range(parent)[0], self.kv.address_range(seq)[0]
-                self.cache.kv[:, :, dst:dst + n] = self.cache.kv[:, :, src:src + n]
+                slot_copies.append((self.kv.address_range(parent)[0], self.kv.address_range(seq)[0], n))
         return toks
 
     def _rows(self, batch: Batch) -> Rows:
@@ -286,7 +379,7 @@ class ModelRunner:
         skip[len(reqs):] = new[len(reqs):]
         return Rows(num_p, new, cached, skip, write_pos, where)
 
-    def _token_ids(self, batch: Batch) -> np.ndarray:
+    def _token_ids(self, batch: Batch, slot_copies: list) -> np.ndarray:
         ids: list[np.ndarray] = []
         num_p = batch.num_prefill_seqs
         for i, n in enumerate(batch.prefill_new_tokens):
@@ -299,7 +392,7 @@ class ModelRunner:
                 ids[-1][n - len(real):] = real
         dec = np.zeros(batch.num_decode_seqs, np.int64)
         for j in range(len(batch.requests) - num_p):
-            dec[j] = self._seq_tokens(batch, num_p + j)[-1]
+            dec[j] = self._seq_tokens(batch, num_p + j, slot_copies)[-1]
         ids.append(dec)
         return np.concatenate(ids)
 
@@ -330,15 +423,7 @@ class ModelRunner:
             self._tokens[req.request_id] = toks
         return toks
 
-    # ---- swap ------------------------------------------------------------------
-
-    def _swap(self, batch: Batch) -> None:
-        """GPU -> CPU copies first (their GPU blocks may be reused this very
-        step), then CPU -> GPU; whole blocks, every layer, K and V."""
-        if batch.swap_out_blocks:
-            self._copy_blocks(batch.swap_out_blocks, out=True)
-        if batch.swap_in_blocks:
-            self._copy_blocks(batch.swap_in_blocks, out=False)
+    # ---- copies ----------------------------------------------------------------
 
     def _copy_within(self, pairs) -> None:
         """Copy-on-write: whole GPU blocks, every layer, K and V."""
