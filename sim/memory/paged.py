@@ -370,8 +370,10 @@ class PagedKVManager:
         ``g`` tokens at once: the new blocks they all need fit in the free ones
         (free slots in each last block first)."""
         bs = self.block_size
-        slack = (-self._tok[slots]) % bs
         free_blocks = len(self._free)
+        if len(slots) * _ceil_div(max_growth, bs) <= free_blocks:
+            return max_growth           # even if every sequence's last block were full
+        slack = (-self._tok[slots]) % bs
 
         def blocks_for(g: int) -> int:     # g > slack: ceil((g - slack) / bs) blocks; else none
             return int(((g - slack + bs - 1) // bs).sum())

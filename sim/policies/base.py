@@ -230,8 +230,9 @@ class Policy:
         emitting = run.generated[: run.n][self._emitting]
         first = bool(emitting.size) and emitting.min() == 0      # before the update: may be a view
         if first:
-            for i in np.flatnonzero(emitting == 0):
-                run.reqs[: run.n][self._emitting][i].first_token_s = now
+            reqs = run.reqs[: run.n][self._emitting]
+            for i in np.flatnonzero(emitting == 0).tolist():
+                reqs[i].first_token_s = now
         if isinstance(self._emitting, slice) and self._emitting == slice(0, run.n):
             run.emit_all()
         else:
