@@ -288,3 +288,14 @@ def test_stats_plot_has_the_permissions_of_every_other_output(capsys, workdir):
     assert run_cli(capsys, ["run", "exp.yaml", "--out", "out", "--quiet"]).exit_code == 0
     mode = lambda p: Path(p).stat().st_mode & 0o777
     assert mode("h.png") == mode("out/summary.json") == mode("out/plots/latency_cdf.png") == 0o666 & ~umask()
+
+
+def test_help_and_argument_errors_import_nothing_heavy():
+    """``pagesim --help`` and an argument error end before numpy, pandas or
+    pydantic load (what made them take most of a second)."""
+    code = ("import sys\nfrom experiments.cli import main\n"
+            "for argv in (['--help'], ['workloads', 'stats', '--help'], ['run', '--bogus']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('numpy', 'pandas', 'pydantic', 'torch') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout + proc.stderr

@@ -259,3 +259,14 @@ def test_qwen_rows_are_told_apart_by_chat_id_and_hash_16_token_blocks(tmp_path):
     load = load_trace(path)
     assert load.format == "qwen" and load.workload.arrival_s.tolist() == [0.0, 1.5]
     assert load.workload.segments[1][:3] == ((7, 16), (8, 16), (9, 8))
+
+
+def test_the_cli_names_match_the_formats_and_the_packaged_traces():
+    from importlib import resources
+
+    from workloads import names, trace_formats
+
+    assert names.TABULAR_FORMATS == tuple(trace_formats.TRACE_FORMATS)
+    assert names.HASHED_FORMATS == tuple(trace_formats.HASHED_FORMATS)
+    for file in names.EMBEDDED_TRACES.values():
+        assert (resources.files("workloads") / "data" / file).is_file()

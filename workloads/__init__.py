@@ -15,7 +15,8 @@ _WHERE = {
     **dict.fromkeys(("WorkloadSpec", "generate", "generate_with_trace"), "workloads.spec"),
     **dict.fromkeys(("format_stats", "plot_length_histograms", "trace_stats"), "workloads.stats"),
     **dict.fromkeys(("TraceColumns", "TraceError"), "workloads.trace_formats"),
-    **dict.fromkeys(("EMBEDDED_TRACES", "TraceLoad", "load_trace"), "workloads.traces"),
+    **dict.fromkeys(("TraceLoad", "load_trace"), "workloads.traces"),
+    "EMBEDDED_TRACES": "workloads.names",
     "Workload": "workloads.types",
 }
 

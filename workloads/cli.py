@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from workloads.traces import EMBEDDED_TRACES, FORMAT_NAMES
+from workloads.names import EMBEDDED_TRACES, FORMAT_NAMES
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

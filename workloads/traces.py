@@ -40,17 +40,8 @@ from workloads.trace_formats import (
     sniff_json_lines,
     sniff_format,
 )
+from workloads.names import EMBEDDED_TRACES, FORMAT_NAMES
 from workloads.types import Workload
-
-# Traces shipped inside the package (workloads/data/, see its README for sources).
-EMBEDDED_TRACES: dict[str, str] = {
-    "azure_conv_2023": "azure_conv_2023.csv",
-    "azure_code_2023": "azure_code_2023.csv",
-    "mooncake_conversation": "mooncake_conversation.jsonl.gz",
-}
-
-FORMAT_NAMES = ("auto", *TRACE_FORMATS, *HASHED_FORMATS, "csv")
-
 
 @dataclass(frozen=True, eq=False)
 class TraceLoad:
