@@ -37,6 +37,7 @@ from sim.cost.spec import ProfiledCostSpec
 from sim.driver import simulate
 from sim.memory.capacity import build_kv_manager
 from sim.metrics import requests_frame
+from sim.parallel import memory_shard
 from sim.policies import POLICIES
 from sim.presets import resolve_hardware, resolve_model
 from sim.router import ROUTERS
@@ -92,7 +93,7 @@ def replay_check(run: RealRun) -> dict:
     """Simulate with the run's measured step durations; the schedule must match."""
     cfg = run.config
     model, hardware = resolve_model(cfg.model), resolve_hardware(cfg.hardware)
-    kv = build_kv_manager(cfg.engine.memory, model, hardware)
+    kv = build_kv_manager(cfg.engine.memory, memory_shard(model, cfg.engine.parallel.value()), hardware)
     policy = POLICIES[cfg.engine.batching.policy](cfg.engine.batching, kv, model)
     cost = ReplayCostModel(run.timeline["step_s"].tolist())
     try:

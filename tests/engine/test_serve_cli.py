@@ -45,6 +45,23 @@ def test_serve_refuses_what_it_cannot_serve_in_one_line(tmp_path, capsys, monkey
         assert not (tmp_path / "out").exists()
 
 
+def test_serve_refuses_more_tensor_ranks_than_gpus_and_pipeline_stages(tmp_path, capsys, monkeypatch):
+    """A tensor degree above the GPUs present, or pipeline stages: one line, exit 2, nothing written."""
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(CONFIG))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    cases = [
+        (["--set", "engine.parallel.tensor=2"], "engine.parallel.tensor=2 needs 2 GPUs, found 1; allowed here: 1"),
+        (["--set", "engine.parallel.pipeline=2"],
+         "engine.parallel.pipeline: pagesim serve runs no pipeline stages; allowed: 1 (got 2)"),
+    ]
+    for extra, needle in cases:
+        assert main(["serve", "c.yaml", "--out", "out", *extra]) == 2
+        assert needle in _one_error(capsys)
+        assert not (tmp_path / "out").exists()
+
+
 def test_serve_suite_errors_name_the_run(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "s.yaml").write_text(yaml.safe_dump({"base": CONFIG, "runs": {"a": {"engine.replicas": 0}}}))
