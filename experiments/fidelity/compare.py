@@ -30,14 +30,14 @@ import numpy as np
 import pandas as pd
 
 from experiments.config import ExperimentConfig, read_yaml, validate
-from experiments.runner import RunOutput, make_requests, run_experiment
+from experiments.runner import RunOutput, comm_table_path, make_requests, run_experiment
 from sim.cost import build_cost_model
 from sim.cost.replay import ReplayCostModel, ReplayMismatch
 from sim.cost.spec import ProfiledCostSpec
 from sim.driver import simulate
 from sim.memory.capacity import build_kv_manager
 from sim.metrics import requests_frame
-from sim.parallel import memory_shard
+from sim.parallel import CommModel, ParallelCostModel, compute_shard, memory_shard, read_collectives
 from sim.policies import POLICIES
 from sim.presets import resolve_hardware, resolve_model
 from sim.router import ROUTERS
@@ -124,12 +124,27 @@ def replay_check(run: RealRun) -> dict:
 
 # ---- 2-3. simulate and compare ----------------------------------------------------
 def profiled_spec(cfg: ExperimentConfig, profiles: Path | None) -> ProfiledCostSpec:
-    """The profiled cost model of the run's GPU and model (from ``profiles/<hw>/<model>/``
-    if given, else the committed profiles)."""
+    """The profiled cost model of the run's GPU and of what one GPU computes
+    (from ``profiles/<hw>/<model>/``, ``<model>-tp<T>`` for a tensor-parallel
+    run, if given, else the committed profiles)."""
     if profiles is None:
         return ProfiledCostSpec()
-    return ProfiledCostSpec(profile_dir=Path(profiles) / resolve_hardware(cfg.hardware).name
-                            / resolve_model(cfg.model).name)
+    gpu_model = compute_shard(resolve_model(cfg.model), cfg.engine.parallel.value())
+    return ProfiledCostSpec(profile_dir=Path(profiles) / resolve_hardware(cfg.hardware).name / gpu_model.name)
+
+
+def profiled_cost(cfg: ExperimentConfig, profiles: Path | None):
+    """The profiled cost model of one GPU's part of a step and, for a replica
+    on several GPUs, its communication (``CommModel``; else None), as
+    ``pagesim run`` prices the config."""
+    model, hardware = resolve_model(cfg.model), resolve_hardware(cfg.hardware)
+    par = cfg.engine.parallel.value()
+    cost, _ = build_cost_model(profiled_spec(cfg, profiles), compute_shard(model, par), hardware,
+                               cfg.engine.batching.max_batch_size)
+    if par.is_single:
+        return cost, None
+    table = comm_table_path(hardware.name)
+    return cost, CommModel(model, hardware, par, read_collectives(table, par.tensor), str(table))
 
 
 def simulate_twin(cfg: ExperimentConfig, profiles: Path | None = None) -> RunOutput:
@@ -186,8 +201,7 @@ def step_kind(timeline: pd.DataFrame) -> pd.Series:
 def step_check(run: RealRun, profiles: Path | None = None) -> pd.DataFrame:
     """Every real step priced by the profiled cost model, by kind of step."""
     cfg = run.config
-    model, hardware = resolve_model(cfg.model), resolve_hardware(cfg.hardware)
-    cost, _ = build_cost_model(profiled_spec(cfg, profiles), model, hardware, cfg.engine.batching.max_batch_size)
+    cost, comm = profiled_cost(cfg, profiles)
     t = run.timeline
     layout = cfg.engine.memory.layout
     parts = np.array([cost.step_parts(layout, json.loads(n), json.loads(c), d, ds, dm, si + so)
@@ -195,6 +209,9 @@ def step_check(run: RealRun, profiles: Path | None = None) -> pd.DataFrame:
                           t["prefill_new_tokens"], t["prefill_context_tokens"], t["decode_seqs"],
                           t["decode_context_sum"], t["decode_context_max"], t["swap_in_tokens"],
                           t["swap_out_tokens"])])
+    if comm is not None:       # the collectives are device time
+        rows, seqs = t["batch_tokens"].to_numpy(), t["batch_rows"].to_numpy()     # tokens, sequences
+        parts[:, 1] += np.where(rows > 0, comm.step_s(rows, seqs), 0.0)
     frame = pd.DataFrame({
         "kind": step_kind(t), "measured_s": t["step_s"], "predicted_s": parts.sum(axis=1),
         "device_s": t["launch_s"] + t["wait_s"], "device_pred_s": parts[:, 1] + parts[:, 2],
@@ -237,11 +254,10 @@ def host_oracle(run: RealRun, profiles: Path | None = None) -> tuple[float, RunO
     from dataclasses import replace
 
     cfg = run.config
-    model, hardware = resolve_model(cfg.model), resolve_hardware(cfg.hardware)
-    cost, _ = build_cost_model(profiled_spec(cfg, profiles), model, hardware, cfg.engine.batching.max_batch_size)
+    cost, comm = profiled_cost(cfg, profiles)
     speed = host_speed(run, cost)
     if cost.engine is not None:
         e = cost.engine
         cost.engine = replace(e, issue_coef=tuple(c * speed for c in e.issue_coef),
                               host_coef=tuple(c * speed for c in e.host_coef))
-    return speed, run_experiment(cfg, cost=cost)
+    return speed, run_experiment(cfg, cost=cost if comm is None else ParallelCostModel(cost, comm))

@@ -83,3 +83,36 @@ def test_fidelity_refuses_a_simulated_run(real_run, tmp_path, capsys):
     assert len(err) == 1 and "not a real run" in err[0]
     assert main(["fidelity", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_fidelity_of_a_tensor_parallel_run(real_run, tmp_path):
+    """A run served on two ranks is written as any run; fidelity replays it
+    (its KV manager sized for one GPU's shard) and prices it with the shard's
+    profile plus communication."""
+    from sim.parallel import shard
+
+    cfg = validate(dict(
+        name="tiny-tp2", seed=1, model=MODEL, hardware="h200",
+        workload=dict(num_requests=12, arrival=dict(process="poisson", rate_rps=200.0),
+                      lengths=dict(prompt=dict(dist="uniform", low=4, high=30),
+                                   output=dict(dist="uniform", low=2, high=12))),
+        engine=dict(parallel=dict(tensor=2),
+                    batching=dict(policy="continuous", max_batch_size=8, max_batch_tokens=256,
+                                  preemption="swap"),
+                    memory=dict(layout="paged", block_size=4, num_blocks=16, swap_space_gb=0.001))))
+    out = serve_experiment(cfg, Device("cpu", "reference", "float32", warm_up_steps=2))
+    write_outputs(out, tmp_path / "runs" / "tiny-tp2", plots=False)
+    half = shard(ModelSpec(**MODEL), 2)
+    profile = tmp_path / "profiles" / "h200" / half.name
+    shutil.copytree(real_run / "profiles" / "h200" / "tiny", profile)
+    provenance = json.loads((profile / "provenance.json").read_text())
+    provenance["geometry"] |= {k: getattr(half, k) for k in ("num_heads", "num_kv_heads", "ffn_size",
+                                                            "vocab_size")}
+    (profile / "provenance.json").write_text(json.dumps(provenance))
+    assert out.summary["preemptions"] > 0
+    check = replay_check(load_real_run(tmp_path / "runs" / "tiny-tp2"))
+    assert check["identical"], check["detail"]
+    code = main(["fidelity", str(tmp_path / "runs" / "tiny-tp2"), "--out", str(tmp_path / "report"),
+                 "--profiles", str(tmp_path / "profiles"), "--quiet"])
+    assert code == 0
+    assert pd.read_csv(tmp_path / "report" / "fidelity.csv").loc[0, "replay"] == "identical"
