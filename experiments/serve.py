@@ -57,7 +57,7 @@ def check_servable(cfg: ExperimentConfig, device: Device) -> None:
     """One line naming the field for every config the engine cannot serve."""
     model = resolve_model(cfg.model)
     if cfg.engine.replicas != 1:
-        raise ConfigError(f"engine.replicas: pagesim serve drives one GPU; allowed: 1 (got {cfg.engine.replicas})")
+        raise ConfigError(f"engine.replicas: pagesim serve drives one replica; allowed: 1 (got {cfg.engine.replicas})")
     par = cfg.engine.parallel
     if par.pipeline != 1:
         raise ConfigError(f"engine.parallel.pipeline: pagesim serve runs no pipeline stages; allowed: 1 "

@@ -34,7 +34,7 @@ def test_serve_refuses_what_it_cannot_serve_in_one_line(tmp_path, capsys, monkey
     monkeypatch.chdir(tmp_path)
     cases = [
         ([], "needs a CUDA GPU"),
-        (["--set", "engine.replicas=2"], "engine.replicas: pagesim serve drives one GPU; allowed: 1 (got 2)"),
+        (["--set", "engine.replicas=2"], "engine.replicas: pagesim serve drives one replica; allowed: 1 (got 2)"),
         (["--set", "horizon_s=10"], "horizon_s: pagesim serve runs every request to completion"),
         (["--set", "model={num_layers: 2, hidden_size: 64, num_heads: 4, num_kv_heads: 4, head_dim: 16, "
                    "ffn_size: 128, vocab_size: 100, dtype: fp8}"], "model.dtype: the engine runs 16-bit weights"),
