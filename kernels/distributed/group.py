@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,7 @@ import torch.distributed as dist
 
 MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 JOIN_TIMEOUT_S = 60.0        # how long rank 0 waits for a worker to exit before ending it
+WATCH_S = 0.2                # how often rank 0 looks at the spawned ranks while it joins
 
 
 def _join(rank: int, world: int, init_file: str, cuda: bool) -> str:
@@ -88,11 +90,44 @@ def lead_group(world: int, fn, *args, cuda: bool):
         workers = mp.start_processes(_follower, args=(world, init, cuda, fn, args), nprocs=world - 1,
                                      join=False, start_method="spawn")
         try:
-            yield _join(0, world, init, cuda)
+            yield _join_watching(workers, world, init, cuda)
         finally:
             if dist.is_initialized():
                 dist.destroy_process_group()
             _wait_for(workers)
+
+
+def _join_watching(workers, world: int, init_file: str, cuda: bool) -> str:
+    """Join as rank 0 while watching the spawned ranks: one that fails before
+    it joins (a CUDA or import error on its GPU) ends the wait with its error
+    at once, instead of leaving rank 0 in the rendezvous until the group's
+    timeout (half an hour)."""
+    joined: dict = {}
+
+    def join() -> None:
+        try:
+            joined["device"] = _join(0, world, init_file, cuda)
+        except BaseException as exc:        # noqa: BLE001 -- handed to the caller below
+            joined["error"] = exc
+
+    thread = threading.Thread(target=join, name="rank-0-join", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(WATCH_S)
+        failed = [(i + 1, p.exitcode) for i, p in enumerate(workers.processes)
+                  if p.exitcode not in (None, 0)]
+        if failed and thread.is_alive():
+            rank, code = failed[0]
+            try:
+                workers.join(0)              # its own error, where the rank could report one
+                detail = f"exit code {code}"
+            except Exception as exc:         # noqa: BLE001 -- torch's report of that rank
+                detail = str(exc).strip().splitlines()[-1]
+            raise RuntimeError(f"rank {rank} of the process group failed before joining it ({detail}); "
+                               f"its output is above")
+    if "error" in joined:
+        raise joined["error"]
+    return joined["device"]
 
 
 def _wait_for(workers) -> None:
