@@ -88,8 +88,21 @@ CASES = [
 @pytest.mark.parametrize("cost_name", ["linear", "roofline"])
 def test_jumping_over_decode_runs_gives_the_same_timings(policy, layout, batching, cost_name):
     cost = LINEAR if cost_name == "linear" else RooflineCostModel(TINY_MODEL, HARDWARE["h100-sxm"])
-    stepped, r1 = run(policy, layout, cost, False, **batching)
-    jumped, r2 = run(policy, layout, cost, True, **batching)
+    _assert_jumping_is_exact(policy, layout, batching, cost, rate=20.0)
+
+
+LIGHT = [c for c in CASES if not c[2].get("max_batch_size") and "preemption" not in c[2]]
+
+
+@pytest.mark.parametrize("policy,layout,batching", LIGHT)
+def test_jumping_is_exact_at_light_load_too(policy, layout, batching):
+    """At 2 req/s decode runs are long and rarely cut by arrivals."""
+    _assert_jumping_is_exact(policy, layout, batching, LINEAR, rate=2.0)
+
+
+def _assert_jumping_is_exact(policy, layout, batching, cost, rate: float) -> None:
+    stepped, r1 = run(policy, layout, cost, False, rate=rate, **batching)
+    jumped, r2 = run(policy, layout, cost, True, rate=rate, **batching)
     assert r2.sim_steps == r1.sim_steps
     assert r2.sim_events < r1.sim_events                      # it did jump
     for a, b in zip(stepped, jumped):
