@@ -31,6 +31,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     _add_force(p)
 
 
+def _add_no_graphs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-graphs", action="store_true",
+                   help="run every step eagerly, capturing no CUDA graphs (a fallback where a decode step "
+                        "cannot be captured; pagesim fidelity then prices the run's steps as eager)")
+
+
 def _check_backend(args: argparse.Namespace) -> None:
     if args.address and args.backend != "ray":
         raise ValueError("--address: applies to --backend ray only")
@@ -54,28 +60,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    return _produce_run(args, "experiments.serve:serve_experiment", "real steps")
+    return _produce_run(args, "experiments.serve:serve_experiment", "real steps",
+                        lambda serve: {"device": serve.Device(use_graphs=not args.no_graphs)})
 
 
-def _produce_run(args: argparse.Namespace, producer: str, steps_word: str) -> int:
+def _produce_run(args: argparse.Namespace, producer: str, steps_word: str, options=None) -> int:
     """Load the config, produce a run with ``producer`` (``module:function``,
-    simulated or real, imported once the inputs are known good), write the
-    output contract."""
+    simulated or real, imported once the inputs are known good; ``options``:
+    the producer's module -> its extra keyword arguments), write the output
+    contract."""
     import importlib
 
     from experiments.config import load_config
 
     cfg, _ = load_config(args.config, args.overrides)
     check_out_dir(Path(args.out), force=args.force)
-    module, name = producer.split(":")
-    produce = getattr(importlib.import_module(module), name)
+    module_name, name = producer.split(":")
+    module = importlib.import_module(module_name)
+    produce = getattr(module, name)
     from experiments.runner import write_outputs
 
     if cfg.sweep and not args.quiet:
         print(f"pagesim: note: {args.config} has a sweep: section; this runs its base config only "
               f"(pagesim sweep runs the grid)", file=sys.stderr)
     out = produce(cfg, progress=not args.quiet,
-                  log=None if args.quiet else lambda note: print(note, file=sys.stderr))
+                  log=None if args.quiet else lambda note: print(note, file=sys.stderr),
+                  **(options(module) if options else {}))
     write_outputs(out, Path(args.out), csv=args.csv, plots=not args.no_plots)
     if not args.quiet:
         print(_one_line(out.summary).replace(" steps in ", f" {steps_word} in "))
@@ -110,7 +120,7 @@ def _cmd_serve_suite(args: argparse.Namespace) -> int:
     from experiments.suite import serve_suite
 
     check_out_dir(Path(args.out), force=args.force, replace=False)
-    serve_suite(Path(args.suite), Path(args.out), args.only, plots=not args.no_plots,
+    serve_suite(Path(args.suite), Path(args.out), args.only, plots=not args.no_plots, graphs=not args.no_graphs,
                 log=lambda line: print(line, flush=True))
     return 0
 
@@ -391,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "geometry -- and write the same DIR/ as pagesim run (the timeline holds "
                                    "real step durations). Needs a CUDA GPU matching the config's hardware.")
     _add_run_args(p)
+    _add_no_graphs(p)
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("serve-suite", help="serve every run of a fidelity suite (GPU), resumable",
@@ -401,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", default=[], metavar="GLOB",
                    help="serve only runs whose name matches (repeatable), e.g. 'llama-2-7b-*'")
     p.add_argument("--no-plots", action="store_true", help="skip each run's plots")
+    _add_no_graphs(p)
     _add_force(p)
     p.set_defaults(func=_cmd_serve_suite)
 

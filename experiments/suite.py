@@ -70,9 +70,11 @@ def is_done(run_dir: Path, cfg: ExperimentConfig) -> bool:
     return done == want
 
 
-def serve_suite(suite: Path, out: Path, only: list[str], plots: bool = True, log=print) -> list[Path]:
+def serve_suite(suite: Path, out: Path, only: list[str], plots: bool = True, graphs: bool = True,
+                log=print) -> list[Path]:
+    """Serve the suite's runs into ``out/<run>/`` (``graphs``: capture CUDA graphs)."""
     from experiments.runner import write_outputs
-    from experiments.serve import serve_experiment
+    from experiments.serve import Device, serve_experiment
 
     runs = select(load_suite(suite), only)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,7 +87,7 @@ def serve_suite(suite: Path, out: Path, only: list[str], plots: bool = True, log
             written.append(run_dir)
             continue
         started = time.perf_counter()
-        output = serve_experiment(cfg, log=lambda note: log(f"    {note}"))
+        output = serve_experiment(cfg, Device(use_graphs=graphs), log=lambda note: log(f"    {note}"))
         write_outputs(output, run_dir, plots=plots)
         s = output.summary
         log(f"[{i + 1}/{len(runs)}] {name}: {s['counts']['finished']}/{s['counts']['arrived']} finished, "

@@ -18,7 +18,7 @@ import pandas as pd
 from experiments.atomic import atomic_path
 from experiments.outputs import write_marker
 from experiments.fidelity.compare import (
-    compare, host_oracle, load_real_run, replay_check, simulate_twin, step_check,
+    compare, host_oracle, load_real_run, replay_check, simulate_twin, step_check, uses_graphs,
 )
 from experiments.fidelity.report import pct, plot_comparison, run_section, summary_row, summary_table
 
@@ -39,7 +39,7 @@ def fidelity(run_dirs: list[Path], out_dir: Path, report: Path | None = None, no
     sections, rows = [], []
     for run in runs:
         replay = replay_check(run)
-        sim = simulate_twin(run.config, profiles)
+        sim = simulate_twin(run.config, profiles, uses_graphs(run))
         cmp = compare(run, sim)
         steps = step_check(run, profiles)
         speed, oracle_sim = host_oracle(run, profiles)

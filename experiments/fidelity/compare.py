@@ -133,24 +133,40 @@ def profiled_spec(cfg: ExperimentConfig, profiles: Path | None) -> ProfiledCostS
     return ProfiledCostSpec(profile_dir=Path(profiles) / resolve_hardware(cfg.hardware).name / gpu_model.name)
 
 
-def profiled_cost(cfg: ExperimentConfig, profiles: Path | None):
+def uses_graphs(run: RealRun) -> bool:
+    """Whether the engine replayed CUDA graphs for decode steps (not with
+    ``pagesim serve --no-graphs``)."""
+    return bool(run.summary.get("engine", {}).get("graph_batch_sizes", True))
+
+
+def profiled_cost(cfg: ExperimentConfig, profiles: Path | None, graphs: bool = True):
     """The profiled cost model of one GPU's part of a step and, for a replica
     on several GPUs, its communication (``CommModel``; else None), as
-    ``pagesim run`` prices the config."""
+    ``pagesim run`` prices the config; without ``graphs``, every step is
+    priced as the engine issues it eagerly."""
+    from dataclasses import replace
+
     model, hardware = resolve_model(cfg.model), resolve_hardware(cfg.hardware)
     par = cfg.engine.parallel.value()
     cost, _ = build_cost_model(profiled_spec(cfg, profiles), compute_shard(model, par), hardware,
                                cfg.engine.batching.max_batch_size)
+    if not graphs and getattr(cost, "engine", None) is not None:
+        cost.engine = replace(cost.engine, graph_sizes=())
     if par.is_single:
         return cost, None
     table = comm_table_path(hardware.name)
     return cost, CommModel(model, hardware, par, read_collectives(table, par.tensor), str(table))
 
 
-def simulate_twin(cfg: ExperimentConfig, profiles: Path | None = None) -> RunOutput:
-    """The real run's config, priced by the profiled cost model of its GPU."""
+def simulate_twin(cfg: ExperimentConfig, profiles: Path | None = None, graphs: bool = True) -> RunOutput:
+    """The real run's config, priced by the profiled cost model of its GPU
+    (``graphs``: as the engine ran it, with CUDA graphs or without)."""
     engine = cfg.engine.model_copy(update={"cost_model": profiled_spec(cfg, profiles)})
-    return run_experiment(cfg.model_copy(update={"engine": engine}))
+    cfg = cfg.model_copy(update={"engine": engine})
+    if graphs:
+        return run_experiment(cfg)
+    cost, comm = profiled_cost(cfg, profiles, graphs=False)
+    return run_experiment(cfg, cost=cost if comm is None else ParallelCostModel(cost, comm))
 
 
 def rel_error(sim: float | None, real: float | None) -> float:
@@ -201,7 +217,7 @@ def step_kind(timeline: pd.DataFrame) -> pd.Series:
 def step_check(run: RealRun, profiles: Path | None = None) -> pd.DataFrame:
     """Every real step priced by the profiled cost model, by kind of step."""
     cfg = run.config
-    cost, comm = profiled_cost(cfg, profiles)
+    cost, comm = profiled_cost(cfg, profiles, uses_graphs(run))
     t = run.timeline
     layout = cfg.engine.memory.layout
     parts = np.array([cost.step_parts(layout, json.loads(n), json.loads(c), d, ds, dm, si + so)
@@ -254,7 +270,7 @@ def host_oracle(run: RealRun, profiles: Path | None = None) -> tuple[float, RunO
     from dataclasses import replace
 
     cfg = run.config
-    cost, comm = profiled_cost(cfg, profiles)
+    cost, comm = profiled_cost(cfg, profiles, uses_graphs(run))
     speed = host_speed(run, cost)
     if cost.engine is not None:
         e = cost.engine

@@ -116,3 +116,33 @@ def test_fidelity_of_a_tensor_parallel_run(real_run, tmp_path):
                  "--profiles", str(tmp_path / "profiles"), "--quiet"])
     assert code == 0
     assert pd.read_csv(tmp_path / "report" / "fidelity.csv").loc[0, "replay"] == "identical"
+
+
+def test_a_run_served_without_graphs_is_priced_as_eager_steps(real_run, tmp_path):
+    """``pagesim serve --no-graphs``: no decode step replays a graph, the run
+    says so, and fidelity prices its steps as the engine issued them."""
+    from experiments.fidelity.compare import profiled_cost, simulate_twin, step_check, uses_graphs
+
+    cfg = load_real_run(real_run / "runs" / "tiny-real").config
+    out = serve_experiment(cfg, Device("cpu", "reference", "float32", use_graphs=False, warm_up_steps=2))
+    write_outputs(out, tmp_path / "eager", plots=False)
+    run = load_real_run(tmp_path / "eager")
+    assert not uses_graphs(run) and uses_graphs(load_real_run(real_run / "runs" / "tiny-real"))
+    assert (run.timeline["graph_batch"] == 0).all()
+    assert replay_check(run)["identical"]
+    profiles = real_run / "profiles"
+    kinds = set(step_check(run, profiles)["kind"])
+    assert "decode (eager)" in kinds and "decode (graph)" not in kinds
+    assert profiled_cost(cfg, profiles, graphs=False)[0].engine.graph_sizes == ()
+    assert profiled_cost(cfg, profiles)[0].engine.graph_sizes
+    eager, graphed = simulate_twin(cfg, profiles, graphs=False), simulate_twin(cfg, profiles)
+    assert eager.summary["e2e_s"]["mean"] != graphed.summary["e2e_s"]["mean"]
+
+
+def test_serve_and_serve_suite_take_no_graphs():
+    from experiments.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["serve", "c.yaml", "--out", "o", "--no-graphs"]).no_graphs
+    assert parser.parse_args(["serve-suite", "s.yaml", "--out", "o", "--no-graphs"]).no_graphs
+    assert not parser.parse_args(["serve", "c.yaml", "--out", "o"]).no_graphs
