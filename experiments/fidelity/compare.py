@@ -23,21 +23,20 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from experiments.config import ExperimentConfig, read_yaml, validate
-from experiments.runner import RunOutput, comm_table_path, make_requests, run_experiment
-from sim.cost import build_cost_model
+from experiments.runner import RunOutput, build_replica_cost_model, make_requests, run_experiment
 from sim.cost.replay import ReplayCostModel, ReplayMismatch
 from sim.cost.spec import ProfiledCostSpec
 from sim.driver import simulate
 from sim.memory.capacity import build_kv_manager
 from sim.metrics import requests_frame
-from sim.parallel import CommModel, ParallelCostModel, compute_shard, memory_shard, read_collectives
+from sim.parallel import ParallelCostModel, compute_shard, memory_shard
 from sim.policies import POLICIES
 from sim.presets import resolve_hardware, resolve_model
 from sim.router import ROUTERS
@@ -139,34 +138,34 @@ def uses_graphs(run: RealRun) -> bool:
     return bool(run.summary.get("engine", {}).get("graph_batch_sizes", True))
 
 
+def _twin_config(cfg: ExperimentConfig, profiles: Path | None) -> ExperimentConfig:
+    """The run's config with the profiled cost model of its GPU."""
+    engine = cfg.engine.model_copy(update={"cost_model": profiled_spec(cfg, profiles)})
+    return cfg.model_copy(update={"engine": engine})
+
+
 def profiled_cost(cfg: ExperimentConfig, profiles: Path | None, graphs: bool = True):
     """The profiled cost model of one GPU's part of a step and, for a replica
     on several GPUs, its communication (``CommModel``; else None), as
     ``pagesim run`` prices the config; without ``graphs``, every step is
     priced as the engine issues it eagerly."""
-    from dataclasses import replace
-
-    model, hardware = resolve_model(cfg.model), resolve_hardware(cfg.hardware)
-    par = cfg.engine.parallel.value()
-    cost, _ = build_cost_model(profiled_spec(cfg, profiles), compute_shard(model, par), hardware,
-                               cfg.engine.batching.max_batch_size)
+    cost, _ = build_replica_cost_model(_twin_config(cfg, profiles))
+    cost, comm = (cost.inner, cost.comm) if isinstance(cost, ParallelCostModel) else (cost, None)
     if not graphs and getattr(cost, "engine", None) is not None:
         cost.engine = replace(cost.engine, graph_sizes=())
-    if par.is_single:
-        return cost, None
-    table = comm_table_path(hardware.name)
-    return cost, CommModel(model, hardware, par, read_collectives(table, par.tensor), str(table))
+    return cost, comm
+
+
+def _replica_cost(cost, comm):
+    return cost if comm is None else ParallelCostModel(cost, comm)
 
 
 def simulate_twin(cfg: ExperimentConfig, profiles: Path | None = None, graphs: bool = True) -> RunOutput:
     """The real run's config, priced by the profiled cost model of its GPU
     (``graphs``: as the engine ran it, with CUDA graphs or without)."""
-    engine = cfg.engine.model_copy(update={"cost_model": profiled_spec(cfg, profiles)})
-    cfg = cfg.model_copy(update={"engine": engine})
     if graphs:
-        return run_experiment(cfg)
-    cost, comm = profiled_cost(cfg, profiles, graphs=False)
-    return run_experiment(cfg, cost=cost if comm is None else ParallelCostModel(cost, comm))
+        return run_experiment(_twin_config(cfg, profiles))
+    return run_experiment(_twin_config(cfg, profiles), cost=_replica_cost(*profiled_cost(cfg, profiles, False)))
 
 
 def rel_error(sim: float | None, real: float | None) -> float:
@@ -267,8 +266,6 @@ def host_oracle(run: RealRun, profiles: Path | None = None) -> tuple[float, RunO
     and per-step host time) scaled by this run's own ``host_speed``: how much
     of the gap is the host running faster or slower than during calibration.
     It reads the real run, so it is a diagnosis, never a fidelity figure."""
-    from dataclasses import replace
-
     cfg = run.config
     cost, comm = profiled_cost(cfg, profiles, uses_graphs(run))
     speed = host_speed(run, cost)
@@ -276,4 +273,4 @@ def host_oracle(run: RealRun, profiles: Path | None = None) -> tuple[float, RunO
         e = cost.engine
         cost.engine = replace(e, issue_coef=tuple(c * speed for c in e.issue_coef),
                               host_coef=tuple(c * speed for c in e.host_coef))
-    return speed, run_experiment(cfg, cost=cost if comm is None else ParallelCostModel(cost, comm))
+    return speed, run_experiment(cfg, cost=_replica_cost(cost, comm))
