@@ -75,6 +75,7 @@ def serve_suite(suite: Path, out: Path, only: list[str], plots: bool = True, gra
     """Serve the suite's runs into ``out/<run>/`` (``graphs``: capture CUDA graphs)."""
     from experiments.runner import write_outputs
     from experiments.serve import Device, serve_experiment
+    from kernels.engine.memory import release_device_memory
 
     runs = select(load_suite(suite), only)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,17 +96,5 @@ def serve_suite(suite: Path, out: Path, only: list[str], plots: bool = True, gra
             f"wall {time.perf_counter() - started:.1f} s")
         written.append(run_dir)
         del output
-        _release_device_memory()        # the next run plans its KV cache from an empty GPU
+        release_device_memory()         # the next run plans its KV cache from an empty GPU
     return written
-
-
-def _release_device_memory() -> None:
-    import gc
-
-    gc.collect()
-    try:
-        import torch
-    except ImportError:
-        return
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -12,7 +12,6 @@ reservations, and static batches (padded prefills, padded decodes).
 """
 from __future__ import annotations
 
-import gc
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 
 from kernels.calibration.model import random_weights
 from kernels.engine.loop import serve
+from kernels.engine.memory import release_device_memory
 from kernels.engine.runner import ModelRunner
 from sim.memory.contiguous import ContiguousKVManager
 from sim.memory.paged import PagedKVManager
@@ -98,9 +98,7 @@ def calibrate_engine(model: ModelSpec, *, seed: int = 0, device: str = "cuda", b
         log(f"  engine run {i} ({run.policy}+{run.layout}, {run.num_requests} requests): {len(frame)} steps, "
             f"{sum(frame['graph_batch'] > 0)} graphed, in {time.perf_counter() - started:.1f} s")
         del runner, policy, kv
-        gc.collect()            # the manager and the runner refer to each other (its fork hook)
-        if device == "cuda":
-            torch.cuda.empty_cache()
+        release_device_memory()
     return pd.concat(frames, ignore_index=True)
 
 

@@ -8,6 +8,7 @@ activations of the largest step it can be asked to run (a prefill of
 """
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -74,3 +75,12 @@ def plan(model: ModelSpec, hardware: HardwareSpec, weights: Weights, *, max_batc
                                 activation_reserve_bytes=reserve)
     simulator = kv_capacity_tokens(model, hardware, gpu_memory_utilization)
     return EngineMemory(total, allocated, activations, engine, simulator)
+
+
+def release_device_memory() -> None:
+    """Free what a finished run held before the next one plans its memory:
+    a runner and its KV manager refer to each other (the fork hook), so only
+    a collection frees them, and then the allocator's cache is returned."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
