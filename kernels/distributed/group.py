@@ -32,7 +32,8 @@ WATCH_S = 0.2                # how often rank 0 looks at the spawned ranks while
 
 
 def _join(rank: int, world: int, init_file: str, cuda: bool) -> str:
-    """Join the group as ``rank`` (NCCL on GPU ``rank``, else gloo); this rank's device."""
+    """Join the group as ``rank`` (NCCL on GPU ``rank``, else gloo), with
+    NVLink multicast off in this process; this rank's device."""
     os.environ.update(MULTICAST_OFF)
     if cuda:
         torch.cuda.set_device(rank)
@@ -41,12 +42,15 @@ def _join(rank: int, world: int, init_file: str, cuda: bool) -> str:
     return f"cuda:{rank}" if cuda else "cpu"
 
 
-def _worker(rank: int, world: int, init_file: str, out_file: str, fn, args: tuple) -> None:
-    cuda = torch.cuda.is_available() and torch.cuda.device_count() >= world
+def _rank(index: int, first: int, world: int, init_file: str, cuda: bool, out_file: str | None, fn,
+          args: tuple) -> None:
+    """Spawned rank ``first + index``: join, ``fn``, leave; rank 0 writes
+    its result (JSON) to ``out_file``."""
+    rank = first + index
     device = _join(rank, world, init_file, cuda)
     try:
         result = fn(rank, world, device, *args)
-        if rank == 0:
+        if rank == 0 and out_file is not None:
             Path(out_file).write_text(json.dumps(result))
     finally:
         dist.destroy_process_group()
@@ -56,21 +60,12 @@ def run_on_group(world: int, fn, *args):
     """Rank 0's ``fn(rank, world, device, *args)`` over a fresh group of ``world``."""
     import torch.multiprocessing as mp
 
-    os.environ.update(MULTICAST_OFF)
+    cuda = torch.cuda.is_available() and torch.cuda.device_count() >= world
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        mp.start_processes(_worker, args=(world, str(Path(tmp) / "init"), str(out), fn, args),
+        mp.start_processes(_rank, args=(0, world, str(Path(tmp) / "init"), cuda, str(out), fn, args),
                            nprocs=world, join=True, start_method="spawn")
         return json.loads(out.read_text())
-
-
-def _follower(index: int, world: int, init_file: str, cuda: bool, fn, args: tuple) -> None:
-    rank = index + 1
-    device = _join(rank, world, init_file, cuda)
-    try:
-        fn(rank, world, device, *args)
-    finally:
-        dist.destroy_process_group()
 
 
 @contextmanager
@@ -84,10 +79,9 @@ def lead_group(world: int, fn, *args, cuda: bool):
     inside a collective rank 0 never joined, after an error)."""
     import torch.multiprocessing as mp
 
-    os.environ.update(MULTICAST_OFF)          # inherited by the spawned ranks
     with tempfile.TemporaryDirectory() as tmp:
         init = str(Path(tmp) / "init")
-        workers = mp.start_processes(_follower, args=(world, init, cuda, fn, args), nprocs=world - 1,
+        workers = mp.start_processes(_rank, args=(1, world, init, cuda, None, fn, args), nprocs=world - 1,
                                      join=False, start_method="spawn")
         try:
             yield _join_watching(workers, world, init, cuda)
