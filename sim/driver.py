@@ -93,33 +93,35 @@ def simulate(requests: Sequence[Request], policies: Sequence[Policy],
 
     def replica_loop(rep: _Replica):
         policy, cost = rep.policy, rep.cost
+        finished = policy.finished
         while True:
-            batch = policy.schedule(env.now)
+            now = env.now
+            batch = policy.schedule(now)
             if batch is None:
                 if state.arrivals_done and not policy.has_work():
                     return
                 rep.wake = env.event()
-                wakeup_s = policy.next_wakeup_s(env.now)
+                wakeup_s = policy.next_wakeup_s(now)
                 if wakeup_s is None:
                     yield rep.wake
                 else:
-                    yield rep.wake | env.timeout(max(wakeup_s - env.now, 0.0))
+                    yield rep.wake | env.timeout(max(wakeup_s - now, 0.0))
                 rep.wake = None
                 state.events += 1
                 continue
-            done_before = len(policy.finished)
+            done_before = len(finished)
             k = policy.decode_run_length(batch) if fast_forward else 1
             through = False
             step_s = None
             if k > 1:
                 through = policy.run_ignores_arrivals()
                 arrival_s = math.inf if through else _next_arrival_s(requests, state)
-                k, ends, step_s = _run_ends(env.now, cost, batch, k, arrival_s, horizon_s)
+                k, ends, step_s = _run_ends(now, cost, batch, k, arrival_s, horizon_s)
             if k > 1:
-                starts = np.concatenate(([env.now], ends[:-1]))
+                starts = np.concatenate(([now], ends[:-1]))
                 timeline.record_run(starts, rep.index, ends - starts, policy, batch, pending=through)
                 rep.queued_s = [] if through else None
-                yield env.timeout(ends[-1] - env.now)
+                yield env.timeout(ends[-1] - now)
                 if through:
                     timeline.finish_run(rep.index, rep.queued_s, policy)
                     rep.queued_s = None
@@ -127,13 +129,13 @@ def simulate(requests: Sequence[Request], policies: Sequence[Policy],
             else:
                 if step_s is None:        # not already priced as a run's first step
                     step_s = cost.step_time(batch)
-                timeline.record_step(env.now, rep.index, step_s, policy, batch)
+                timeline.record_step(now, rep.index, step_s, policy, batch)
                 yield env.timeout(step_s)
                 policy.on_step_done(batch, env.now)
             state.events += 1
             state.steps += k
-            if len(policy.finished) != done_before:
-                state.on_progress(len(policy.finished) - done_before)
+            if len(finished) != done_before:
+                state.on_progress(len(finished) - done_before)
 
     env.process(arrivals())
     for rep in replicas:
@@ -169,8 +171,8 @@ def _run_ends(now: float, cost: CostModel, batch, max_steps: int, next_arrival_s
         acc[1:] = cost.decode_run_times(batch, m, done)
         if not done:
             first_s = float(acc[1])
-        ends = np.cumsum(acc)[1:]
-        cut = int(np.searchsorted(ends, next_arrival_s, "left"))
+        ends = acc.cumsum()[1:]
+        cut = int(ends.searchsorted(next_arrival_s, "left"))
         if cut < m or (horizon_s is not None and ends[-1] > horizon_s):
             parts.append(ends[: cut + 1])
             break
@@ -179,7 +181,7 @@ def _run_ends(now: float, cost: CostModel, batch, max_steps: int, next_arrival_s
     ends = np.concatenate(parts) if len(parts) > 1 else parts[0]
     k = len(ends)
     if horizon_s is not None:
-        k = min(k, int(np.searchsorted(ends, horizon_s, "right")))
+        k = min(k, int(ends.searchsorted(horizon_s, "right")))
     return k, ends[:k], first_s
 
 

@@ -49,6 +49,8 @@ class Request:
     @property
     def seq_ids(self) -> list[int]:
         """KV sequence ids: the request's own, then its extra samples' (negative)."""
+        if self.num_seqs == 1:
+            return [self.request_id]
         return [self.request_id] + [-(self.request_id * MAX_SEQS + i) for i in range(1, self.num_seqs)]
 
     @property

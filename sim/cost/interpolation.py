@@ -14,6 +14,14 @@ from bisect import bisect_right
 
 import numpy as np
 
+try:      # ``np.interp`` without its Python wrapper (type checks that cost more than the work here)
+    from numpy._core.multiarray import interp
+except ImportError:      # numpy < 2
+    try:
+        from numpy.core.multiarray import interp
+    except ImportError:
+        interp = np.interp
+
 
 class PiecewiseLinear:
     """Through sorted points: linear between them, the last segment's slope

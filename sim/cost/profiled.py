@@ -70,7 +70,7 @@ from sim.batch import Batch
 from sim.cost.base import decode_run_times_by_steps
 from sim.cost.engine_terms import EngineTerms, fit_engine_terms
 from sim.cost.graphs import bucket_for
-from sim.cost.interpolation import Bilinear, PiecewiseLinear, _summed
+from sim.cost.interpolation import Bilinear, PiecewiseLinear, _summed, interp
 from sim.cost.profile_io import LAYOUTS, check_enum, json_lists, nnls, read_csv
 from sim.presets import HardwareSpec, ModelSpec
 
@@ -130,13 +130,21 @@ class DecodeAttention:
 
     def __call__(self, b: int, total_context: int, max_context: int) -> float:
         xs, ys = self.uniform.row(b)      # the same arithmetic as ``many``, so runs repeat steps exactly
-        um, longest = np.interp((total_context / b, max_context), xs, ys).tolist()
+        um, longest = interp((total_context / b, max_context), xs, ys).tolist()
         return self.scale * (um + self.skew(b) * (longest - um))
 
     def many(self, b: int, total_context: np.ndarray, max_context: np.ndarray) -> np.ndarray:
+        """``__call__`` over arrays, in place where it can: the same operations
+        on each element (IEEE products and sums commute, and 1.0 * x is x)."""
         xs, ys = self.uniform.row(b)      # U(b, .) as one piecewise-linear row, cached per b
-        um = np.interp(total_context / b, xs, ys)
-        return self.scale * (um + self.skew(b) * (np.interp(max_context, xs, ys) - um))
+        um = interp(total_context / b, xs, ys)
+        out = interp(max_context, xs, ys)
+        out -= um
+        out *= self.skew(b)
+        out += um
+        if self.scale != 1.0:
+            out *= self.scale
+        return out
 
 
 @dataclass(frozen=True)
@@ -398,7 +406,11 @@ class ProfiledCostModel:
             return decode_run_times_by_steps(self, batch, num_steps, first_step)
         b, layout, engine = len(dec), batch.kv_layout, self.engine
         step = np.arange(first_step, first_step + num_steps, dtype=np.int64)
-        attention = self.num_layers * self.decode[layout].many(b, sum(dec) + b * step, max(dec) + step)
+        total = step * b
+        total += sum(dec)
+        step += max(dec)
+        gpu = self.decode[layout].many(b, total, step)
+        gpu *= self.num_layers          # the step's attention
         key = (layout, b)
         terms = self._decode_terms.get(key)
         if terms is None:        # the same additions, in the same order, as step_time
@@ -408,11 +420,13 @@ class ProfiledCostModel:
                      engine.host_s(b, 0, bucket is not None) if engine is not None else 0.0)
             self._decode_terms[key] = terms
         fixed, bucket, host = terms
-        gpu = fixed + attention
+        gpu += fixed                    # step_time's sums in its order; its 0.0 + x is x for x > 0
         if engine is None:
-            return 0.0 + gpu
+            return gpu
         if bucket is not None:
-            device = gpu + engine.graph_residual_s
+            gpu += engine.graph_residual_s
         else:
-            device = np.maximum(gpu, engine.issue_s(False, True)) + engine.eager_residual_s
-        return (0.0 + device) + host
+            np.maximum(gpu, engine.issue_s(False, True), out=gpu)
+            gpu += engine.eager_residual_s
+        gpu += host
+        return gpu

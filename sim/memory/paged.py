@@ -91,6 +91,7 @@ class PagedKVManager:
         self.block_size = block_size
         self.num_cpu_blocks = num_cpu_blocks
         self.total_tokens = num_blocks * block_size
+        self._low_bits = block_size - 1 if block_size & (block_size - 1) == 0 else 0   # x % bs == x & this
         self.watermark_blocks = math.ceil(round(watermark_frac * num_blocks, 9))
         self.prefix_caching = prefix_caching
         self._free = LRUFreeList(num_blocks) if prefix_caching else BlockQueue(num_blocks)
@@ -245,19 +246,22 @@ class PagedKVManager:
         """Admission keeps ``watermark_blocks`` blocks free for running
         sequences (a cached prefix block that is free counts as taken)."""
         self._check_new(request_id, num_tokens, final_tokens)
-        hits, _ = self._hits(num_tokens, segments)
+        return self._fits_new(num_tokens, self._hits(num_tokens, segments)[0])
+
+    def _fits_new(self, num_tokens: int, hits: list[int]) -> bool:
         revived = self._free.count_free(hits) if hits else 0
-        need = _ceil_div(num_tokens, self.block_size) - len(hits) + revived
+        need = -(-num_tokens // self.block_size) - len(hits) + revived
         return len(self._free) - need >= self.watermark_blocks
 
     def allocate(self, request_id: int, num_tokens: int, final_tokens: int,
                  segments: Segments | None = None) -> int:
         """Hold ``num_tokens`` tokens for a new sequence; with prefix caching
         and ``segments``, reuse the cached prefix. Returns the reused tokens."""
-        if not self.can_allocate(request_id, num_tokens, final_tokens, segments):
+        self._check_new(request_id, num_tokens, final_tokens)
+        hits, keys = self._hits(num_tokens, segments)
+        if not self._fits_new(num_tokens, hits):
             raise MemoryError_(f"allocate({request_id}, {num_tokens}) without room: "
                                f"{len(self._free)} free blocks, watermark {self.watermark_blocks}")
-        hits, keys = self._hits(num_tokens, segments)
         bs = self.block_size
         for block in hits:                   # before taking new blocks: a hit is never evicted now
             if block in self._free:
@@ -267,7 +271,8 @@ class PagedKVManager:
                 self._shared[block] = self._shared.get(block, 1) + 1
         slot = self._add_seq(request_id)
         count = _ceil_div(num_tokens, bs)
-        self._set_blocks(slot, np.concatenate([np.array(hits, np.int64), self._take(count - len(hits))]))
+        new = self._take(count - len(hits))
+        self._set_blocks(slot, np.concatenate([np.array(hits, np.int64), new]) if hits else new)
         self._tok[slot] = num_tokens
         self._real_slots += num_tokens - len(hits) * bs
         if self.prefix_caching and segments is not None:
@@ -330,7 +335,10 @@ class PagedKVManager:
         bs = self.block_size
         tokens = self._tok[slots]
         if num_tokens <= bs:      # a decode step or a short run: at most one new block each
-            grow = (tokens - 1) % bs >= bs - num_tokens        # the last block has fewer free slots
+            if num_tokens == 1 and self._low_bits:              # a decode step: a full last block grows
+                grow = (tokens & self._low_bits) == 0
+            else:                                               # the last block has fewer free slots
+                grow = (tokens - 1) % bs >= bs - num_tokens
             count = int(np.count_nonzero(grow))
             if count > len(self._free):
                 return False
@@ -397,8 +405,19 @@ class PagedKVManager:
         hold the same tokens yet)."""
         if request_id not in self._seqs:
             raise MemoryError_(f"free({request_id}): it holds no KV (double free?)")
-        cpu_table = self._cpu_tables.pop(request_id, None)
-        if cpu_table is None and request_id in self._content:
+        cpu_table = self._cpu_tables.pop(request_id, None) if self._cpu_tables else None
+        if self._content:          # prefix caching
+            self._forget_content(request_id, complete, swapped=cpu_table is not None)
+        slot = self._seqs.release(request_id)
+        if cpu_table is not None:
+            self._cpu_free.put(cpu_table)
+            return
+        self._real_slots -= self._release_gpu(slot)
+
+    def _forget_content(self, request_id: int, complete: bool, swapped: bool) -> None:
+        """``free``'s prefix-cache part: key the output of a ``complete``
+        sequence (or, preempted, its virtual keys), then drop its content."""
+        if not swapped and request_id in self._content:
             if complete:
                 self._register_output(request_id)
             elif self._num_virtual:
@@ -410,11 +429,6 @@ class PagedKVManager:
             self._version += 1
         self._keys.pop(request_id, None)
         self._limit.pop(request_id, None)
-        slot = self._seqs.release(request_id)
-        if cpu_table is not None:
-            self._cpu_free.put(cpu_table)
-            return
-        self._real_slots -= self._release_gpu(slot)
 
     def fork(self, parent_id: int, child_id: int) -> None:
         """The child shares every block of the parent (ref counts + 1)."""
@@ -476,11 +490,10 @@ class PagedKVManager:
         """``internal`` is the unused tail of allocated blocks, each physical
         block counted once."""
         free = len(self._free) * self.block_size
-        used = self.total_tokens - free
-        return KVUsage(total=self.total_tokens, real=self._real_slots,
-                       internal=used - self._real_slots, reserved=0, free=free,
-                       largest_free_run=free,
-                       shared=(sum(self._shared.values()) - len(self._shared)) * self.block_size)
+        real = self._real_slots
+        shared = (sum(self._shared.values()) - len(self._shared)) * self.block_size if self._shared else 0
+        # total, real, internal, reserved, free, largest_free_run, shared
+        return KVUsage(self.total_tokens, real, self.total_tokens - free - real, 0, free, free, shared)
 
     def free_unusable(self, need_tokens: int) -> int:
         """Any free block serves any sequence: no external fragmentation."""

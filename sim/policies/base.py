@@ -198,11 +198,12 @@ class Policy:
         prefills are running positions ``prefill_from:`` and decodes
         ``:decode_to``, prefills listed first."""
         run = self._run
-        contexts = tuple(run.computed[:decode_to].tolist())
         if prefill_from == run.n:         # a pure decode step
+            contexts = tuple(run.computed[:decode_to].tolist())
             return tuple(run.reqs[:decode_to].tolist()), contexts, contexts
-        reqs = tuple(run.reqs[prefill_from: run.n].tolist()) + tuple(run.reqs[:decode_to].tolist())
-        return reqs, tuple(run.computed[prefill_from: run.n].tolist()) + contexts, contexts
+        reqs, held = run.reqs[: run.n].tolist(), run.computed[: run.n].tolist()
+        return (tuple(reqs[prefill_from:] + reqs[:decode_to]), tuple(held[prefill_from:] + held[:decode_to]),
+                tuple(held[:decode_to]))
 
     def _seq_ids(self, prefill_rows, num_decodes: int) -> tuple[int, ...]:
         """``Batch.seq_ids`` of a batch whose prefills are the running
@@ -313,7 +314,7 @@ class Policy:
         run = self._run
         if run.steps_to_finish() > 0:
             return
-        done = np.flatnonzero(run.generated[: run.n] >= run.target[: run.n])
+        done = (run.generated[: run.n] >= run.target[: run.n]).nonzero()[0]
         if len(done):
             finished = run.remove(done)     # a request's samples all finish on the same step
             for req in dict.fromkeys(finished):
