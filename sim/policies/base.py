@@ -76,6 +76,7 @@ class Policy:
         self.rejected: list[Request] = []
         self._run = RunningSet()
         self._emitting: slice | np.ndarray = slice(0, 0)   # running positions the last batch computes
+        self._prefilling: range | list[int] = range(0)      # those of them that end a prefill (or chunked: its last chunk)
         self._admitted_cached: list[int] = []   # this step's admissions: prefix tokens reused, in order
         self._repeatable = True   # the last schedule() would decide the same way next step
         self._joining = 0         # extra samples of running requests, joining at their first token
@@ -228,12 +229,11 @@ class Policy:
         """The batch's sequences (``self._emitting``, set by ``schedule``) each
         emit a token at ``now``; the first token of a request sets its TTFT."""
         run = self._run
-        emitting = run.generated[: run.n][self._emitting]
-        first = bool(emitting.size) and emitting.min() == 0      # before the update: may be a view
-        if first:
-            reqs = run.reqs[: run.n][self._emitting]
-            for i in np.flatnonzero(emitting == 0).tolist():
-                reqs[i].first_token_s = now
+        first = False
+        for i in self._prefilling:          # only a prefill's last chunk gives a first token
+            if run.generated[i] == 0:
+                run.reqs[i].first_token_s = now
+                first = True
         if isinstance(self._emitting, slice) and self._emitting == slice(0, run.n):
             run.emit_all()
         else:

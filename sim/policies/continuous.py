@@ -87,6 +87,7 @@ class ContinuousPolicy(Policy):
                 self._reject_head("does not fit in the empty KV cache")
                 return self.schedule(now)
             return None
+        self._prefilling = range(first_admitted, run.n)
         if first_admitted == num_decodes:
             self._emitting = slice(0, run.n)
         else:            # skip the sequences that only swapped back in
@@ -145,6 +146,7 @@ class ContinuousPolicy(Policy):
             return None
         done = [i for i in positions if run.todo[i] == 0]             # their last chunk: a first token
         self._emitting = np.concatenate((np.arange(num_decodes), done)) if done else slice(0, num_decodes)
+        self._prefilling = done
         contexts = tuple(run.computed[:num_decodes].tolist())
         reqs = tuple(run.reqs[positions].tolist()) + tuple(run.reqs[:num_decodes].tolist())
         held = tuple(c + n for c, n in zip(context, new)) + contexts   # KV that holds tokens after the step

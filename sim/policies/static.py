@@ -63,6 +63,7 @@ class StaticPolicy(Policy):
         self._padded_prompt = int(run.computed[: run.n].max())
         self._decode_steps = 0
         self._emitting = slice(0, run.n)
+        self._prefilling = range(run.n)
         requests, held, _ = self._batch_rows(0, 0)
         return Batch(
             prefill_new_tokens=(self._padded_prompt,) * self._rows,
@@ -78,6 +79,7 @@ class StaticPolicy(Policy):
         active, _, _ = self._reserve_one_each(self._preempt_recompute)
         self._decode_steps += 1
         self._emitting = slice(0, active)
+        self._prefilling = range(0)
         requests, held, _ = self._batch_rows(active, active)
         return Batch(
             decode_context_tokens=(self._padded_prompt + self._decode_steps,) * self._rows,
