@@ -551,10 +551,11 @@ class PagedKVManager:
         return slot
 
     def _add_seq(self, request_id: int) -> int:
-        slot = self._seqs.add(request_id)
-        self._tok, self._nblk = self._seqs.cols["tokens"], self._seqs.cols["blocks"]
-        if self._seqs.capacity > len(self._table):
-            grown = np.zeros((self._seqs.capacity, self._table.shape[1]), np.int64)
+        seqs = self._seqs
+        slot = seqs.add(request_id)
+        if seqs.capacity > len(self._table):      # the columns grew
+            self._tok, self._nblk = seqs.cols["tokens"], seqs.cols["blocks"]
+            grown = np.zeros((seqs.capacity, self._table.shape[1]), np.int64)
             grown[: len(self._table)] = self._table
             self._table = grown
         return slot
@@ -566,9 +567,11 @@ class PagedKVManager:
             self._table = grown
 
     def _set_blocks(self, slot: int, blocks: np.ndarray) -> None:
-        self._ensure_width(len(blocks))
-        self._table[slot, : len(blocks)] = blocks
-        self._nblk[slot] = len(blocks)
+        n = len(blocks)
+        if n > self._table.shape[1]:
+            self._ensure_width(n)
+        self._table[slot, :n] = blocks
+        self._nblk[slot] = n
 
     def _copy_last_block(self, slot: int, fill: int) -> None:
         """Copy-on-write: give this table a private copy of its shared last block."""

@@ -23,6 +23,8 @@ class SlotTable:
     def __init__(self, columns: dict[str, type], capacity: int = 64) -> None:
         self._dtypes = columns
         self.cols = {name: np.zeros(capacity, dtype) for name, dtype in columns.items()}
+        self._columns = list(self.cols.values())
+        self.capacity = capacity
         self.slot_of: dict[int, int] = {}
         self._free: list[int] = list(range(capacity - 1, -1, -1))     # a stack: lowest slot on top
 
@@ -37,7 +39,7 @@ class SlotTable:
             self._grow()
         slot = self._free.pop()
         self.slot_of[request_id] = slot
-        for col in self.cols.values():
+        for col in self._columns:
             col[slot] = 0
         return slot
 
@@ -47,16 +49,14 @@ class SlotTable:
         return slot
 
     def _grow(self) -> None:
-        old = len(next(iter(self.cols.values())))
+        old = self.capacity
         for name, col in self.cols.items():
             grown = np.zeros(2 * old, self._dtypes[name])
             grown[:old] = col
             self.cols[name] = grown
+        self._columns = list(self.cols.values())
+        self.capacity = 2 * old
         self._free = list(range(2 * old - 1, old - 1, -1))
-
-    @property
-    def capacity(self) -> int:
-        return len(next(iter(self.cols.values())))
 
 
 class BlockQueue:
