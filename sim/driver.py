@@ -118,8 +118,7 @@ def simulate(requests: Sequence[Request], policies: Sequence[Policy],
                 arrival_s = math.inf if through else _next_arrival_s(requests, state)
                 k, ends, step_s = _run_ends(now, cost, batch, k, arrival_s, horizon_s)
             if k > 1:
-                starts = np.concatenate(([now], ends[:-1]))
-                timeline.record_run(starts, rep.index, ends - starts, policy, batch, pending=through)
+                timeline.record_run(now, rep.index, ends, policy, batch, pending=through)
                 rep.queued_s = [] if through else None
                 yield env.timeout(ends[-1] - now)
                 if through:

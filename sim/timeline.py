@@ -52,13 +52,14 @@ holder, constant because decodes write private blocks)."""
 
 
 class _Run(NamedTuple):
-    """A decode run as recorded: its steps' start times and durations, the
-    ``_RUN_FIELDS`` values, the paged manager's sequences by ``(tokens - 1) %
-    block_size`` (None: contiguous), and per-step ``waiting``/``external``
-    arrays where arrivals joined the queue during the run."""
+    """A decode run as recorded: when its first step starts and when each
+    step ends, the ``_RUN_FIELDS`` values, the paged manager's sequences by
+    ``(tokens - 1) % block_size`` (None: contiguous), and per-step
+    ``waiting``/``external`` arrays where arrivals joined the queue during
+    the run."""
 
-    starts_s: np.ndarray
-    steps_s: np.ndarray
+    start_s: float
+    ends_s: np.ndarray
     values: tuple
     block_hist: list[int] | None
     per_step: dict[str, np.ndarray] | None = None
@@ -97,10 +98,11 @@ class Timeline:
         self._maybe_flush()
         self._rows.append((t_s, replica, step_s, *snapshot))
 
-    def record_run(self, starts_s: np.ndarray, replica: int, steps_s: np.ndarray,
+    def record_run(self, start_s: float, replica: int, ends_s: np.ndarray,
                    policy: Policy, batch: Batch, *, pending: bool = False) -> None:
-        """Rows of a decode run whose first step's slots are reserved now;
-        step j (0-based) has every sequence ``j`` tokens longer. Only what
+        """Rows of a decode run that starts at ``start_s`` and whose steps end
+        at ``ends_s``, its first step's slots reserved now; step j (0-based)
+        has every sequence ``j`` tokens longer. Only what
         stays constant over the run is kept here; its KV columns are expanded
         in bulk later. A run that goes on through arrivals is ``pending``
         until ``finish_run`` completes it when it ends (other replicas may
@@ -113,9 +115,10 @@ class Timeline:
             bs = kv.block_size  # type: ignore[attr-defined]
             # sequences by (tokens - 1) % block_size
             block_hist = np.bincount((policy.decode_contexts() - 1) % bs, minlength=bs).tolist()
-        run = _Run(starts_s, steps_s, (
+        decodes = len(batch.decode_context_tokens)      # a decode run: no prefill rows
+        run = _Run(start_s, ends_s, (
             replica, policy.num_running, len(policy.waiting), len(policy.swapped), len(batch.requests),
-            batch.num_seqs, batch.num_tokens, batch.num_decode_seqs, external_slots(policy), u.real,
+            decodes, decodes, decodes, external_slots(policy), u.real,
             u.real + u.internal, u.reserved, u.free, u.total, u.shared), block_hist)
         if pending:
             self._pending[replica] = run
@@ -129,7 +132,8 @@ class Timeline:
         queue, at ``queued_s``, before it started, as stepping would."""
         run = self._pending.pop(replica)
         if queued_s:
-            joined = np.searchsorted(np.asarray(queued_s), run.starts_s, side="right")
+            starts = np.concatenate(([run.start_s], run.ends_s[:-1]))
+            joined = np.searchsorted(np.asarray(queued_s), starts, side="right")
             values = dict(zip(_RUN_FIELDS, run.values))
             external = np.full(len(joined), values["external"])
             if values["waiting"] == 0 and policy.waiting:
@@ -188,7 +192,7 @@ class Timeline:
         a run's allocation at step j only needs its histogram of
         ``(t - 1) % bs``; contiguous reservations and free space are fixed."""
         runs = self._runs
-        lengths = np.fromiter((len(r.starts_s) for r in runs), np.int64, len(runs))
+        lengths = np.fromiter((len(r.ends_s) for r in runs), np.int64, len(runs))
         values = np.array([r.values for r in runs], np.int64)
         cols = {name: np.repeat(values[:, i], lengths) for i, name in enumerate(_RUN_FIELDS)}
         offsets = np.cumsum(lengths) - lengths
@@ -212,9 +216,13 @@ class Timeline:
                 new_blocks += np.repeat(hist[:, q], lengths) * ((j + q) // bs)
             internal = np.where(paged, internal + bs * new_blocks, internal)
             free = np.where(paged, free - bs * new_blocks, free)
+        ends = np.concatenate([r.ends_s for r in runs])
+        starts = np.empty_like(ends)       # each step starts when the one before it ends
+        starts[1:] = ends[:-1]
+        starts[offsets] = [r.start_s for r in runs]
         return {
-            "t_s": np.concatenate([r.starts_s for r in runs]),
-            "step_s": np.concatenate([r.steps_s for r in runs]),
+            "t_s": starts,
+            "step_s": ends - starts,
             **{name: cols[name] for name in ("replica", "running", "waiting", "swapped",
                                              "batch_rows", "batch_tokens", "decode_seqs")},
             "batch_seqs": n, "prefill_tokens": np.zeros_like(n),
