@@ -171,18 +171,23 @@ class Timeline:
 
     def _merge(self, replica: int) -> None:
         """Halve a replica's rows: adjacent pairs become one time-weighted row."""
-        cols = _sorted(_concat(self._chunks[replica]))
+        cols = _concat(self._chunks[replica])
+        order = np.argsort(cols["t_s"], kind="stable")        # one replica: by start time
+        cols = {c: v[order] for c, v in cols.items()}
         n = len(cols["t_s"]) // 2 * 2
         odd = {c: v[n:] for c, v in cols.items()}
-        w = np.maximum(cols["step_s"][:n], 0.0).reshape(-1, 2)
-        ws = w.sum(axis=1)
-        merged = {"t_s": cols["t_s"][:n:2], "replica": cols["replica"][:n:2],
-                  "step_s": cols["step_s"][:n].reshape(-1, 2).sum(axis=1),
-                  "steps": cols["steps"][:n].reshape(-1, 2).sum(axis=1)}
+        first, second = slice(0, n, 2), slice(1, n, 2)          # each pair: a row and the next one
+        w1 = np.maximum(cols["step_s"][first], 0.0)
+        w2 = np.maximum(cols["step_s"][second], 0.0)
+        ws = w1 + w2
+        timed = ws > 0
+        merged = {"t_s": cols["t_s"][first], "replica": cols["replica"][first],
+                  "step_s": cols["step_s"][first] + cols["step_s"][second],
+                  "steps": cols["steps"][first] + cols["steps"][second]}
         for c in VALUE_COLUMNS:
-            pair = cols[c][:n].reshape(-1, 2)
+            a, b = cols[c][first], cols[c][second]
             with np.errstate(invalid="ignore", divide="ignore"):
-                merged[c] = np.where(ws > 0, (pair * w).sum(axis=1) / ws, pair.mean(axis=1))
+                merged[c] = np.where(timed, (a * w1 + b * w2) / ws, (a + b) / 2)
         self._chunks[replica] = [merged, odd] if len(odd["t_s"]) else [merged]
         self._stored[replica] = len(merged["t_s"]) + len(odd["t_s"])
 

@@ -339,11 +339,11 @@ class PagedKVManager:
                 grow = (tokens & self._low_bits) == 0
             else:                                               # the last block has fewer free slots
                 grow = (tokens - 1) % bs >= bs - num_tokens
-            count = int(np.count_nonzero(grow))
+            rows = slots[grow]
+            count = len(rows)
             if count > len(self._free):
                 return False
             if count:
-                rows = slots[grow]
                 cols = self._nblk[rows]
                 blocks = self._take(count)
                 try:
