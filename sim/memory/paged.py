@@ -403,7 +403,7 @@ class PagedKVManager:
         ``complete`` sequence's output blocks get their keys first; a
         preempted one's do not (its answer is not finished: nothing else can
         hold the same tokens yet)."""
-        if request_id not in self._seqs:
+        if request_id not in self._seqs.slot_of:
             raise MemoryError_(f"free({request_id}): it holds no KV (double free?)")
         cpu_table = self._cpu_tables.pop(request_id, None) if self._cpu_tables else None
         if self._content:          # prefix caching

@@ -158,9 +158,7 @@ class RunningSet:
 
     def _sync(self, i: int) -> Request:
         req = self.reqs[i]
-        req.computed_tokens = int(self.computed[i])
-        req.generated_tokens = int(self.generated[i])
-        req.pending_prefill = int(self.todo[i])
+        _, req.computed_tokens, req.generated_tokens, _, req.pending_prefill, _, _ = self._cols[:, i].tolist()
         return req
 
     def _grow(self) -> None:
