@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -127,20 +127,28 @@ class DecodeAttention:
     uniform: Bilinear
     skew: PiecewiseLinear        # s(B) in [0, 1]
     scale: float = 1.0
+    _rows: dict = field(default_factory=dict, compare=False, repr=False)   # b -> (xs, ys, s(b))
+
+    def _row(self, b: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """U(b, .) as one piecewise-linear row for ``interp``, and s(b); cached per b."""
+        row = self._rows.get(b)
+        if row is None:
+            row = self._rows[b] = (*self.uniform.row(b), self.skew(b))
+        return row
 
     def __call__(self, b: int, total_context: int, max_context: int) -> float:
-        xs, ys = self.uniform.row(b)      # the same arithmetic as ``many``, so runs repeat steps exactly
+        xs, ys, skew = self._row(b)       # the same arithmetic as ``many``, so runs repeat steps exactly
         um, longest = interp((total_context / b, max_context), xs, ys).tolist()
-        return self.scale * (um + self.skew(b) * (longest - um))
+        return self.scale * (um + skew * (longest - um))
 
     def many(self, b: int, total_context: np.ndarray, max_context: np.ndarray) -> np.ndarray:
         """``__call__`` over arrays, in place where it can: the same operations
         on each element (IEEE products and sums commute, and 1.0 * x is x)."""
-        xs, ys = self.uniform.row(b)      # U(b, .) as one piecewise-linear row, cached per b
+        xs, ys, skew = self._row(b)
         um = interp(total_context / b, xs, ys)
         out = interp(max_context, xs, ys)
         out -= um
-        out *= self.skew(b)
+        out *= skew
         out += um
         if self.scale != 1.0:
             out *= self.scale
