@@ -161,11 +161,15 @@ class Timeline:
         for part in parts:
             part = {c: np.asarray(v, np.float64) for c, v in part.items()}
             part["steps"] = np.ones(len(part["t_s"]))
-            for replica in np.unique(part["replica"]).astype(int).tolist():
-                mask = part["replica"] == replica
-                chunk = {c: v[mask] for c, v in part.items()}
+            replicas = np.unique(part["replica"]).astype(int).tolist()
+            for replica in replicas:
+                if len(replicas) == 1:
+                    chunk = part
+                else:
+                    mask = part["replica"] == replica
+                    chunk = {c: v[mask] for c, v in part.items()}
                 self._chunks.setdefault(replica, []).append(chunk)
-                self._stored[replica] = self._stored.get(replica, 0) + int(mask.sum())
+                self._stored[replica] = self._stored.get(replica, 0) + len(chunk["t_s"])
                 while self.max_rows is not None and self._stored[replica] > self.max_rows:
                     self._merge(replica)
 

@@ -249,6 +249,8 @@ class PagedKVManager:
         return self._fits_new(num_tokens, self._hits(num_tokens, segments)[0])
 
     def _fits_new(self, num_tokens: int, hits: list[int]) -> bool:
+        """Whether a new sequence of ``num_tokens`` whose prefix hits ``hits``
+        leaves the watermark free."""
         revived = self._free.count_free(hits) if hits else 0
         need = -(-num_tokens // self.block_size) - len(hits) + revived
         return len(self._free) - need >= self.watermark_blocks
@@ -364,8 +366,8 @@ class PagedKVManager:
             grow = need > 0
             counts = need[grow]
             rows = np.repeat(slots[grow], counts)
-            first = np.repeat(have[grow], counts)
-            cols = first + np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+            # a row's k-th new block goes to column have + k: the running index less where its run starts
+            cols = np.arange(total) + np.repeat(have[grow] - (counts.cumsum() - counts), counts)
             self._ensure_width(int(cols.max()) + 1)
             self._table[rows, cols] = self._take(total)
             self._nblk[slots] = have + need
