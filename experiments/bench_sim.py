@@ -2,6 +2,7 @@
 
     taskset -c 0 python -m experiments.bench_sim [--repeat 3] [--no-fast-forward] [--out FILE]
     taskset -c 0 python -m experiments.bench_sim --scale 10000,100000,1000000 [--out FILE]
+    taskset -c 0 python -m experiments.bench_sim [--scale N] --against OTHER_CHECKOUT [--pairs 4]
 
 Without ``--scale``: the full Azure conversation trace (19,366 requests)
 under continuous batching + paged KV, llama-2-7b on h100-sxm. With
@@ -15,6 +16,12 @@ run (workload generation and metric tables included), simulated iterations
 per second, SimPy events, microseconds per request, per event and per
 iteration, and the peak resident memory. Compare figures as ratios within one
 run of this script: this machine's timings are noisy.
+
+``--against DIR`` compares this checkout with another one (say, a
+``git worktree`` of the commit before a change): ``--pairs`` pairs of runs,
+each run in a fresh process of its own checkout, the order within a pair
+alternating so that a drift of the machine's speed hits both sides alike;
+it prints and writes each pair's ratio (this / other) and their median.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import sys
 import time
 from datetime import date
@@ -100,6 +108,46 @@ def _scale(sizes: list[int], policy: str, layout: str, rate_rps: float) -> list[
     return rows
 
 
+def _run_in(checkout: Path, call: str) -> dict:
+    """``call`` (a ``bench_sim`` function call) in a fresh process that
+    imports pagesim from ``checkout``; its result row."""
+    import subprocess
+
+    code = f"import json\nfrom experiments.bench_sim import *\nprint(json.dumps({call}))"
+    env = dict(os.environ, PYTHONPATH=str(checkout))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=checkout, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"bench_sim: the run in {checkout} failed: "
+                         f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _compare(other: Path, pairs: int, call: str) -> dict:
+    """``pairs`` alternating pairs of ``call`` here and in ``other``."""
+    here = Path(__file__).resolve().parents[1]
+    rows: dict[str, list[dict]] = {"this": [], "other": []}
+    ratios = []
+    for i in range(pairs):
+        order = [("this", here), ("other", other)][:: 1 if i % 2 == 0 else -1]
+        for side, checkout in order:
+            rows[side].append(_run_in(checkout, call))
+        a, b = rows["this"][-1]["sim_wall_s"], rows["other"][-1]["sim_wall_s"]
+        ratios.append(a / b)
+        print(f"pair {i + 1}: this {a:.2f} s, other {b:.2f} s, ratio {a / b:.3f}", flush=True)
+    median = statistics.median(ratios)
+    print(f"this / other: median {median:.3f} over {pairs} pair{'s' if pairs > 1 else ''} "
+          f"({', '.join(f'{r:.3f}' for r in ratios)})")
+    return {"other_checkout": str(other), "other_commit": _commit(other), "this_commit": _commit(here),
+            "call": call, "ratios": ratios, "median_ratio": median, "this": rows["this"], "other": rows["other"]}
+
+
+def _commit(checkout: Path) -> str | None:
+    import subprocess
+
+    proc = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return proc.stdout.strip() or None
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -128,11 +176,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--features", action="store_true",
                    help="also time the trace with prefix caching (8 tenants' system prompts) and chunked "
                         "prefill on, alternating with the plain runs")
+    p.add_argument("--against", type=Path, default=None, metavar="DIR",
+                   help="compare with the pagesim checkout in DIR, in alternating pairs of runs")
+    p.add_argument("--pairs", type=int, default=4, help="--against: pairs of runs (default 4)")
     p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one is not None:
         print(json.dumps(measure_scale(args.one, args.policy, args.layout, args.rate)))
         return 0
+    if args.against is not None:
+        return _main_against(args, argv)
     if args.scale is not None:
         rows = _scale([int(x) for x in args.scale.split(",")], args.policy, args.layout, args.rate)
         return _write(args, argv, rows, max(r["peak_rss_mb"] for r in rows))
@@ -158,6 +211,29 @@ def main(argv: list[str] | None = None) -> int:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident memory: {peak_mb:.0f} MB")
     return _write(args, argv, rows, peak_mb)
+
+
+def _main_against(args: argparse.Namespace, argv: list[str] | None) -> int:
+    other = args.against.resolve()
+    if not (other / "experiments" / "bench_sim.py").is_file():
+        return _bad(f"--against: {args.against} is not a pagesim checkout (no experiments/bench_sim.py in it)")
+    if args.pairs < 1:
+        return _bad(f"--pairs: {args.pairs}; allowed: 1 or more")
+    if args.scale is not None:
+        sizes = args.scale.split(",")
+        if len(sizes) != 1 or not sizes[0].strip().isdigit():
+            return _bad(f"--scale: {args.scale!r} with --against; allowed: one size")
+        call = f"measure_scale({int(sizes[0])}, {args.policy!r}, {args.layout!r}, {args.rate!r})"
+    else:
+        call = f"measure(True, {args.cost_model!r}, {args.limit!r})"
+    comparison = _compare(other, args.pairs, call)
+    peak_mb = max(r.get("peak_rss_mb", 0.0) for r in comparison["this"] + comparison["other"])
+    return _write(args, argv, [comparison], peak_mb)
+
+
+def _bad(message: str) -> int:
+    print(f"python -m experiments.bench_sim: {message}", file=sys.stderr)
+    return 2
 
 
 def _write(args: argparse.Namespace, argv: list[str] | None, rows: list[dict], peak_mb: float) -> int:
