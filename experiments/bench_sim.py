@@ -40,6 +40,7 @@ from experiments.atomic import atomic_path
 from experiments.config import load_config
 from experiments.runner import run_experiment
 
+ROOT = Path(__file__).resolve().parents[1]       # this checkout
 CONFIG = Path(__file__).parent / "configs" / "azure_conv.yaml"
 
 
@@ -65,11 +66,12 @@ def measure(fast_forward: bool, cost_model: str, limit: int | None, features: bo
         "steps_per_s": s["sim_steps"] / s["sim_wall_s"],
         "us_per_event": 1e6 * s["sim_wall_s"] / s["sim_events"],
         "us_per_step": 1e6 * s["sim_wall_s"] / s["sim_steps"],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,   # this process's so far
     }
 
 
 def measure_scale(num_requests: int, policy: str, layout: str, rate_rps: float) -> dict:
-    """One scaling point, in this process (``--one``)."""
+    """One scaling point, in this process (``_scale`` runs each in a fresh one)."""
     from experiments.config import validate
 
     cfg = validate(dict(
@@ -92,14 +94,9 @@ def measure_scale(num_requests: int, policy: str, layout: str, rate_rps: float) 
 
 
 def _scale(sizes: list[int], policy: str, layout: str, rate_rps: float) -> list[dict]:
-    import subprocess
-
     rows = []
     for n in sizes:
-        proc = subprocess.run([sys.executable, "-m", "experiments.bench_sim", "--one", str(n), "--policy", policy,
-                               "--layout", layout, "--rate", str(rate_rps)],
-                              capture_output=True, text=True, check=True)
-        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        row = _run_in(ROOT, f"measure_scale({n}, {policy!r}, {layout!r}, {rate_rps!r})")
         rows.append(row)
         print(f"{n:>9,} requests: simulation {row['sim_wall_s']:.1f} s, whole run {row['run_wall_s']:.1f} s, "
               f"peak RSS {row['peak_rss_mb']:.0f} MB, {row['us_per_request']:.0f} us/request, "
@@ -124,11 +121,10 @@ def _run_in(checkout: Path, call: str) -> dict:
 
 def _compare(other: Path, pairs: int, call: str) -> dict:
     """``pairs`` alternating pairs of ``call`` here and in ``other``."""
-    here = Path(__file__).resolve().parents[1]
     rows: dict[str, list[dict]] = {"this": [], "other": []}
     ratios = []
     for i in range(pairs):
-        order = [("this", here), ("other", other)][:: 1 if i % 2 == 0 else -1]
+        order = [("this", ROOT), ("other", other)][:: 1 if i % 2 == 0 else -1]
         for side, checkout in order:
             rows[side].append(_run_in(checkout, call))
         a, b = rows["this"][-1]["sim_wall_s"], rows["other"][-1]["sim_wall_s"]
@@ -137,7 +133,7 @@ def _compare(other: Path, pairs: int, call: str) -> dict:
     median = statistics.median(ratios)
     print(f"this / other: median {median:.3f} over {pairs} pair{'s' if pairs > 1 else ''} "
           f"({', '.join(f'{r:.3f}' for r in ratios)})")
-    return {"other_checkout": str(other), "other_commit": _commit(other), "this_commit": _commit(here),
+    return {"other_checkout": str(other), "other_commit": _commit(other), "this_commit": _commit(ROOT),
             "call": call, "ratios": ratios, "median_ratio": median, "this": rows["this"], "other": rows["other"]}
 
 
@@ -179,11 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--against", type=Path, default=None, metavar="DIR",
                    help="compare with the pagesim checkout in DIR, in alternating pairs of runs")
     p.add_argument("--pairs", type=int, default=4, help="--against: pairs of runs (default 4)")
-    p.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.one is not None:
-        print(json.dumps(measure_scale(args.one, args.policy, args.layout, args.rate)))
-        return 0
     if args.against is not None:
         return _main_against(args, argv)
     if args.scale is not None:
@@ -227,6 +219,7 @@ def _main_against(args: argparse.Namespace, argv: list[str] | None) -> int:
     else:
         call = f"measure(True, {args.cost_model!r}, {args.limit!r})"
     comparison = _compare(other, args.pairs, call)
+    # an older checkout's Azure rows may not carry their peak
     peak_mb = max(r.get("peak_rss_mb", 0.0) for r in comparison["this"] + comparison["other"])
     return _write(args, argv, [comparison], peak_mb)
 
