@@ -5,14 +5,19 @@ its KV slots). A decode run that the driver jumps over is recorded as the
 same rows stepping would give, computed in bulk.
 
 Memory is bounded by ``max_rows`` per replica, not by the number of steps:
-recorded steps wait in a small buffer and are turned into columns in bulk;
-once a replica holds more than ``max_rows`` rows, each pair of adjacent rows
-is merged into one -- ``t_s`` of the first, ``step_s`` summed, every other
-column the step-time-weighted mean, ``steps`` the number of steps it covers
--- so a long run keeps between ``max_rows / 2`` and ``max_rows`` rows at an
-even time resolution. Every step-time-weighted figure of the run (KV usage,
-waste, mean batch size) is the same from merged rows as from the full ones.
-``max_rows=None`` keeps every step.
+recorded steps wait in a small buffer and are turned into columns in bulk.
+Each replica stores rows of ``2 ** level`` steps (level 0 at first): a
+group of that many consecutive steps becomes one row -- ``t_s`` of the
+first, ``step_s`` summed, every other column the step-time-weighted mean
+(the plain mean if none of them took time), ``steps`` the number it covers
+-- and the steps of a group not yet complete wait for the next ones. Once a
+replica holds more than ``max_rows`` rows, each pair of adjacent rows merges
+the same way and its level goes up by one. So a long run keeps between
+``max_rows / 2`` and ``max_rows`` rows, each covering the same number of
+steps (but for the last few), from its first step to its last. Every
+step-time-weighted figure of the run (KV usage, waste, mean batch size) is
+the same from merged rows as from the full ones. ``max_rows=None`` keeps
+every step.
 """
 from __future__ import annotations
 
@@ -75,6 +80,8 @@ class Timeline:
         self._chunks: dict[int, list[dict[str, np.ndarray]]] = {}   # replica -> column chunks
         self._pending: dict[int, _Run] = {}                          # replica -> run through arrivals
         self._stored: dict[int, int] = {}                            # replica -> rows in chunks
+        self._level: dict[int, int] = {}                             # replica -> its rows hold 2**level steps
+        self._carry: dict[int, dict[str, np.ndarray]] = {}           # replica -> steps of an incomplete row
 
     # ---- recording -------------------------------------------------------
     def record_step(self, t_s: float, replica: int, step_s: float, policy: Policy,
@@ -149,8 +156,7 @@ class Timeline:
             self._flush()
 
     def _flush(self) -> None:
-        """Buffered steps and runs -> per-replica column chunks; merge rows
-        past ``max_rows``."""
+        """Buffered steps and runs -> each replica's stored rows."""
         parts = []
         if self._rows:
             arr = np.array(self._rows, dtype=np.float64)
@@ -164,36 +170,61 @@ class Timeline:
             replicas = np.unique(part["replica"]).astype(int).tolist()
             for replica in replicas:
                 if len(replicas) == 1:
-                    chunk = part
+                    self._add(replica, part)
                 else:
                     mask = part["replica"] == replica
-                    chunk = {c: v[mask] for c, v in part.items()}
-                self._chunks.setdefault(replica, []).append(chunk)
-                self._stored[replica] = self._stored.get(replica, 0) + len(chunk["t_s"])
-                while self.max_rows is not None and self._stored[replica] > self.max_rows:
-                    self._merge(replica)
+                    self._add(replica, {c: v[mask] for c, v in part.items()})
 
-    def _merge(self, replica: int) -> None:
-        """Halve a replica's rows: adjacent pairs become one time-weighted row."""
-        cols = _concat(self._chunks[replica])
-        order = np.argsort(cols["t_s"], kind="stable")        # one replica: by start time
+    def _add(self, replica: int, cols: dict[str, np.ndarray]) -> None:
+        """Store a replica's newly recorded steps, in time order, as rows of
+        ``2 ** level`` steps each; the steps of an incomplete row wait in
+        ``_carry``. Halve the rows while they are over ``max_rows``. A
+        replica records its steps in time order, but for a flush's single
+        steps and runs, which come apart (each flush is sorted here)."""
+        chunks = self._chunks.setdefault(replica, [])
+        order = np.argsort(cols["t_s"], kind="stable")
         cols = {c: v[order] for c, v in cols.items()}
+        if self.max_rows is None:
+            chunks.append(cols)
+            return
+        carry = self._carry.pop(replica, None)
+        if carry is not None:
+            cols = _concat([carry, cols])
+        size = 1 << self._level.get(replica, 0)
+        ends = np.flatnonzero(np.cumsum(cols["steps"]) % size == 0) + 1   # where a row of `size` steps ends
+        n = int(ends[-1]) if len(ends) else 0
+        if n < len(cols["t_s"]):
+            self._carry[replica] = {c: v[n:] for c, v in cols.items()}
+        if n:
+            chunks.append(_grouped({c: v[:n] for c, v in cols.items()}, np.r_[0, ends[:-1]]))
+            self._stored[replica] = self._stored.get(replica, 0) + len(ends)
+        while self._stored.get(replica, 0) > self.max_rows:
+            self._halve(replica)
+
+    def _halve(self, replica: int) -> None:
+        """Merge each pair of a replica's stored rows (all of ``2 ** level``
+        steps) and raise its level; an odd last row joins the carry."""
+        cols = _concat(self._chunks[replica])
         n = len(cols["t_s"]) // 2 * 2
-        odd = {c: v[n:] for c, v in cols.items()}
-        first, second = slice(0, n, 2), slice(1, n, 2)          # each pair: a row and the next one
-        w1 = np.maximum(cols["step_s"][first], 0.0)
-        w2 = np.maximum(cols["step_s"][second], 0.0)
-        ws = w1 + w2
-        timed = ws > 0
-        merged = {"t_s": cols["t_s"][first], "replica": cols["replica"][first],
-                  "step_s": cols["step_s"][first] + cols["step_s"][second],
-                  "steps": cols["steps"][first] + cols["steps"][second]}
-        for c in VALUE_COLUMNS:
-            a, b = cols[c][first], cols[c][second]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                merged[c] = np.where(timed, (a * w1 + b * w2) / ws, (a + b) / 2)
-        self._chunks[replica] = [merged, odd] if len(odd["t_s"]) else [merged]
-        self._stored[replica] = len(merged["t_s"]) + len(odd["t_s"])
+        if n < len(cols["t_s"]):
+            odd = {c: v[n:] for c, v in cols.items()}
+            carry = self._carry.pop(replica, None)
+            self._carry[replica] = _concat([odd, carry]) if carry is not None else odd
+        self._chunks[replica] = [_paired({c: v[:n] for c, v in cols.items()})]
+        self._stored[replica] = n // 2
+        self._level[replica] = self._level.get(replica, 0) + 1
+
+    def _close_rows(self) -> None:
+        """The end of the run: each replica's incomplete row is stored as one."""
+        for replica, carry in list(self._carry.items()):
+            del self._carry[replica]
+            self._chunks[replica].append(_grouped(carry, np.zeros(1, np.int64)))
+            self._stored[replica] = self._stored.get(replica, 0) + 1
+            while self._stored[replica] > self.max_rows:
+                self._halve(replica)
+                if replica in self._carry:      # the odd row the halving left: the last one still
+                    self._chunks[replica].append(self._carry.pop(replica))
+                    self._stored[replica] += 1
 
     def _expand_runs(self) -> dict[str, np.ndarray]:
         """KV columns of every run row. A sequence holding t tokens takes
@@ -246,6 +277,7 @@ class Timeline:
         self._runs.extend(self._pending.values())       # runs the horizon cut short
         self._pending.clear()
         self._flush()
+        self._close_rows()
         chunks = [c for replica in sorted(self._chunks) for c in self._chunks[replica]]
         if not chunks:
             return pd.DataFrame({c: pd.Series(dtype="int64" if c not in ("t_s", "step_s") else "float64")
@@ -259,6 +291,39 @@ class Timeline:
         else:
             df[["replica", "steps"]] = df[["replica", "steps"]].astype("int64")
         return df
+
+
+def _grouped(cols: dict[str, np.ndarray], starts: np.ndarray) -> dict[str, np.ndarray]:
+    """The rows from each of ``starts`` to the next as one row: ``t_s`` of
+    the first, ``step_s`` and ``steps`` summed, every other column the mean
+    weighted by step time (the plain mean where none of them took time)."""
+    if len(starts) == len(cols["t_s"]):
+        return cols
+    w = np.maximum(cols["step_s"], 0.0)
+    ws = np.add.reduceat(w, starts)
+    rows = np.diff(np.r_[starts, len(w)])
+    out = {"t_s": cols["t_s"][starts], "replica": cols["replica"][starts],
+           "step_s": np.add.reduceat(cols["step_s"], starts), "steps": np.add.reduceat(cols["steps"], starts)}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for c in VALUE_COLUMNS:
+            v = cols[c]
+            out[c] = np.where(ws > 0, np.add.reduceat(v * w, starts) / ws, np.add.reduceat(v, starts) / rows)
+    return out
+
+
+def _paired(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``_grouped`` of every two rows (an even count), through even/odd
+    slices: faster than reducing at every other row."""
+    a, b = slice(0, None, 2), slice(1, None, 2)
+    w1, w2 = np.maximum(cols["step_s"][a], 0.0), np.maximum(cols["step_s"][b], 0.0)
+    ws = w1 + w2
+    out = {"t_s": cols["t_s"][a], "replica": cols["replica"][a],
+           "step_s": cols["step_s"][a] + cols["step_s"][b], "steps": cols["steps"][a] + cols["steps"][b]}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for c in VALUE_COLUMNS:
+            x, y = cols[c][a], cols[c][b]
+            out[c] = np.where(ws > 0, (x * w1 + y * w2) / ws, (x + y) / 2)
+    return out
 
 
 def _concat(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

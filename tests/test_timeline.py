@@ -37,3 +37,24 @@ def test_rows_merge_in_time_order_whatever_order_they_were_recorded_in():
     frame = timeline.to_frame()
     assert frame["t_s"].tolist() == [0.0, 2.0]
     assert frame["running"].tolist() == [15.0, 35.0]
+
+
+def test_a_long_run_keeps_rows_of_equal_steps_from_first_to_last():
+    """20,000 steps recorded through several flushes into a budget of 100
+    rows: every row but the last covers the same number of steps, in time
+    order, and the step-time-weighted mean of a column is the full one's."""
+    import numpy as np
+
+    timeline = Timeline(max_rows=100)
+    rng = np.random.default_rng(0)
+    steps_s = rng.uniform(0.01, 0.05, 20_000)
+    values = rng.integers(0, 500, 20_000).astype(float)
+    starts = np.concatenate(([0.0], np.cumsum(steps_s)[:-1]))
+    for t_s, step_s, value in zip(starts.tolist(), steps_s.tolist(), values.tolist()):
+        timeline.append(t_s, 0, step_s, _snapshot(value))
+    frame = timeline.to_frame()
+    assert 50 <= len(frame) <= 100 and frame["steps"].sum() == 20_000
+    assert frame["steps"].iloc[:-1].nunique() == 1 and frame["steps"].iloc[-1] <= frame["steps"].iloc[0]
+    assert (frame["t_s"].diff().iloc[1:] > 0).all() and frame["t_s"].iloc[0] == 0.0
+    weighted = (frame["running"] * frame["step_s"]).sum() / frame["step_s"].sum()
+    assert weighted == pytest.approx((values * steps_s).sum() / steps_s.sum(), rel=1e-12)
