@@ -210,7 +210,7 @@ class Timeline:
             odd = {c: v[n:] for c, v in cols.items()}
             carry = self._carry.pop(replica, None)
             self._carry[replica] = _concat([odd, carry]) if carry is not None else odd
-        self._chunks[replica] = [_paired({c: v[:n] for c, v in cols.items()})]
+        self._chunks[replica] = [_grouped({c: v[:n] for c, v in cols.items()}, np.arange(0, n, 2))]
         self._stored[replica] = n // 2
         self._level[replica] = self._level.get(replica, 0) + 1
 
@@ -308,21 +308,6 @@ def _grouped(cols: dict[str, np.ndarray], starts: np.ndarray) -> dict[str, np.nd
         for c in VALUE_COLUMNS:
             v = cols[c]
             out[c] = np.where(ws > 0, np.add.reduceat(v * w, starts) / ws, np.add.reduceat(v, starts) / rows)
-    return out
-
-
-def _paired(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``_grouped`` of every two rows (an even count), through even/odd
-    slices: faster than reducing at every other row."""
-    a, b = slice(0, None, 2), slice(1, None, 2)
-    w1, w2 = np.maximum(cols["step_s"][a], 0.0), np.maximum(cols["step_s"][b], 0.0)
-    ws = w1 + w2
-    out = {"t_s": cols["t_s"][a], "replica": cols["replica"][a],
-           "step_s": cols["step_s"][a] + cols["step_s"][b], "steps": cols["steps"][a] + cols["steps"][b]}
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for c in VALUE_COLUMNS:
-            x, y = cols[c][a], cols[c][b]
-            out[c] = np.where(ws > 0, (x * w1 + y * w2) / ws, (x + y) / 2)
     return out
 
 
