@@ -301,13 +301,16 @@ def _grouped(cols: dict[str, np.ndarray], starts: np.ndarray) -> dict[str, np.nd
         return cols
     w = np.maximum(cols["step_s"], 0.0)
     ws = np.add.reduceat(w, starts)
-    rows = np.diff(np.r_[starts, len(w)])
+    values = np.vstack([cols[c] for c in VALUE_COLUMNS])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.add.reduceat(values * w, starts, axis=1) / ws
+    untimed = ws <= 0
+    if untimed.any():
+        rows = np.diff(np.r_[starts, len(w)])
+        means[:, untimed] = (np.add.reduceat(values, starts, axis=1) / rows)[:, untimed]
     out = {"t_s": cols["t_s"][starts], "replica": cols["replica"][starts],
            "step_s": np.add.reduceat(cols["step_s"], starts), "steps": np.add.reduceat(cols["steps"], starts)}
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for c in VALUE_COLUMNS:
-            v = cols[c]
-            out[c] = np.where(ws > 0, np.add.reduceat(v * w, starts) / ws, np.add.reduceat(v, starts) / rows)
+    out.update(zip(VALUE_COLUMNS, means))
     return out
 
 
