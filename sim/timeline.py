@@ -92,11 +92,9 @@ class Timeline:
     def snapshot(policy: Policy, batch: Batch) -> tuple:
         """The state columns of a step that is about to run (after ``schedule``)."""
         u = policy.kv.usage()
-        prefills, decodes = batch.prefill_new_tokens, len(batch.decode_context_tokens)
-        prefill_tokens = sum(prefills)
         return (policy.num_running, len(policy.waiting), len(policy.swapped),
-                len(batch.requests), len(prefills) + decodes, prefill_tokens + decodes, prefill_tokens,
-                decodes, u.real, u.internal + u.reserved, u.internal, u.reserved,
+                len(batch.requests), batch.num_seqs, batch.num_tokens, sum(batch.prefill_new_tokens),
+                batch.num_decode_seqs, u.real, u.internal + u.reserved, u.internal, u.reserved,
                 external_slots(policy), u.free, u.total, u.shared)
 
     def append(self, t_s: float, replica: int, step_s: float, snapshot: tuple) -> None:
@@ -122,10 +120,9 @@ class Timeline:
             bs = kv.block_size  # type: ignore[attr-defined]
             # sequences by (tokens - 1) % block_size
             block_hist = np.bincount((policy.decode_contexts() - 1) % bs, minlength=bs).tolist()
-        decodes = len(batch.decode_context_tokens)      # a decode run: no prefill rows
         run = _Run(start_s, ends_s, (
             replica, policy.num_running, len(policy.waiting), len(policy.swapped), len(batch.requests),
-            decodes, decodes, decodes, external_slots(policy), u.real,
+            batch.num_seqs, batch.num_tokens, batch.num_decode_seqs, external_slots(policy), u.real,
             u.real + u.internal, u.reserved, u.free, u.total, u.shared), block_hist)
         if pending:
             self._pending[replica] = run

@@ -252,7 +252,7 @@ class PagedKVManager:
         """Whether a new sequence of ``num_tokens`` whose prefix hits ``hits``
         leaves the watermark free."""
         revived = self._free.count_free(hits) if hits else 0
-        need = -(-num_tokens // self.block_size) - len(hits) + revived
+        need = _ceil_div(num_tokens, self.block_size) - len(hits) + revived
         return len(self._free) - need >= self.watermark_blocks
 
     def allocate(self, request_id: int, num_tokens: int, final_tokens: int,

@@ -25,6 +25,8 @@ import numpy as np
 from sim.request import Request
 
 _INT_COLUMNS = ("slot", "computed", "generated", "target", "todo", "seq", "beam")
+_COMPUTED, _GENERATED, _TODO = (_INT_COLUMNS.index(c) for c in ("computed", "generated", "todo"))
+"""Rows of ``RunningSet._cols`` written back to a leaving sequence's Request."""
 NO_FINISH = 1 << 62
 """``steps_to_finish`` of an empty set."""
 
@@ -158,7 +160,8 @@ class RunningSet:
 
     def _sync(self, i: int) -> Request:
         req = self.reqs[i]
-        _, req.computed_tokens, req.generated_tokens, _, req.pending_prefill, _, _ = self._cols[:, i].tolist()
+        row = self._cols[:, i].tolist()
+        req.computed_tokens, req.generated_tokens, req.pending_prefill = row[_COMPUTED], row[_GENERATED], row[_TODO]
         return req
 
     def _grow(self) -> None:
