@@ -7,8 +7,10 @@ waits on an event that the next arrival (or its policy's wake-up time)
 triggers; it never polls.
 
 Jumping over decode runs: when the policy guarantees that the next ``k`` steps
-are the same decode batch with every context one token longer, the driver
-prices the run (``cost.decode_run_times``, in chunks of growing size, so a
+are the same decode batch with every context one token longer -- or a step
+that prefills, then such decodes of every running sequence (a *led* run: the
+prefill step is priced first, and only if the next arrival does not land
+during it are the decodes asked for) -- the driver prices the run (``cost.decode_run_times``, in chunks of growing size, so a
 run cut short is not priced to its end), stops it at the step during which
 the next arrival lands (that arrival could change the following step) --
 unless the policy says no arrival can change this run (a running static
@@ -110,15 +112,29 @@ def simulate(requests: Sequence[Request], policies: Sequence[Policy],
                 state.events += 1
                 continue
             done_before = len(finished)
-            k = policy.decode_run_length(batch) if fast_forward else 1
-            through = False
-            step_s = None
-            if k > 1:
+            k, through, step_s = 1, False, None
+            if fast_forward and batch.prefill_new_tokens:
+                # a led run: its first step alone decides whether decodes follow it
+                step_s = cost.step_time(batch)
                 through = policy.run_ignores_arrivals()
-                arrival_s = math.inf if through else _next_arrival_s(requests, state)
-                k, ends, step_s = _run_ends(now, cost, batch, k, arrival_s, horizon_s)
+                stop_s = _stop_s(requests, state, through, horizon_s)
+                if now + step_s < stop_s:
+                    k = policy.decode_run_length(batch)
+            elif fast_forward:
+                k = policy.decode_run_length(batch)
+                if k > 1:
+                    through = policy.run_ignores_arrivals()
+                    stop_s = _stop_s(requests, state, through, horizon_s)
             if k > 1:
-                timeline.record_run(now, rep.index, ends, policy, batch, pending=through)
+                decodes = policy.run_batch(batch)
+                k, ends, step_s = _run_ends(now, cost, batch, decodes, k, stop_s, horizon_s, step_s)
+            if k > 1:
+                if decodes is batch:
+                    timeline.record_run(now, rep.index, ends, policy, batch, pending=through)
+                else:           # a led run: its first step, then the decodes that follow it
+                    timeline.record_step(now, rep.index, step_s, policy, batch)
+                    timeline.record_run(float(ends[0]), rep.index, ends[1:], policy, decodes,
+                                        pending=through, first_step=1)
                 rep.queued_s = [] if through else None
                 yield env.timeout(ends[-1] - now)
                 if through:
@@ -149,29 +165,42 @@ def _wake(rep: _Replica) -> None:
         rep.wake.succeed()
 
 
-def _next_arrival_s(requests: Sequence[Request], state: _State) -> float:
+def _stop_s(requests: Sequence[Request], state: _State, through: bool, horizon_s: float | None) -> float:
+    """When a run must stop: the next arrival (unless the run goes on
+    ``through`` arrivals), or the horizon."""
     i = state.next_arrival
-    return requests[i].arrival_s if i < len(requests) else math.inf
+    stop_s = math.inf if through or i >= len(requests) else requests[i].arrival_s
+    return stop_s if horizon_s is None else min(stop_s, horizon_s)
 
 
-def _run_ends(now: float, cost: CostModel, batch, max_steps: int, next_arrival_s: float,
-              horizon_s: float | None) -> tuple[int, np.ndarray, float]:
+def _run_ends(now: float, cost: CostModel, batch, decodes, max_steps: int, stop_s: float,
+              horizon_s: float | None, first_s: float | None = None) -> tuple[int, np.ndarray, float]:
     """End times of a run's steps, accumulated one step at a time exactly as
-    stepping would, cut after the step during which the next arrival lands and
-    before any step that would end past the horizon, and the first step's
-    duration (``cost.step_time(batch)``). Steps are priced in chunks of 32,
-    128, 512, ... so that a run cut by an arrival is not priced to its end."""
+    stepping would, cut after the step during which ``stop_s`` (the next
+    arrival, or the horizon) falls and before any step that would end past
+    the horizon, and the first step's
+    duration (``cost.step_time(batch)``). The run is ``batch``, then its
+    decode step ``decodes`` repeated with every context one longer each time
+    (``decodes is batch``: a pure decode run; otherwise ``first_s``, when
+    given, is ``batch``'s price). Steps are priced in chunks of 32, 128,
+    512, ... so that a run cut by an arrival is not priced to its end."""
+    lead = 0 if decodes is batch else 1      # steps priced on their own before the decodes
     parts, done, chunk, start = [], 0, RUN_CHUNK_STEPS, now
-    first_s = 0.0
     while done < max_steps:
         m = min(chunk, max_steps - done)
         acc = np.empty(m + 1)
         acc[0] = start
-        acc[1:] = cost.decode_run_times(batch, m, done)
-        if not done:
-            first_s = float(acc[1])
+        if done < lead:
+            if first_s is None:
+                first_s = cost.step_time(batch)
+            acc[1] = first_s
+            acc[2:] = cost.decode_run_times(decodes, m - 1, 0)
+        else:
+            acc[1:] = cost.decode_run_times(decodes, m, done - lead)
+            if not done:
+                first_s = float(acc[1])
         ends = acc.cumsum()[1:]
-        cut = int(ends.searchsorted(next_arrival_s, "left"))
+        cut = int(ends.searchsorted(stop_s, "left"))
         if cut < m or (horizon_s is not None and ends[-1] > horizon_s):
             parts.append(ends[: cut + 1])
             break
@@ -181,6 +210,7 @@ def _run_ends(now: float, cost: CostModel, batch, max_steps: int, next_arrival_s
     k = len(ends)
     if horizon_s is not None:
         k = min(k, int(ends.searchsorted(horizon_s, "right")))
+    assert first_s is not None          # max_steps > 0: the first chunk priced it
     return k, ends[:k], first_s
 
 

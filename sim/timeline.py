@@ -61,13 +61,15 @@ class _Run(NamedTuple):
     step ends, the ``_RUN_FIELDS`` values, the paged manager's sequences by
     ``(tokens - 1) % block_size`` (None: contiguous), and per-step
     ``waiting``/``external`` arrays where arrivals joined the queue during
-    the run."""
+    the run. The values and histogram are taken ``first_step`` steps before
+    the run's first step (1: during the step that leads it)."""
 
     start_s: float
     ends_s: np.ndarray
     values: tuple
     block_hist: list[int] | None
     per_step: dict[str, np.ndarray] | None = None
+    first_step: int = 0
 
 
 class Timeline:
@@ -104,10 +106,12 @@ class Timeline:
         self._rows.append((t_s, replica, step_s, *snapshot))
 
     def record_run(self, start_s: float, replica: int, ends_s: np.ndarray,
-                   policy: Policy, batch: Batch, *, pending: bool = False) -> None:
-        """Rows of a decode run that starts at ``start_s`` and whose steps end
-        at ``ends_s``, its first step's slots reserved now; step j (0-based)
-        has every sequence ``j`` tokens longer. Only what
+                   policy: Policy, batch: Batch, *, pending: bool = False, first_step: int = 0) -> None:
+        """Rows of a decode run of ``batch`` that starts at ``start_s`` and
+        whose steps end at ``ends_s``; step j (0-based) has every sequence
+        ``first_step + j`` tokens longer than now (0: the run's first step's
+        slots are reserved now; 1: the run follows the step that is about to
+        run, which leaves every running sequence one token short). Only what
         stays constant over the run is kept here; its KV columns are expanded
         in bulk later. A run that goes on through arrivals is ``pending``
         until ``finish_run`` completes it when it ends (other replicas may
@@ -123,7 +127,7 @@ class Timeline:
         run = _Run(start_s, ends_s, (
             replica, policy.num_running, len(policy.waiting), len(policy.swapped), len(batch.requests),
             batch.num_seqs, batch.num_tokens, batch.num_decode_seqs, external_slots(policy), u.real,
-            u.real + u.internal, u.reserved, u.free, u.total, u.shared), block_hist)
+            u.real + u.internal, u.reserved, u.free, u.total, u.shared), block_hist, first_step=first_step)
         if pending:
             self._pending[replica] = run
             return
@@ -238,6 +242,8 @@ class Timeline:
                 for name, per_step in r.per_step.items():
                     cols[name][offsets[i]: offsets[i] + lengths[i]] = per_step
         j = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(offsets, lengths)
+        if any(r.first_step for r in runs):
+            j += np.repeat(np.fromiter((r.first_step for r in runs), np.int64, len(runs)), lengths)
         n = cols["batch_seqs"]
         real = cols["real"] + n * j
         paged = np.repeat(np.array([r.block_hist is not None for r in runs]), lengths)

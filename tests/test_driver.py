@@ -63,6 +63,8 @@ CASES = [
     ("continuous", "contiguous", {}),
     ("static", "paged", {"max_batch_size": 8}),
     ("static", "contiguous", {"max_batch_size": 8, "max_wait_s": 0.05}),
+    # a token budget that prefills fill: the queue's head waits for the next step
+    ("continuous", "paged", {"max_batch_tokens": 64}),
     # full batches: decode runs go on through arrivals that cannot join them
     ("continuous", "paged", {"max_batch_size": 3}),
     ("continuous", "contiguous", {"max_batch_size": 3}),
@@ -115,6 +117,28 @@ def _assert_jumping_is_exact(policy, layout, batching, cost, rate: float) -> Non
     t1, t2 = r1.timeline.to_frame(), r2.timeline.to_frame()
     assert len(t1) == len(t2)
     np.testing.assert_allclose(t1["t_s"], t2["t_s"], rtol=1e-9)
+    cols = [c for c in t1.columns if c not in ("t_s", "step_s")]
+    assert (t1[cols].to_numpy() == t2[cols].to_numpy()).all()
+
+
+@pytest.mark.parametrize("policy", ["continuous", "static"])
+def test_a_run_starts_with_the_step_that_prefills(policy):
+    """Requests that arrive together: their prefill step and every decode
+    step up to the first finish are one decision, then the rest up to the
+    last finish another; the timings are those of stepping."""
+    def lone(fast_forward):
+        reqs = [Request(0, 0.0, 30, 20), Request(1, 0.0, 12, 35)]
+        pol = make_policy(policy, make_kv("paged"))
+        pol.record_token_times = True
+        return reqs, simulate(reqs, [pol], [LINEAR], RoundRobinRouter(), fast_forward=fast_forward)
+
+    (stepped, r1), (jumped, r2) = lone(False), lone(True)
+    assert r1.sim_steps == r2.sim_steps == 1 + 34        # the prefill (first tokens), then 34 decodes
+    assert r2.sim_events == 2 + 2                        # two arrivals, two runs
+    for a, b in zip(stepped, jumped):
+        assert a.first_token_s == b.first_token_s and math.isclose(a.finish_s, b.finish_s, rel_tol=1e-12)
+        np.testing.assert_allclose(a.token_times_s, b.token_times_s, rtol=1e-12)
+    t1, t2 = r1.timeline.to_frame(), r2.timeline.to_frame()
     cols = [c for c in t1.columns if c not in ("t_s", "step_s")]
     assert (t1[cols].to_numpy() == t2[cols].to_numpy()).all()
 

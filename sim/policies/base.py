@@ -129,24 +129,56 @@ class Policy:
 
     def decode_run_length(self, batch: Batch) -> int:
         """How many consecutive steps, starting with ``batch``, are guaranteed
-        to be the same decode batch with every context one longer each step
-        (no completion, admission, preemption or allocation failure), assuming
-        no new arrival. 1 means "don't jump".
+        to follow each other with no decision to take between them, assuming
+        no new arrival: ``batch``, then decode steps of every running sequence
+        with every context one longer each step (no completion, admission,
+        preemption or allocation failure). 1 means "don't jump".
 
-        A pure decode step of every running sequence repeats unchanged while
-        no sequence finishes (the run may end *on* a finishing step) and
-        memory growth fits. Whatever admission or swap-in failed on its first
-        step cannot succeed later in the run: decode steps only consume
-        memory, and the batch size does not change."""
+        ``batch`` itself may be a pure decode step of every running sequence
+        or a step that prefills (a *led* run): then every running sequence
+        must emit a token on it (no partial prefill, no sequence that only
+        swapped back in, no samples to join) and the queue must have nothing
+        the next step could admit. The run ends *on* the step on which the
+        first sequence finishes, or before memory growth would not fit.
+        Whatever admission or swap-in failed on a decode step cannot succeed
+        later in the run: decode steps only consume memory, and the batch
+        size does not change."""
         run = self._run
-        if (not self._repeatable or batch.prefill_new_tokens or batch.swap_in_tokens
-                or batch.swap_out_tokens or not batch.requests or len(batch.requests) != run.n
+        if (not self._repeatable or batch.swap_in_tokens or batch.swap_out_tokens or not batch.requests
                 or run.num_beam_rows):        # beams are re-selected after every step
+            return 1
+        if batch.prefill_new_tokens:
+            if run.num_multi_rows or self._joining or not self._all_emit() or self._queue_could_join():
+                return 1
+        elif len(batch.requests) != run.n:
             return 1
         max_steps = run.steps_to_finish()
         if max_steps <= 1:
             return 1
         return 1 + self.kv.growth_steps(run.slot[: run.n], max_steps - 1)
+
+    def _all_emit(self) -> bool:
+        """Whether every running sequence emits a token on the scheduled step."""
+        rows = self._emitting
+        if isinstance(rows, slice):
+            return not rows.start and rows.stop == self._run.n
+        return len(rows) == self._run.n
+
+    def _queue_could_join(self) -> bool:
+        """Whether a waiting or swapped request could join the step after a
+        step that prefills (a policy that admits while running says when)."""
+        return bool(self.waiting or self.swapped)
+
+    def run_batch(self, batch: Batch) -> Batch:
+        """The decode step that repeats in a run that starts with ``batch``:
+        ``batch`` itself when it decodes, else the step after it (every
+        running sequence decodes one more token)."""
+        if not batch.prefill_new_tokens:
+            return batch
+        run = self._run
+        return Batch(decode_context_tokens=tuple((run.computed[: run.n] + 1).tolist()),
+                     kv_layout=self.kv.layout,  # type: ignore[arg-type]
+                     requests=tuple(run.reqs[: run.n].tolist()))
 
     def run_ignores_arrivals(self) -> bool:
         """Whether an arrival during the current decode run could not change
@@ -155,17 +187,24 @@ class Policy:
         return False
 
     def advance_decode_run(self, batch: Batch, step_ends_s: list[float]) -> None:
-        """Apply ``len(step_ends_s)`` steps of a decode run at once: step 1's
-        slots were reserved by ``schedule``; reserve steps 2..k, emit one token
-        per step, retire what finished on the last step."""
+        """Apply the ``len(step_ends_s)`` steps of a run that starts with
+        ``batch`` at once: ``batch``'s slots were reserved by ``schedule``
+        (a led run: its step is done as ``on_step_done`` does it); reserve
+        the decode steps 2..k, emit one token per step, retire what finished
+        on the last step."""
         run, k = self._run, len(step_ends_s)
+        lead = 0
+        if batch.prefill_new_tokens:
+            self.on_step_done(batch, step_ends_s[0])
+            lead = 1
         if k > 1 and not self.kv.append_slots(run.slot[: run.n], k - 1):
             raise AssertionError("decode run planned past the free KV memory")
         run.computed[: run.n] += k - 1
-        run.emit_all(k)
+        run.emit_all(k - lead)
         if self.record_token_times:
+            ends = step_ends_s[lead:]
             for i in np.flatnonzero(run.seq[: run.n] >= 0):    # a request's own row, not its extra samples
-                run.reqs[i].token_times_s.extend(step_ends_s)
+                run.reqs[i].token_times_s.extend(ends)
         self._retire_done(step_ends_s[-1])
 
     def next_wakeup_s(self, now: float) -> float | None:

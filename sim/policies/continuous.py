@@ -37,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 
 from sim.batch import Batch
-from sim.policies.base import Policy
+from sim.policies.base import Policy, prefill_length
 from sim.request import Request, Status
 
 
@@ -169,13 +169,27 @@ class ContinuousPolicy(Policy):
             return True
         return bool(self.waiting) and not self._head_admissible(self._run.n)
 
-    def _head_admissible(self, num_decodes: int) -> bool:
-        req = self.waiting[0]
-        n = req.prompt_tokens + req.generated_tokens
-        cached = self.kv.prefix_hit_tokens(n, req.segments) if req.segments is not None else 0
-        budget = self.spec.max_batch_tokens - num_decodes
-        if (budget < 1) if self.spec.chunked_prefill else (n - cached > budget):
+    def _queue_could_join(self) -> bool:
+        """After a step that prefills, the next decodes every running
+        sequence unless something swapped comes back or the queue's head
+        fits it (a step with admissions is prefill-only when steps are not
+        mixed: its lone prefill has no token budget)."""
+        if self.swapped:
+            return True
+        if not self.waiting or not self._has_room(self.waiting[0]):
             return False
+        return self._head_admissible(self._run.n if self.spec.mixed_prefill_decode else None)
+
+    def _head_admissible(self, num_decodes: int | None) -> bool:
+        """Whether the queue's head fits a step beside ``num_decodes`` decodes
+        (None: alone, a prefill-only step's first) and in memory."""
+        req = self.waiting[0]
+        n = prefill_length(req)
+        if num_decodes is not None:
+            cached = self.kv.prefix_hit_tokens(n, req.segments) if req.segments is not None else 0
+            budget = self.spec.max_batch_tokens - num_decodes
+            if (budget < 1) if self.spec.chunked_prefill else (n - cached > budget):
+                return False
         return self.kv.can_allocate(req.request_id, n, req.final_tokens, req.segments)
 
     def _evict(self, req: Request, swap_out: list[tuple[int, int]]) -> int:

@@ -36,6 +36,19 @@ class StaticPolicy(Policy):
         """A running batch admits nobody until it ends."""
         return self._rows > 0
 
+    def _queue_could_join(self) -> bool:
+        return False              # nobody joins a running batch
+
+    def run_batch(self, batch: Batch) -> Batch:
+        """After the batch's prefill every row decodes, padded to the longest
+        context."""
+        if not batch.prefill_new_tokens:
+            return batch
+        run = self._run
+        return Batch(decode_context_tokens=(self._padded_prompt + 1,) * self._rows,
+                     kv_layout=self.kv.layout,  # type: ignore[arg-type]
+                     requests=tuple(run.reqs[: run.n].tolist()))
+
     # ---- schedule ------------------------------------------------------
     def schedule(self, now: float) -> Batch | None:
         if self._rows:
