@@ -58,8 +58,8 @@ holder, constant because decodes write private blocks)."""
 
 class _Run(NamedTuple):
     """A decode run as recorded: when its first step starts and when each
-    step ends, the ``_RUN_FIELDS`` values, the paged manager's sequences by
-    ``(tokens - 1) % block_size`` (None: contiguous), and per-step
+    step ends, the ``_RUN_FIELDS`` values, the tokens each sequence holds
+    and the block size (paged memory; None and 0: contiguous), and per-step
     ``waiting``/``external`` arrays where arrivals joined the queue during
     the run. The values and histogram are taken ``first_step`` steps before
     the run's first step (1: during the step that leads it)."""
@@ -67,7 +67,8 @@ class _Run(NamedTuple):
     start_s: float
     ends_s: np.ndarray
     values: tuple
-    block_hist: list[int] | None
+    tokens: np.ndarray | None
+    block_size: int
     per_step: dict[str, np.ndarray] | None = None
     first_step: int = 0
 
@@ -119,15 +120,13 @@ class Timeline:
         kept as it began."""
         kv: KVManager = policy.kv
         u = kv.usage()
-        block_hist = None
-        if kv.layout == "paged":
-            bs = kv.block_size  # type: ignore[attr-defined]
-            # sequences by (tokens - 1) % block_size
-            block_hist = np.bincount((policy.decode_contexts() - 1) % bs, minlength=bs).tolist()
+        paged = kv.layout == "paged"
         run = _Run(start_s, ends_s, (
             replica, policy.num_running, len(policy.waiting), len(policy.swapped), len(batch.requests),
             batch.num_seqs, batch.num_tokens, batch.num_decode_seqs, external_slots(policy), u.real,
-            u.real + u.internal, u.reserved, u.free, u.total, u.shared), block_hist, first_step=first_step)
+            u.real + u.internal, u.reserved, u.free, u.total, u.shared),
+            policy.decode_contexts().copy() if paged else None,
+            kv.block_size if paged else 0, first_step=first_step)  # type: ignore[attr-defined]
         if pending:
             self._pending[replica] = run
             return
@@ -231,7 +230,8 @@ class Timeline:
         """KV columns of every run row. A sequence holding t tokens takes
         ``floor((j + (t - 1) % bs) / bs)`` new blocks over the next j steps, so
         a run's allocation at step j only needs its histogram of
-        ``(t - 1) % bs``; contiguous reservations and free space are fixed."""
+        ``(t - 1) % bs`` (all runs' at once here); contiguous reservations and
+        free space are fixed."""
         runs = self._runs
         lengths = np.fromiter((len(r.ends_s) for r in runs), np.int64, len(runs))
         values = np.array([r.values for r in runs], np.int64)
@@ -246,14 +246,18 @@ class Timeline:
             j += np.repeat(np.fromiter((r.first_step for r in runs), np.int64, len(runs)), lengths)
         n = cols["batch_seqs"]
         real = cols["real"] + n * j
-        paged = np.repeat(np.array([r.block_hist is not None for r in runs]), lengths)
+        paged_runs = np.flatnonzero([r.tokens is not None for r in runs])
+        paged = np.repeat(np.isin(np.arange(len(runs)), paged_runs), lengths)
         # contiguous: every token lands in its own reservation; paged: no reservations
         reserved = np.where(paged, cols["reserved"], cols["reserved"] - n * j)
         internal = np.where(paged, cols["used"] - real, 0)
         free = cols["free"]
-        if paged.any():
-            bs = len(next(r.block_hist for r in runs if r.block_hist is not None))
-            hist = np.array([r.block_hist or [0] * bs for r in runs], np.int64)
+        if len(paged_runs):
+            bs = runs[paged_runs[0]].block_size
+            tokens = [runs[i].tokens for i in paged_runs]
+            owner = np.repeat(paged_runs, [len(t) for t in tokens])
+            hist = np.bincount(owner * bs + (np.concatenate(tokens) - 1) % bs,
+                               minlength=len(runs) * bs).reshape(len(runs), bs)
             new_blocks = np.zeros_like(j)
             for q in np.flatnonzero(hist.any(axis=0)):
                 new_blocks += np.repeat(hist[:, q], lengths) * ((j + q) // bs)
