@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from experiments.inputs import first_input_error, output_dir_error, output_kind
 from experiments.outputs import check_out_dir, check_out_file
 
 EXIT_BAD_INPUT = 2
@@ -290,7 +291,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from experiments.plots import plot_run, plot_sweep
 
     d = Path(args.dir)
-    if (d / "capacity.csv").is_file():
+    kind = output_kind(d)
+    if kind == "capacity":
         import pandas as pd
 
         from experiments.plots.capacity import plot_capacity
@@ -298,12 +300,12 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         table = pd.read_csv(d / "capacity.csv")
         target = float(table["target_rps"].iloc[0]) if "target_rps" in table and len(table) else None
         paths = plot_capacity(table, d / "plots", target)
-    elif (d / "sweep.csv").is_file():
+    elif kind == "sweep":
         paths = plot_sweep(d, x_key=args.x_key)
-    elif (d / "summary.json").is_file():
+    elif kind == "run":
         paths = plot_run(d)
     else:
-        raise ValueError(f"{d}: not a run (summary.json), sweep (sweep.csv) or capacity (capacity.csv) directory")
+        raise ValueError(output_dir_error(d))
     for p in paths:
         print(p)
     return 0
@@ -452,6 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)       # --help and argument errors end here, before heavy imports
+    missing = first_input_error(args)    # so do inputs that are not there
+    if missing:
+        print(f"pagesim: error: {missing}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     args.argv_text = list(sys.argv[1:] if argv is None else argv)[1:]
     from pydantic import ValidationError
     if getattr(args, "jobs", None) is not None and args.jobs < 1:

@@ -16,6 +16,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag,
                       ValidationError, field_validator, model_validator)
 
+from experiments.inputs import config_error
 from sim.cost.spec import AutoCostSpec, CostModelSpec
 from sim.fields import MAX_TIME_S, Count, Index
 from sim.memory.capacity import MemorySpec
@@ -323,8 +324,9 @@ def validate(raw: dict, source: str = "config") -> ExperimentConfig:
 
 def read_yaml(path: str | Path) -> dict:
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: no such config file")
+    missing = config_error(p)
+    if missing:
+        raise ConfigError(missing)
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:

@@ -290,12 +290,21 @@ def test_stats_plot_has_the_permissions_of_every_other_output(capsys, workdir):
     assert mode("h.png") == mode("out/summary.json") == mode("out/plots/latency_cdf.png") == 0o666 & ~umask()
 
 
-def test_help_and_argument_errors_import_nothing_heavy():
-    """``pagesim --help`` and an argument error end before numpy, pandas or
-    pydantic load (what made them take most of a second)."""
+def test_help_and_argument_errors_import_nothing_heavy(tmp_path):
+    """``pagesim --help``, an argument error and an input path that is not
+    there end before numpy, pandas or pydantic load (what made them take
+    from most of a second to three seconds), each exiting 2 with its line."""
+    missing = str(tmp_path / "nowhere")
+    cases = [["run", missing, "--out", "o"], ["sweep", missing, "--out", "o"], ["capacity", missing, "--out", "o"],
+             ["serve-suite", missing, "--out", "o"], ["fidelity", missing, "--out", "o"], ["plot", missing]]
     code = ("import sys\nfrom experiments.cli import main\n"
             "for argv in (['--help'], ['workloads', 'stats', '--help'], ['run', '--bogus']):\n"
             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
-            "print(sorted(m for m in ('numpy', 'pandas', 'pydantic', 'torch') if m in sys.modules))")
+            f"codes = [main(argv) for argv in {cases!r}]\n"
+            "print(codes, sorted(m for m in ('numpy', 'pandas', 'pydantic', 'torch') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout + proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == f"{[2] * len(cases)} []", proc.stdout + proc.stderr
+    errors = proc.stderr.strip().splitlines()[-len(cases):]
+    assert [line.split(": ")[-1] for line in errors] == ["no such config file"] * 4 + [
+        "not a run directory (no summary.json)",
+        "not a run (summary.json), sweep (sweep.csv) or capacity (capacity.csv) directory"], errors

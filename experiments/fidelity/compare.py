@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from experiments.config import ExperimentConfig, read_yaml, validate
+from experiments.inputs import run_dir_error
 from experiments.runner import RunOutput, build_replica_cost_model, make_requests, run_experiment
 from sim.cost.replay import ReplayCostModel, ReplayMismatch
 from sim.cost.spec import ProfiledCostSpec
@@ -64,8 +65,9 @@ def load_real_run(path: Path) -> RealRun:
     """A ``pagesim serve`` output directory; one-line errors for anything else."""
     path = Path(path)
     summary_path = path / "summary.json"
-    if not summary_path.is_file():
-        raise ValueError(f"{path}: not a run directory (no summary.json)")
+    missing = run_dir_error(path)
+    if missing:
+        raise ValueError(missing)
     try:
         summary = json.loads(summary_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
