@@ -22,6 +22,14 @@ run of this script: this machine's timings are noisy.
 each run in a fresh process of its own checkout, the order within a pair
 alternating so that a drift of the machine's speed hits both sides alike;
 it prints and writes each pair's ratio (this / other) and their median.
+
+``--instructions`` counts instead of timing (it needs valgrind): the CPU
+instructions the simulation executes per request, which do not drift with
+the machine's speed, as callgrind counts them for a run at two sizes (the
+``--scale`` size and half of it; the whole trace and its first 100 rows),
+the difference divided by the requests between them, so that start-up and
+workload generation cancel. With ``--against`` both checkouts are counted
+and their ratio printed. A run under valgrind takes about 50 times as long.
 """
 from __future__ import annotations
 
@@ -175,7 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--against", type=Path, default=None, metavar="DIR",
                    help="compare with the pagesim checkout in DIR, in alternating pairs of runs")
     p.add_argument("--pairs", type=int, default=4, help="--against: pairs of runs (default 4)")
+    p.add_argument("--instructions", action="store_true",
+                   help="count the simulation's instructions per request under valgrind instead of timing it")
     args = p.parse_args(argv)
+    if args.instructions:
+        return _main_instructions(args, argv)
     if args.against is not None:
         return _main_against(args, argv)
     if args.scale is not None:
@@ -205,17 +217,33 @@ def main(argv: list[str] | None = None) -> int:
     return _write(args, argv, rows, peak_mb)
 
 
-def _main_against(args: argparse.Namespace, argv: list[str] | None) -> int:
+def _other_checkout(args: argparse.Namespace) -> tuple[Path | None, str | None]:
+    """``--against``'s checkout, or the error line if it is not one."""
     other = args.against.resolve()
     if not (other / "experiments" / "bench_sim.py").is_file():
-        return _bad(f"--against: {args.against} is not a pagesim checkout (no experiments/bench_sim.py in it)")
+        return None, f"--against: {args.against} is not a pagesim checkout (no experiments/bench_sim.py in it)"
+    return other, None
+
+
+def _one_size(args: argparse.Namespace, mode: str) -> tuple[int | None, str | None]:
+    """``--scale``'s single size where ``mode`` takes one, or the error line."""
+    sizes = args.scale.split(",")
+    if len(sizes) != 1 or not sizes[0].strip().isdigit() or int(sizes[0]) < 2:
+        return None, f"--scale: {args.scale!r} with {mode}; allowed: one size of 2 requests or more"
+    return int(sizes[0]), None
+
+
+def _main_against(args: argparse.Namespace, argv: list[str] | None) -> int:
+    other, error = _other_checkout(args)
+    if error:
+        return _bad(error)
     if args.pairs < 1:
         return _bad(f"--pairs: {args.pairs}; allowed: 1 or more")
     if args.scale is not None:
-        sizes = args.scale.split(",")
-        if len(sizes) != 1 or not sizes[0].strip().isdigit():
-            return _bad(f"--scale: {args.scale!r} with --against; allowed: one size")
-        call = f"measure_scale({int(sizes[0])}, {args.policy!r}, {args.layout!r}, {args.rate!r})"
+        n, error = _one_size(args, "--against")
+        if error:
+            return _bad(error)
+        call = f"measure_scale({n}, {args.policy!r}, {args.layout!r}, {args.rate!r})"
     else:
         call = f"measure(True, {args.cost_model!r}, {args.limit!r})"
     comparison = _compare(other, args.pairs, call)
@@ -224,17 +252,73 @@ def _main_against(args: argparse.Namespace, argv: list[str] | None) -> int:
     return _write(args, argv, [comparison], peak_mb)
 
 
+TRACE_HEAD = 100         # --instructions: the trace's first rows, whose count is subtracted as start-up
+
+
+def _main_instructions(args: argparse.Namespace, argv: list[str] | None) -> int:
+    import shutil
+
+    checkouts = [("this", ROOT)]
+    if args.against is not None:
+        other, error = _other_checkout(args)
+        if error:
+            return _bad(error)
+        checkouts.append(("other", other))
+    if args.scale is not None:
+        n, error = _one_size(args, "--instructions")
+        if error:
+            return _bad(error)
+        calls = [f"measure_scale({m}, {args.policy!r}, {args.layout!r}, {args.rate!r})" for m in (n // 2, n)]
+    elif args.limit is not None and args.limit <= TRACE_HEAD:
+        return _bad(f"--limit: {args.limit} with --instructions; allowed: more than {TRACE_HEAD} rows")
+    else:
+        calls = [f"measure(True, {args.cost_model!r}, {limit!r})" for limit in (TRACE_HEAD, args.limit)]
+    if shutil.which("valgrind") is None:
+        return _bad("--instructions: needs valgrind on PATH (e.g. apt install valgrind)")
+    rows = []
+    for side, checkout in checkouts:
+        (small, i_small), (large, i_large) = (_counted_in(checkout, call) for call in calls)
+        per = (i_large - i_small) / (large["requests"] - small["requests"])
+        rows.append({"side": side, "checkout": str(checkout), "commit": _commit(checkout), "calls": calls,
+                     "instructions": [i_small, i_large], "requests": [small["requests"], large["requests"]],
+                     "instructions_per_request": round(per)})
+        print(f"{side} ({checkout}): {per:,.0f} instructions per request "
+              f"({small['requests']:,} -> {large['requests']:,} requests)", flush=True)
+    if len(rows) == 2:
+        ratio = rows[0]["instructions_per_request"] / rows[1]["instructions_per_request"]
+        rows.append({"ratio_this_over_other": ratio})
+        print(f"this / other: {ratio:.4f}")
+    return _write(args, argv, rows, None)
+
+
+def _counted_in(checkout: Path, call: str) -> tuple[dict, int]:
+    """``call`` under callgrind in a fresh process of ``checkout``: its result
+    row and the instructions the whole process executed."""
+    import re
+    import subprocess
+
+    code = f"import json\nfrom experiments.bench_sim import *\nprint(json.dumps({call}))"
+    env = dict(os.environ, PYTHONPATH=str(checkout))
+    proc = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                           sys.executable, "-c", code], cwd=checkout, env=env, capture_output=True, text=True)
+    counted = re.search(r"Collected : ([\d,]+)", proc.stderr)
+    if proc.returncode or counted is None:
+        raise SystemExit(f"bench_sim: the counted run in {checkout} failed: "
+                         f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1]), int(counted.group(1).replace(",", ""))
+
+
 def _bad(message: str) -> int:
     print(f"python -m experiments.bench_sim: {message}", file=sys.stderr)
     return 2
 
 
-def _write(args: argparse.Namespace, argv: list[str] | None, rows: list[dict], peak_mb: float) -> int:
+def _write(args: argparse.Namespace, argv: list[str] | None, rows: list[dict], peak_mb: float | None) -> int:
     record = {
         "date": date.today().isoformat(), "machine": _cpu_model(),
         "cpus_allowed": len(os.sched_getaffinity(0)), "python": sys.version.split()[0],
         "command": "python -m experiments.bench_sim " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "peak_rss_mb": round(peak_mb, 1), "results": rows,
+        "peak_rss_mb": None if peak_mb is None else round(peak_mb, 1), "results": rows,
     }
     return write_record(args.out, record)
 

@@ -1,7 +1,9 @@
-"""``bench_sim --against``: alternating pairs of runs in two checkouts."""
+"""``bench_sim --against``: alternating pairs of runs in two checkouts;
+``--instructions``: counted runs."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -37,3 +39,54 @@ def test_against_refuses_bad_arguments_in_one_line(tmp_path, capsys, argv, messa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not out.exists()
+
+
+def test_instructions_per_request_are_the_difference_between_two_sizes(tmp_path, capsys, monkeypatch):
+    """Each checkout is counted at half the size and at the size; what a
+    request costs is the difference over the requests between them, and
+    with --against the ratio of the two."""
+    counts = {("this", 50): 7_000, ("this", 100): 12_000, ("other", 50): 6_000, ("other", 100): 16_000}
+
+    def counted(checkout, call):
+        n = int(call.split("(")[1].split(",")[0])
+        return {"requests": n}, counts[("this" if checkout == bench_sim.ROOT else "other", n)]
+
+    monkeypatch.setattr(bench_sim, "_counted_in", counted)
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/" + name)
+    other = tmp_path / "other"
+    (other / "experiments").mkdir(parents=True)
+    (other / "experiments" / "bench_sim.py").write_text("")
+    out = tmp_path / "i.json"
+    assert bench_sim.main(["--instructions", "--scale", "100", "--against", str(other), "--out", str(out)]) == 0
+    this, that, ratio = json.loads(out.read_text())["results"]
+    assert (this["instructions_per_request"], that["instructions_per_request"]) == (100, 200)
+    assert ratio["ratio_this_over_other"] == 0.5
+    assert "this / other: 0.5000" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--scale", "100,200"], "--scale: '100,200' with --instructions; allowed: one size"),
+    (["--limit", "50"], "--limit: 50 with --instructions; allowed: more than 100 rows"),
+    (["--against", "/no/such/checkout"], "--against: /no/such/checkout is not a pagesim checkout"),
+])
+def test_instructions_refuses_bad_arguments_in_one_line(tmp_path, capsys, argv, message):
+    out = tmp_path / "i.json"
+    assert bench_sim.main(["--instructions", *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not out.exists()
+
+
+def test_instructions_without_valgrind_say_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert bench_sim.main(["--instructions", "--scale", "100", "--out", str(tmp_path / "i.json")]) == 2
+    assert "needs valgrind on PATH" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_instructions_are_counted_under_valgrind(tmp_path):
+    out = tmp_path / "i.json"
+    assert bench_sim.main(["--instructions", "--scale", "20", "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["results"][0]
+    assert row["requests"] == [10, 20] and row["instructions"][1] > row["instructions"][0] > 10**8
+    assert row["instructions_per_request"] == round((row["instructions"][1] - row["instructions"][0]) / 10)
