@@ -298,7 +298,7 @@ def _counted_in(checkout: Path, call: str) -> tuple[dict, int]:
     import subprocess
 
     code = f"import json\nfrom experiments.bench_sim import *\nprint(json.dumps({call}))"
-    env = dict(os.environ, PYTHONPATH=str(checkout))
+    env = dict(os.environ, PYTHONPATH=str(checkout), PYTHONHASHSEED="0")     # the same hashes every run
     proc = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
                            sys.executable, "-c", code], cwd=checkout, env=env, capture_output=True, text=True)
     counted = re.search(r"Collected : ([\d,]+)", proc.stderr)
