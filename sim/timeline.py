@@ -156,7 +156,9 @@ class Timeline:
             self._flush()
 
     def _flush(self) -> None:
-        """Buffered steps and runs -> each replica's stored rows."""
+        """Buffered steps and runs -> each replica's stored rows. The single
+        steps and the runs' steps of a flush are one part, which ``_add``
+        puts in time order, so that a merged row covers consecutive steps."""
         parts = []
         if self._rows:
             arr = np.array(self._rows, dtype=np.float64)
@@ -164,16 +166,17 @@ class Timeline:
         if self._runs:
             parts.append(self._expand_runs())
         self._rows, self._runs = [], []
-        for part in parts:
-            part = {c: np.asarray(v, np.float64) for c, v in part.items()}
-            part["steps"] = np.ones(len(part["t_s"]))
-            replicas = np.unique(part["replica"]).astype(int).tolist()
-            for replica in replicas:
-                if len(replicas) == 1:
-                    self._add(replica, part)
-                else:
-                    mask = part["replica"] == replica
-                    self._add(replica, {c: v[mask] for c, v in part.items()})
+        if not parts:
+            return
+        part = {c: np.concatenate([np.asarray(p[c], np.float64) for p in parts]) for c in COLUMNS}
+        part["steps"] = np.ones(len(part["t_s"]))
+        replicas = np.unique(part["replica"]).astype(int).tolist()
+        for replica in replicas:
+            if len(replicas) == 1:
+                self._add(replica, part)
+            else:
+                mask = part["replica"] == replica
+                self._add(replica, {c: v[mask] for c, v in part.items()})
 
     def _add(self, replica: int, cols: dict[str, np.ndarray]) -> None:
         """Store a replica's newly recorded steps, in time order, as rows of

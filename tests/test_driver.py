@@ -217,8 +217,10 @@ def test_round_robin_and_least_outstanding_spread_the_load():
 
 def test_a_bounded_timeline_merges_steps_and_keeps_every_weighted_figure():
     """With a budget of 64 rows the timeline of ~1,300 steps is merged to
-    between 32 and 64 rows that cover every step, and the step-time-weighted
-    KV and batch figures of the summary are those of the full timeline."""
+    between 32 and 64 rows that cover every step, each of the same number of
+    consecutive steps (single steps and decode runs alike, in time order),
+    and the step-time-weighted KV and batch figures of the summary are those
+    of the full timeline."""
     from sim.metrics import requests_frame, summarize
 
     reqs = poisson_requests(150, 20.0, seed=7)
@@ -232,6 +234,9 @@ def test_a_bounded_timeline_merges_steps_and_keeps_every_weighted_figure():
     full, merged = results[None][0], results[64][0]
     assert (full["steps"] == 1).all() and len(full) == results[None][1]["sim_steps"]
     assert 32 <= len(merged) <= 64 and merged["steps"].sum() == len(full)
+    assert merged["steps"].iloc[:-1].nunique() == 1
+    ends = (merged["t_s"] + merged["step_s"]).to_numpy()
+    assert (ends[:-1] <= merged["t_s"].to_numpy()[1:] * (1 + 1e-12)).all()   # a row's steps end before the next's
     assert merged["step_s"].sum() == pytest.approx(full["step_s"].sum(), rel=1e-12)
     for key in ("kv_utilization_mean", "kv_usage_mean", "mean_batch_size"):
         assert results[64][1][key] == pytest.approx(results[None][1][key], rel=1e-9)
