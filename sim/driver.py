@@ -10,8 +10,9 @@ Jumping over decode runs: when the policy guarantees that the next ``k`` steps
 are the same decode batch with every context one token longer -- or a step
 that prefills, then such decodes of every running sequence (a *led* run: the
 prefill step is priced first, and only if the next arrival does not land
-during it are the decodes asked for) -- the driver prices the run (``cost.decode_run_times``, in chunks of growing size, so a
-run cut short is not priced to its end), stops it at the step during which
+during it are the decodes asked for) -- the driver prices the run
+(``cost.decode_run_times``, in chunks of growing size, so a run cut short is
+not priced to its end), stops it at the step during which
 the next arrival lands (that arrival could change the following step) --
 unless the policy says no arrival can change this run (a running static
 batch; a full batch, or a queue whose head could not be admitted) -- and at
@@ -178,8 +179,8 @@ def _run_ends(now: float, cost: CostModel, batch, decodes, max_steps: int, stop_
     """End times of a run's steps, accumulated one step at a time exactly as
     stepping would, cut after the step during which ``stop_s`` (the next
     arrival, or the horizon) falls and before any step that would end past
-    the horizon, and the first step's
-    duration (``cost.step_time(batch)``). The run is ``batch``, then its
+    the horizon, and the first step's duration (``cost.step_time(batch)``).
+    The run is ``batch``, then its
     decode step ``decodes`` repeated with every context one longer each time
     (``decodes is batch``: a pure decode run; otherwise ``first_s``, when
     given, is ``batch``'s price). Steps are priced in chunks of 32, 128,

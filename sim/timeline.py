@@ -61,8 +61,8 @@ class _Run(NamedTuple):
     step ends, the ``_RUN_FIELDS`` values, the tokens each sequence holds
     and the block size (paged memory; None and 0: contiguous), and per-step
     ``waiting``/``external`` arrays where arrivals joined the queue during
-    the run. The values and histogram are taken ``first_step`` steps before
-    the run's first step (1: during the step that leads it)."""
+    the run. The values and token counts are taken ``first_step`` steps
+    before the run's first step (1: during the step that leads it)."""
 
     start_s: float
     ends_s: np.ndarray
@@ -249,8 +249,9 @@ class Timeline:
             j += np.repeat(np.fromiter((r.first_step for r in runs), np.int64, len(runs)), lengths)
         n = cols["batch_seqs"]
         real = cols["real"] + n * j
-        paged_runs = np.flatnonzero([r.tokens is not None for r in runs])
-        paged = np.repeat(np.isin(np.arange(len(runs)), paged_runs), lengths)
+        is_paged = np.array([r.tokens is not None for r in runs])
+        paged_runs = np.flatnonzero(is_paged)
+        paged = np.repeat(is_paged, lengths)
         # contiguous: every token lands in its own reservation; paged: no reservations
         reserved = np.where(paged, cols["reserved"], cols["reserved"] - n * j)
         internal = np.where(paged, cols["used"] - real, 0)
