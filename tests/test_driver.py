@@ -244,3 +244,29 @@ def test_a_bounded_timeline_merges_steps_and_keeps_every_weighted_figure():
         assert results[64][1]["kv_waste"][key] == pytest.approx(results[None][1]["kv_waste"][key],
                                                                 rel=1e-9, abs=1e-12)
     assert len(reqs) == 150
+
+
+@pytest.mark.parametrize("batching,memory", [
+    ({"policy": "continuous"}, {"layout": "paged"}),
+    ({"policy": "continuous", "chunked_prefill": True, "max_batch_tokens": 2048}, {"layout": "paged"}),
+    ({"policy": "continuous"}, {"layout": "paged", "prefix_caching": True}),
+    ({"policy": "static"}, {"layout": "contiguous"}),
+])
+def test_jumping_is_bit_exact_with_the_profiled_cost_model(batching, memory):
+    """The committed profile prices a decode run exactly as it prices each of
+    its steps, so jumping (led runs, runs through arrivals) gives every
+    request the very floats that stepping gives it, and every timeline
+    column but ``step_s`` (a run's is the difference of two end times)."""
+    from experiments.config import validate
+    from experiments.runner import run_experiment
+
+    cfg = validate(dict(name="exact", seed=3, model="llama-2-7b", hardware="h100-sxm",
+                        workload=dict(num_requests=300, arrival=dict(process="poisson", rate_rps=25.0),
+                                      lengths=dict(preset="sharegpt"),
+                                      prefix=dict(turns=3, think_time_s=1.0) if memory.get("prefix_caching") else None),
+                        engine=dict(batching=batching, memory=memory, cost_model=dict(kind="auto"))))
+    jumped, stepped = (run_experiment(cfg.model_copy(update={"fast_forward": ff})) for ff in (True, False))
+    assert jumped.summary["sim_events"] < stepped.summary["sim_events"]
+    walls = [c for c in jumped.requests.columns if "wall" in c]
+    assert jumped.requests.drop(columns=walls).equals(stepped.requests.drop(columns=walls))
+    assert jumped.timeline.drop(columns=["step_s"]).equals(stepped.timeline.drop(columns=["step_s"]))
