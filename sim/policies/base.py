@@ -365,13 +365,10 @@ class Policy:
         the KV manager can allocate it; None if not. The KV of the whole
         prefill is allocated at once; with ``chunked`` the sequence joins with
         all its uncached tokens still to compute (``todo``)."""
+        if not self._head_fits(token_budget, chunked):
+            return None
         req = self.waiting[0]
         n = prefill_length(req)
-        cached = self.kv.prefix_hit_tokens(n, req.segments) if req.segments is not None else 0
-        if token_budget is not None and (token_budget < 1 if chunked else n - cached > token_budget):
-            return None
-        if not self.kv.can_allocate(req.request_id, n, req.final_tokens, req.segments):
-            return None
         cached = self.kv.allocate(req.request_id, n, req.final_tokens, req.segments)
         if req.num_seqs > 1 and not self._hold_samples(req, n):
             self.kv.free(req.request_id)
@@ -386,6 +383,18 @@ class Policy:
             req.schedule_s = now
         self._run.add(req, self.kv.slot(req.request_id), n - cached if chunked else 0)
         return req
+
+    def _head_fits(self, token_budget: int | None, chunked: bool) -> bool:
+        """Whether the oldest waiting request's (re-)prefill fits
+        ``token_budget`` (None: any; ``chunked``: if any of it does) and the
+        KV manager can allocate it."""
+        req = self.waiting[0]
+        n = prefill_length(req)
+        if token_budget is not None:
+            cached = self.kv.prefix_hit_tokens(n, req.segments) if req.segments is not None else 0
+            if token_budget < 1 if chunked else n - cached > token_budget:
+                return False
+        return self.kv.can_allocate(req.request_id, n, req.final_tokens, req.segments)
 
     def _hold_samples(self, req: Request, n: int) -> bool:
         """KV for a request's extra samples at admission: paged blocks share

@@ -37,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 
 from sim.batch import Batch
-from sim.policies.base import Policy, prefill_length
+from sim.policies.base import Policy
 from sim.request import Request, Status
 
 
@@ -183,14 +183,8 @@ class ContinuousPolicy(Policy):
     def _head_admissible(self, num_decodes: int | None) -> bool:
         """Whether the queue's head fits a step beside ``num_decodes`` decodes
         (None: alone, a prefill-only step's first) and in memory."""
-        req = self.waiting[0]
-        n = prefill_length(req)
-        if num_decodes is not None:
-            cached = self.kv.prefix_hit_tokens(n, req.segments) if req.segments is not None else 0
-            budget = self.spec.max_batch_tokens - num_decodes
-            if (budget < 1) if self.spec.chunked_prefill else (n - cached > budget):
-                return False
-        return self.kv.can_allocate(req.request_id, n, req.final_tokens, req.segments)
+        budget = None if num_decodes is None else self.spec.max_batch_tokens - num_decodes
+        return self._head_fits(budget, self.spec.chunked_prefill)
 
     def _evict(self, req: Request, swap_out: list[tuple[int, int]]) -> int:
         """Preempt ``req``; returns KV tokens moved to swap space."""
