@@ -104,7 +104,7 @@ def measure_scale(num_requests: int, policy: str, layout: str, rate_rps: float) 
 def _scale(sizes: list[int], policy: str, layout: str, rate_rps: float) -> list[dict]:
     rows = []
     for n in sizes:
-        row = _run_in(ROOT, f"measure_scale({n}, {policy!r}, {layout!r}, {rate_rps!r})")
+        row, _ = _run_in(ROOT, _scale_call(n, policy, layout, rate_rps))
         rows.append(row)
         print(f"{n:>9,} requests: simulation {row['sim_wall_s']:.1f} s, whole run {row['run_wall_s']:.1f} s, "
               f"peak RSS {row['peak_rss_mb']:.0f} MB, {row['us_per_request']:.0f} us/request, "
@@ -113,18 +113,23 @@ def _scale(sizes: list[int], policy: str, layout: str, rate_rps: float) -> list[
     return rows
 
 
-def _run_in(checkout: Path, call: str) -> dict:
+def _run_in(checkout: Path, call: str, wrapper: tuple[str, ...] = (), **env: str) -> tuple[dict, str]:
     """``call`` (a ``bench_sim`` function call) in a fresh process that
-    imports pagesim from ``checkout``; its result row."""
+    imports pagesim from ``checkout`` (under ``wrapper``, e.g. valgrind,
+    with ``env`` added): its result row and what it wrote to stderr."""
     import subprocess
 
     code = f"import json\nfrom experiments.bench_sim import *\nprint(json.dumps({call}))"
-    env = dict(os.environ, PYTHONPATH=str(checkout))
-    proc = subprocess.run([sys.executable, "-c", code], cwd=checkout, env=env, capture_output=True, text=True)
+    proc = subprocess.run([*wrapper, sys.executable, "-c", code], cwd=checkout, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(checkout), **env))
     if proc.returncode:
         raise SystemExit(f"bench_sim: the run in {checkout} failed: "
                          f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
+def _scale_call(num_requests: int, policy: str, layout: str, rate_rps: float) -> str:
+    return f"measure_scale({num_requests}, {policy!r}, {layout!r}, {rate_rps!r})"
 
 
 def _compare(other: Path, pairs: int, call: str) -> dict:
@@ -134,7 +139,7 @@ def _compare(other: Path, pairs: int, call: str) -> dict:
     for i in range(pairs):
         order = [("this", ROOT), ("other", other)][:: 1 if i % 2 == 0 else -1]
         for side, checkout in order:
-            rows[side].append(_run_in(checkout, call))
+            rows[side].append(_run_in(checkout, call)[0])
         a, b = rows["this"][-1]["sim_wall_s"], rows["other"][-1]["sim_wall_s"]
         ratios.append(a / b)
         print(f"pair {i + 1}: this {a:.2f} s, other {b:.2f} s, ratio {a / b:.3f}", flush=True)
@@ -243,7 +248,7 @@ def _main_against(args: argparse.Namespace, argv: list[str] | None) -> int:
         n, error = _one_size(args, "--against")
         if error:
             return _bad(error)
-        call = f"measure_scale({n}, {args.policy!r}, {args.layout!r}, {args.rate!r})"
+        call = _scale_call(n, args.policy, args.layout, args.rate)
     else:
         call = f"measure(True, {args.cost_model!r}, {args.limit!r})"
     comparison = _compare(other, args.pairs, call)
@@ -268,7 +273,7 @@ def _main_instructions(args: argparse.Namespace, argv: list[str] | None) -> int:
         n, error = _one_size(args, "--instructions")
         if error:
             return _bad(error)
-        calls = [f"measure_scale({m}, {args.policy!r}, {args.layout!r}, {args.rate!r})" for m in (n // 2, n)]
+        calls = [_scale_call(m, args.policy, args.layout, args.rate) for m in (n // 2, n)]
     elif args.limit is not None and args.limit <= TRACE_HEAD:
         return _bad(f"--limit: {args.limit} with --instructions; allowed: more than {TRACE_HEAD} rows")
     else:
@@ -295,17 +300,13 @@ def _counted_in(checkout: Path, call: str) -> tuple[dict, int]:
     """``call`` under callgrind in a fresh process of ``checkout``: its result
     row and the instructions the whole process executed."""
     import re
-    import subprocess
 
-    code = f"import json\nfrom experiments.bench_sim import *\nprint(json.dumps({call}))"
-    env = dict(os.environ, PYTHONPATH=str(checkout), PYTHONHASHSEED="0")     # the same hashes every run
-    proc = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-                           sys.executable, "-c", code], cwd=checkout, env=env, capture_output=True, text=True)
-    counted = re.search(r"Collected : ([\d,]+)", proc.stderr)
-    if proc.returncode or counted is None:
-        raise SystemExit(f"bench_sim: the counted run in {checkout} failed: "
-                         f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1]), int(counted.group(1).replace(",", ""))
+    row, stderr = _run_in(checkout, call, ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"),
+                          PYTHONHASHSEED="0")     # the same hashes every run
+    counted = re.search(r"Collected : ([\d,]+)", stderr)
+    if counted is None:
+        raise SystemExit(f"bench_sim: the counted run in {checkout} printed no instruction count")
+    return row, int(counted.group(1).replace(",", ""))
 
 
 def _bad(message: str) -> int:

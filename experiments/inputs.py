@@ -37,12 +37,8 @@ def first_input_error(args: argparse.Namespace) -> str | None:
     """The first input that a parsed command line names and that is not
     there: a config or suite file, the run directories of ``fidelity``, the
     output directory of ``plot``."""
-    for name in ("config", "suite"):
-        path = getattr(args, name, None)
-        if isinstance(path, str) and config_error(path):
-            return config_error(path)
-    for path in getattr(args, "runs", None) or ():
-        if run_dir_error(path):
-            return run_dir_error(path)
-    path = getattr(args, "dir", None)
-    return output_dir_error(path) if isinstance(path, str) else None
+    errors = [config_error(getattr(args, name)) for name in ("config", "suite") if hasattr(args, name)]
+    errors += [run_dir_error(path) for path in getattr(args, "runs", None) or ()]
+    if hasattr(args, "dir"):
+        errors.append(output_dir_error(args.dir))
+    return next((e for e in errors if e), None)

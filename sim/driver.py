@@ -180,11 +180,11 @@ def _run_ends(now: float, cost: CostModel, batch, decodes, max_steps: int, stop_
     stepping would, cut after the step during which ``stop_s`` (the next
     arrival, or the horizon) falls and before any step that would end past
     the horizon, and the first step's duration (``cost.step_time(batch)``).
-    The run is ``batch``, then its
-    decode step ``decodes`` repeated with every context one longer each time
-    (``decodes is batch``: a pure decode run; otherwise ``first_s``, when
-    given, is ``batch``'s price). Steps are priced in chunks of 32, 128,
-    512, ... so that a run cut by an arrival is not priced to its end."""
+    The run is ``batch``, then its decode step ``decodes`` repeated with every
+    context one longer each time (``decodes is batch``: a pure decode run;
+    otherwise ``first_s``, when given, is ``batch``'s price). Steps are
+    priced in chunks of 32, 128, 512, ... so that a run cut by an arrival is
+    not priced to its end."""
     lead = 0 if decodes is batch else 1      # steps priced on their own before the decodes
     parts, done, chunk, start = [], 0, RUN_CHUNK_STEPS, now
     while done < max_steps:

@@ -182,8 +182,8 @@ class Timeline:
         """Store a replica's newly recorded steps, in time order, as rows of
         ``2 ** level`` steps each; the steps of an incomplete row wait in
         ``_carry``. Halve the rows while they are over ``max_rows``. A
-        replica records its steps in time order, but for a flush's single
-        steps and runs, which come apart (each flush is sorted here)."""
+        flush holds its single steps, then its runs' steps: sorted here,
+        they are the replica's steps in time order."""
         chunks = self._chunks.setdefault(replica, [])
         order = np.argsort(cols["t_s"], kind="stable")
         cols = {c: v[order] for c, v in cols.items()}
