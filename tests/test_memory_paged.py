@@ -1,4 +1,5 @@
 """Paged KV manager on a tiny cache: 11 blocks of 16 tokens, exact block ids."""
+import numpy as np
 import pytest
 
 from sim.memory import KVManager, KVUsage, MemoryError_, PagedKVManager
@@ -232,3 +233,50 @@ def test_check_invariants_catches_a_corrupted_ref_count():
 def test_bad_construction_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         PagedKVManager(**kwargs)
+
+
+def _grown(lazy: bool, block_size: int, steps: list[int]) -> tuple[list[int], PagedKVManager]:
+    """Free blocks after each growth of every held sequence by ``steps[i]``
+    tokens (a lazy manager moves its clock), sequences of mixed fill."""
+    kv = PagedKVManager(200, block_size, 0.0, lazy_ids=lazy)
+    for rid, n in enumerate([1, 2, 3, 5, 8, 13]):
+        kv.allocate(rid, n, 500)
+    slots = np.array([kv.slot(r) for r in range(6)])
+    free = []
+    for k in steps:
+        assert kv.append_slots(slots, k)
+        kv.check_invariants()
+        free.append(kv.num_free_blocks)
+    return free, kv
+
+
+@pytest.mark.parametrize("block_size", [3, 4, 16])
+def test_a_lazy_manager_counts_the_blocks_an_eager_one_hands_out(block_size):
+    steps = [1, 1, 2, 3, 1, 5, 17, 1, 40, 2]
+    lazy, kv = _grown(True, block_size, steps)
+    eager, ref = _grown(False, block_size, steps)
+    assert lazy == eager
+    assert [kv.num_tokens(r) for r in range(6)] == [ref.num_tokens(r) for r in range(6)]
+    assert kv.usage() == ref.usage()
+    # its first question about ids gives every sequence its blocks, after which it keeps ids
+    tables = [kv.block_table(r) for r in range(6)]
+    assert [len(t) for t in tables] == [len(ref.block_table(r)) for r in range(6)]
+    assert sorted(b for t in tables for b in t) == list(range(200 - kv.num_free_blocks))
+    kv.check_invariants()
+    kv.append(0, 30)
+    assert kv.block_table(0)[: len(tables[0])] == tables[0]
+    for r in range(6):
+        kv.free(r)
+    kv.assert_empty()
+
+
+def test_a_lazy_manager_refuses_growth_past_its_free_blocks():
+    kv = PagedKVManager(4, 4, 0.0, lazy_ids=True)
+    kv.allocate(0, 4, 100)
+    kv.allocate(1, 3, 100)                 # 2 blocks held, 2 free
+    slots = np.array([kv.slot(0), kv.slot(1)])
+    assert kv.growth_steps(slots, 10) == 4        # 4 more tokens take a block each; 5 take 3
+    assert not kv.append_slots(slots, 5)
+    assert kv.num_free_blocks == 2 and kv.num_tokens(0) == 4
+    assert kv.append_slots(slots, 4)
+    assert kv.num_free_blocks == 0 and not kv.can_append(0, 1) and kv.can_append(1, 1)

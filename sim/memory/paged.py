@@ -23,6 +23,20 @@ Structure and invariants:
 * ``_real_slots`` is the number of GPU slots holding a token, each physical
   slot counted once however many tables share it.
 
+**Block ids only where they are seen** (``lazy_ids=True``, what a
+simulation builds). Without prefix caching no simulated figure depends on
+which block a sequence holds, only on how many. So a lazy manager starts by
+counting: ``_free`` is a ``FreeCount``, a sequence's blocks are
+``ceil(tokens / block_size)`` and its token count is ``_tok[slot] +
+_clock``. When every held sequence grows together (a decode step or run of
+the whole running set) only the clock moves, and the new blocks are counted
+from ``_by_residue`` (held sequences by ``_tok % block_size``: a sequence
+takes a block on the step on which its token count is a multiple of the
+block size) -- a few integer operations however many sequences run. The
+first call that needs ids (``block_table``, ``ref_count``, ``fork``,
+``swap_out``) gives every held sequence its blocks, lowest ids first in slot
+order, and the manager keeps ids from then on, exactly as an eager one.
+
 Every check/act pair keeps ``can_x() is True`` => ``x()`` succeeds. The bulk
 act ``append_slots`` grows a whole array of sequences with a few numpy calls;
 unless a shared block is some sequence's partially filled last block, it
@@ -59,7 +73,7 @@ import numpy as np
 
 from sim.memory.base import KVUsage, MemoryError_
 from sim.memory.prefix import LRUFreeList, Segments, block_keys, total_tokens
-from sim.memory.slots import BlockQueue, SlotTable
+from sim.memory.slots import BlockQueue, FreeCount, SlotTable
 
 if TYPE_CHECKING:
     from sim.memory.capacity import MemorySpec
@@ -78,7 +92,7 @@ class PagedKVManager:
     layout = "paged"
 
     def __init__(self, num_blocks: int, block_size: int = 16, watermark_frac: float = 0.01,
-                 num_cpu_blocks: int = 0, prefix_caching: bool = False) -> None:
+                 num_cpu_blocks: int = 0, prefix_caching: bool = False, lazy_ids: bool = False) -> None:
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
         if block_size < 1:
@@ -94,7 +108,11 @@ class PagedKVManager:
         self._low_bits = block_size - 1 if block_size & (block_size - 1) == 0 else 0   # x % bs == x & this
         self.watermark_blocks = math.ceil(round(watermark_frac * num_blocks, 9))
         self.prefix_caching = prefix_caching
-        self._free = LRUFreeList(num_blocks) if prefix_caching else BlockQueue(num_blocks)
+        self._ids = prefix_caching or not lazy_ids       # block ids kept (see the module doc)
+        self._free = LRUFreeList(num_blocks) if prefix_caching else \
+            BlockQueue(num_blocks) if self._ids else FreeCount(num_blocks)
+        self._clock = 0                            # tokens every held sequence gained together (lazy)
+        self._by_residue = [0] * block_size        # lazy: held sequences by _tok % block_size
         self._key_of: dict[int, int] = {}          # block -> key (prefix caching)
         self._block_of: dict[int, int] = {}        # key -> block
         self._multi: set[int] | None = None        # content ids several requests hold (None: unknown)
@@ -131,7 +149,8 @@ class PagedKVManager:
                              f"block_size={spec.block_size} tokens")
         block_bytes = spec.block_size * model.kv_bytes_per_token
         num_cpu_blocks = int(spec.swap_space_gb * 10**9) // block_bytes
-        return cls(num_blocks, spec.block_size, spec.watermark, num_cpu_blocks, spec.prefix_caching)
+        return cls(num_blocks, spec.block_size, spec.watermark, num_cpu_blocks, spec.prefix_caching,
+                   lazy_ids=True)
 
     # ---- queries -----------------------------------------------------
     @property
@@ -151,6 +170,7 @@ class PagedKVManager:
 
     def block_table(self, request_id: int) -> list[int]:
         """GPU block ids of a sequence, in token order (a copy)."""
+        self._need_ids()
         slot = self._gpu_slot(request_id)
         return self._table[slot, : self._nblk[slot]].tolist()
 
@@ -161,12 +181,13 @@ class PagedKVManager:
         return list(self._cpu_tables[request_id])
 
     def ref_count(self, block_id: int) -> int:
+        self._need_ids()
         if block_id in self._shared:
             return self._shared[block_id]
         return int(self._owned_counts().get(block_id, 0))
 
     def num_tokens(self, request_id: int) -> int:
-        return int(self._tok[self.slot(request_id)])
+        return int(self._tok[self.slot(request_id)]) + self._clock
 
     def is_swapped(self, request_id: int) -> bool:
         return request_id in self._cpu_tables
@@ -193,6 +214,9 @@ class PagedKVManager:
             raise MemoryError_(f"request {request_id}: cannot grow by {num_tokens} tokens")
         if num_tokens == 0:
             return 0
+        if not self._ids:
+            tokens = int(self._tok[slot]) + self._clock
+            return _ceil_div(tokens + num_tokens, self.block_size) - _ceil_div(tokens, self.block_size)
         tokens, blocks = int(self._tok[slot]), int(self._nblk[slot])
         need = _ceil_div(tokens + num_tokens, self.block_size) - blocks
         if tokens % self.block_size and int(self._table[slot, blocks - 1]) in self._shared:
@@ -273,6 +297,12 @@ class PagedKVManager:
                 self._shared[block] = self._shared.get(block, 1) + 1
         slot = self._add_seq(request_id)
         count = _ceil_div(num_tokens, bs)
+        if not self._ids:
+            self._free.n -= count
+            self._tok[slot] = base = num_tokens - self._clock
+            self._by_residue[base % bs] += 1
+            self._real_slots += num_tokens
+            return 0
         new = self._take(count - len(hits))
         self._set_blocks(slot, np.concatenate([np.array(hits, np.int64), new]) if hits else new)
         self._tok[slot] = num_tokens
@@ -296,6 +326,8 @@ class PagedKVManager:
     def can_append(self, request_id: int, num_tokens: int = 1) -> bool:
         """Growth may use the watermark blocks."""
         slot = self._gpu_slot(request_id)
+        if not self._ids:
+            return self.blocks_needed_to_grow(request_id, num_tokens) <= len(self._free)
         tokens, blocks = int(self._tok[slot]), int(self._nblk[slot])
         if 0 < num_tokens <= blocks * self.block_size - tokens \
                 and int(self._table[slot, blocks - 1]) not in self._shared:
@@ -304,6 +336,12 @@ class PagedKVManager:
 
     def append(self, request_id: int, num_tokens: int = 1) -> None:
         slot = self._gpu_slot(request_id)
+        if not self._ids:
+            if not self._count_growth(np.array([slot], np.int64), num_tokens):
+                raise MemoryError_(f"append({request_id}, {num_tokens}) needs "
+                                   f"{self.blocks_needed_to_grow(request_id, num_tokens)} blocks, "
+                                   f"{len(self._free)} free")
+            return
         tokens, blocks = int(self._tok[slot]), int(self._nblk[slot])
         bs = self.block_size
         if 0 < num_tokens <= blocks * bs - tokens and int(self._table[slot, blocks - 1]) not in self._shared:
@@ -332,6 +370,8 @@ class PagedKVManager:
         path. Blocks go to the sequences in the order ``slots`` lists them."""
         if num_tokens == 0 or len(slots) == 0:
             return True
+        if not self._ids:
+            return self._count_growth(slots, num_tokens)
         if self._forks and self._shared and self._any_shared_partial_last(slots):
             return self._append_slots_shared(slots, num_tokens)
         bs = self.block_size
@@ -383,7 +423,7 @@ class PagedKVManager:
         free_blocks = len(self._free)
         if len(slots) * _ceil_div(max_growth, bs) <= free_blocks:
             return max_growth           # even if every sequence's last block were full
-        slack = (-self._tok[slots]) % bs
+        slack = (-(self._tok[slots] + self._clock)) % bs
 
         def blocks_for(g: int) -> int:     # g > slack: ceil((g - slack) / bs) blocks; else none
             return int(((g - slack + bs - 1) // bs).sum())
@@ -434,6 +474,7 @@ class PagedKVManager:
 
     def fork(self, parent_id: int, child_id: int) -> None:
         """The child shares every block of the parent (ref counts + 1)."""
+        self._need_ids()
         parent = self._gpu_slot(parent_id)
         if child_id in self._seqs:
             raise MemoryError_(f"fork({parent_id}, {child_id}): the child already holds KV")
@@ -449,13 +490,21 @@ class PagedKVManager:
 
     # ---- swap space --------------------------------------------------
     def can_swap_out(self, request_id: int) -> bool:
-        return int(self._nblk[self._gpu_slot(request_id)]) <= len(self._cpu_free)
+        return self.blocks_held(request_id) <= len(self._cpu_free)
+
+    def blocks_held(self, request_id: int) -> int:
+        """GPU blocks the sequence holds."""
+        slot = self._gpu_slot(request_id)
+        if self._ids:
+            return int(self._nblk[slot])
+        return _ceil_div(int(self._tok[slot]) + self._clock, self.block_size)
 
     def swap_out(self, request_id: int) -> list[tuple[int, int]]:
         """Copy a sequence's blocks to CPU blocks and release the GPU ones;
         returns the copies ``(gpu block, cpu block)`` in token order, which a
         real executor performs before the step's compute. Sharing is not kept
         across a swap."""
+        self._need_ids()
         slot = self._gpu_slot(request_id)
         blocks = int(self._nblk[slot])
         if not self.can_swap_out(request_id):
@@ -503,6 +552,9 @@ class PagedKVManager:
 
     def check_invariants(self) -> None:
         """Raise ``MemoryError_`` on any inconsistency (O(blocks))."""
+        if not self._ids:
+            self._check_counts()
+            return
         owned = self._owned_counts()
         _check_pool("GPU", self._free.ids(), owned, self.num_blocks)
         expect_shared = {b: c for b, c in owned.items() if c > 1}
@@ -604,6 +656,11 @@ class PagedKVManager:
         """Drop one reference to each of the slot's blocks; returns the real
         slots of blocks freed."""
         bs = self.block_size
+        if not self._ids:
+            tokens = int(self._tok[slot]) + self._clock
+            self._free.n += _ceil_div(tokens, bs)
+            self._by_residue[int(self._tok[slot]) % bs] -= 1
+            return tokens
         blocks = self._table[slot, : self._nblk[slot]]
         tokens = int(self._tok[slot])
         if self.prefix_caching:
@@ -623,6 +680,66 @@ class PagedKVManager:
         last = int(self._table[slot, len(order) - 1])
         partial = len(order) * bs - tokens
         return len(freed) * bs - (partial if last not in common else 0)
+
+    def _count_growth(self, slots: np.ndarray, num_tokens: int) -> bool:
+        """``append_slots`` of a manager without ids: when ``slots`` are every
+        held sequence only the clock moves, else their own counts do."""
+        bs, free = self.block_size, self._free
+        n = len(slots)
+        if n == len(self._seqs):           # every held sequence (the slots are distinct)
+            full, rest = divmod(num_tokens, bs)
+            need = full * n
+            if rest:                       # step j takes a block for those whose tokens % bs == 0 then
+                by_residue, clock = self._by_residue, self._clock
+                for j in range(rest):
+                    need += by_residue[(-clock - j) % bs]
+            if need > free.n:
+                return False
+            free.n -= need
+            self._clock += num_tokens
+            self._real_slots += num_tokens * n
+            return True
+        base = self._tok[slots]
+        tokens = base + self._clock
+        need = int(((tokens + (num_tokens + bs - 1)) // bs - (tokens + (bs - 1)) // bs).sum())
+        if need > free.n:
+            return False
+        free.n -= need
+        grown = base + num_tokens
+        self._tok[slots] = grown
+        moved = np.bincount(grown % bs, minlength=bs) - np.bincount(base % bs, minlength=bs)
+        self._by_residue = (np.array(self._by_residue) + moved).tolist()
+        self._real_slots += num_tokens * n
+        return True
+
+    def _need_ids(self) -> None:
+        """Give every held sequence block ids (lowest first, in slot order)
+        and keep ids from now on (a lazy manager's first call that needs them)."""
+        if self._ids:
+            return
+        self._ids = True
+        self._free = BlockQueue(self.num_blocks)
+        for slot in sorted(self._seqs.slot_of.values()):
+            tokens = int(self._tok[slot]) + self._clock
+            self._tok[slot] = tokens
+            self._set_blocks(slot, self._free.take(_ceil_div(tokens, self.block_size)))
+        self._clock = 0
+        self._by_residue = [0] * self.block_size
+
+    def _check_counts(self) -> None:
+        """``check_invariants`` of a manager without ids."""
+        bs = self.block_size
+        tokens = [int(self._tok[s]) + self._clock for s in self._seqs.slot_of.values()]
+        held = sum(_ceil_div(t, bs) for t in tokens)
+        if held + len(self._free) != self.num_blocks:
+            raise MemoryError_(f"GPU free + used blocks != {self.num_blocks}")
+        by_residue = [0] * bs
+        for s in self._seqs.slot_of.values():
+            by_residue[int(self._tok[s]) % bs] += 1
+        if by_residue != self._by_residue:
+            raise MemoryError_("sequences by residue miscounted")
+        if self._real_slots != sum(tokens):
+            raise MemoryError_(f"real slots {self._real_slots} != {sum(tokens)} recounted")
 
     def _take(self, count: int) -> np.ndarray:
         """``count`` free blocks; a cached one loses its key (an eviction)."""

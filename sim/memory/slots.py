@@ -59,6 +59,17 @@ class SlotTable:
         self._free = list(range(2 * old - 1, old - 1, -1))
 
 
+class FreeCount:
+    """Free blocks known by their number only (a paged manager before it
+    needs block ids): ``n`` of them."""
+
+    def __init__(self, num_blocks: int) -> None:
+        self.n = num_blocks
+
+    def __len__(self) -> int:
+        return self.n
+
+
 class BlockQueue:
     """FIFO of free block ids ``0 .. num_blocks - 1``. Invariant: the queue is
     the never-used ids ``virgin .. num_blocks - 1`` in increasing order,
