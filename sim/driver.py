@@ -45,6 +45,7 @@ class _Replica:
     policy: Policy
     cost: CostModel
     wake: simpy.Event | None = None
+    step_s: float = 0.0        # how long its latest step took (a guess at the next one's)
     queued_s: list[float] | None = None    # during a run through arrivals: when requests queued
 
     @property
@@ -128,7 +129,8 @@ def simulate(requests: Sequence[Request], policies: Sequence[Policy],
                     stop_s = _stop_s(requests, state, through, horizon_s)
             if k > 1:
                 decodes = policy.run_batch(batch)
-                k, ends, step_s = _run_ends(now, cost, batch, decodes, k, stop_s, horizon_s, step_s)
+                k, ends, step_s = _run_ends(now, cost, batch, decodes, k, stop_s, horizon_s, step_s,
+                                            rep.step_s)
             if k > 1:
                 if decodes is batch:
                     timeline.record_run(now, rep.index, ends, policy, batch, pending=through)
@@ -137,6 +139,7 @@ def simulate(requests: Sequence[Request], policies: Sequence[Policy],
                     timeline.record_run(float(ends[0]), rep.index, ends[1:], policy, decodes,
                                         pending=through, first_step=1)
                 rep.queued_s = [] if through else None
+                rep.step_s = float(ends[-1] - ends[-2])
                 yield env.timeout(ends[-1] - now)
                 if through:
                     timeline.finish_run(rep.index, rep.queued_s, policy)
@@ -146,6 +149,7 @@ def simulate(requests: Sequence[Request], policies: Sequence[Policy],
                 if step_s is None:        # not already priced as a run's first step
                     step_s = cost.step_time(batch)
                 timeline.record_step(now, rep.index, step_s, policy, batch)
+                rep.step_s = step_s
                 yield env.timeout(step_s)
                 policy.on_step_done(batch, env.now)
             state.events += 1
@@ -175,7 +179,8 @@ def _stop_s(requests: Sequence[Request], state: _State, through: bool, horizon_s
 
 
 def _run_ends(now: float, cost: CostModel, batch, decodes, max_steps: int, stop_s: float,
-              horizon_s: float | None, first_s: float | None = None) -> tuple[int, np.ndarray, float]:
+              horizon_s: float | None, first_s: float | None = None,
+              guess_s: float = 0.0) -> tuple[int, np.ndarray, float]:
     """End times of a run's steps, accumulated one step at a time exactly as
     stepping would, cut after the step during which ``stop_s`` (the next
     arrival, or the horizon) falls and before any step that would end past
@@ -184,9 +189,14 @@ def _run_ends(now: float, cost: CostModel, batch, decodes, max_steps: int, stop_
     context one longer each time (``decodes is batch``: a pure decode run;
     otherwise ``first_s``, when given, is ``batch``'s price). Steps are
     priced in chunks of 32, 128, 512, ... so that a run cut by an arrival is
-    not priced to its end."""
+    not priced to its end; when a step is expected to take about
+    ``guess_s``, the first chunk is the steps expected before ``stop_s``
+    and one more."""
     lead = 0 if decodes is batch else 1      # steps priced on their own before the decodes
-    parts, done, chunk, start = [], 0, RUN_CHUNK_STEPS, now
+    chunk = RUN_CHUNK_STEPS
+    if guess_s > 0 and stop_s - now < chunk * guess_s:
+        chunk = int((stop_s - now) / guess_s) + 2
+    parts, done, start = [], 0, now
     while done < max_steps:
         m = min(chunk, max_steps - done)
         acc = np.empty(m + 1)

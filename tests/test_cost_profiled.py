@@ -188,8 +188,21 @@ def test_decode_run_times_equal_the_per_step_fallback(cost):
         batch = Batch(decode_context_tokens=(50, 90, 280, 7), kv_layout=layout)
         np.testing.assert_array_equal(cost.decode_run_times(batch, 300),
                                       decode_run_times_by_steps(cost, batch, 300))
+        for steps, first in ((1, 0), (2, 7), (4, 300)):     # a short run is priced in Python floats
+            np.testing.assert_array_equal(cost.decode_run_times(batch, steps, first),
+                                          decode_run_times_by_steps(cost, batch, steps, first))
     mixed = Batch(prefill_new_tokens=(5,), prefill_context_tokens=(0,), decode_context_tokens=(9,))
     np.testing.assert_array_equal(cost.decode_run_times(mixed, 3), decode_run_times_by_steps(cost, mixed, 3))
+
+
+def test_a_scaled_paged_attention_prices_short_runs_as_long_ones(profile):
+    """``paged_attention_overhead`` scales the contiguous kernel's times."""
+    scaled = ProfiledCostModel.from_dir(profile, TINY, H100, paged_attention_overhead=1.37)
+    assert scaled.decode["paged"].scale == 1.37
+    batch = Batch(decode_context_tokens=(50, 90, 280, 7), kv_layout="paged")
+    for steps, first in ((1, 0), (3, 5), (40, 0)):
+        np.testing.assert_array_equal(scaled.decode_run_times(batch, steps, first),
+                                      decode_run_times_by_steps(scaled, batch, steps, first))
 
 
 def test_empty_and_swap_only_steps(cost):
@@ -349,6 +362,9 @@ def test_engine_decode_runs_equal_the_per_step_fallback(engine_cost):
             batch = Batch(decode_context_tokens=dec, kv_layout=layout)
             np.testing.assert_array_equal(engine_cost.decode_run_times(batch, 50),
                                           decode_run_times_by_steps(engine_cost, batch, 50))
+            for steps, first in ((1, 0), (3, 11)):
+                np.testing.assert_array_equal(engine_cost.decode_run_times(batch, steps, first),
+                                              decode_run_times_by_steps(engine_cost, batch, steps, first))
 
 
 def test_mixed_steps_are_eager_max_of_gpu_and_issue_time(engine_cost):

@@ -122,6 +122,10 @@ def measured_step_overhead_s(hardware_name: str) -> tuple[float, str] | None:
     return float(np.median(values)), f"median of {len(values)} profiled models on {gpus}"
 
 
+SHORT_RUN_STEPS = 4
+"""Decode runs of at most this many steps are priced in Python floats."""
+
+
 @dataclass(frozen=True)
 class DecodeAttention:
     uniform: Bilinear
@@ -413,12 +417,6 @@ class ProfiledCostModel:
         if batch.prefill_new_tokens or not dec or batch.swap_in_tokens or batch.swap_out_tokens:
             return decode_run_times_by_steps(self, batch, num_steps, first_step)
         b, layout, engine = len(dec), batch.kv_layout, self.engine
-        step = np.arange(first_step, first_step + num_steps, dtype=np.int64)
-        total = step * b
-        total += sum(dec)
-        step += max(dec)
-        gpu = self.decode[layout].many(b, total, step)
-        gpu *= self.num_layers          # the step's attention
         key = (layout, b)
         terms = self._decode_terms.get(key)
         if terms is None:        # the same additions, in the same order, as step_time
@@ -428,6 +426,15 @@ class ProfiledCostModel:
                      engine.host_s(b, 0, bucket is not None) if engine is not None else 0.0)
             self._decode_terms[key] = terms
         fixed, bucket, host = terms
+        if num_steps <= SHORT_RUN_STEPS:
+            return np.array(self._short_run(layout, b, sum(dec) + first_step * b, max(dec) + first_step,
+                                            num_steps, terms))
+        step = np.arange(first_step, first_step + num_steps, dtype=np.int64)
+        total = step * b
+        total += sum(dec)
+        step += max(dec)
+        gpu = self.decode[layout].many(b, total, step)
+        gpu *= self.num_layers          # the step's attention
         gpu += fixed                    # step_time's sums in its order; its 0.0 + x is x for x > 0
         if engine is None:
             return gpu
@@ -438,3 +445,29 @@ class ProfiledCostModel:
             gpu += engine.eager_residual_s
         gpu += host
         return gpu
+
+    def _short_run(self, layout: str, b: int, total: int, longest: int, num_steps: int,
+                   terms: tuple) -> list[float]:
+        """``decode_run_times`` of a few steps in Python floats (a run an
+        arrival soon cuts): one interpolation call for all of them, then each
+        step's products and sums exactly as the vectorised path does them."""
+        attn = self.decode[layout]
+        xs, ys, skew = attn._row(b)
+        at = interp([(total + i * b) / b for i in range(num_steps)] + [longest + i for i in range(num_steps)],
+                    xs, ys).tolist()
+        fixed, bucket, host = terms
+        engine, layers, scale = self.engine, self.num_layers, attn.scale
+        out = []
+        for um, top in zip(at[:num_steps], at[num_steps:]):
+            gpu = (top - um) * skew + um
+            if scale != 1.0:
+                gpu *= scale
+            gpu = gpu * layers + fixed
+            if engine is not None:
+                if bucket is not None:
+                    gpu += engine.graph_residual_s
+                else:
+                    gpu = max(gpu, engine.issue_s(False, True)) + engine.eager_residual_s
+                gpu += host
+            out.append(gpu)
+        return out
