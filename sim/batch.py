@@ -49,6 +49,9 @@ class Batch:
     # Copy-on-write block copies ``(source, destination)``, whole blocks, that
     # a real executor performs after the swaps and before computing (paged).
     block_copies: tuple[tuple[int, int], ...] = field(default=(), compare=False, repr=False)
+    # ``(sum, max)`` of ``decode_context_tokens`` when the policy knows them
+    # already (None: ``decode_totals`` computes them)
+    decode_sum_max: tuple[int, int] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.prefill_new_tokens) != len(self.prefill_context_tokens):
@@ -57,6 +60,13 @@ class Batch:
     def seq_id(self, i: int) -> int:
         """The KV sequence of row ``i`` of ``requests``."""
         return self.seq_ids[i] if self.seq_ids else self.requests[i].request_id
+
+    def decode_totals(self) -> tuple[int, int]:
+        """``(sum, max)`` of ``decode_context_tokens`` (0 for none)."""
+        if self.decode_sum_max is not None:
+            return self.decode_sum_max
+        dec = self.decode_context_tokens
+        return sum(dec), max(dec, default=0)
 
     @property
     def num_prefill_seqs(self) -> int:

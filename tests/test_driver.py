@@ -26,10 +26,11 @@ def poisson_requests(n, rate_rps, seed, prompt=(4, 60), output=(1, 80)):
     return [Request(i, float(a), int(p), int(o)) for i, (a, p, o) in enumerate(zip(arrivals, prompts, outputs))]
 
 
-def make_kv(layout):
+def make_kv(layout, lazy_ids=True):
+    """``lazy_ids``: block ids only once something needs them, as a simulation builds it."""
     if layout in ("paged", "paged+prefix"):
         return PagedKVManager(num_blocks=40, block_size=8, watermark_frac=0.0, num_cpu_blocks=20,
-                              prefix_caching=layout == "paged+prefix")
+                              prefix_caching=layout == "paged+prefix", lazy_ids=lazy_ids)
     return ContiguousKVManager(320, "pow2", TINY_MODEL.max_context_tokens)
 
 
@@ -37,7 +38,29 @@ LINEAR = LinearCostModel(base_s=0.01, per_prefill_token_s=1e-4, per_decode_seq_s
                          per_context_token_s=2e-5, per_swap_token_s=1e-5)
 
 
-def run(policy, layout, cost, fast_forward, *, n=150, rate=20.0, horizon_s=None, **batching):
+class CheckedCost:
+    """A cost model that first checks every batch's ``decode_sum_max`` (what
+    the policy says the sum and maximum of its decode contexts are)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.name, self.told = inner, inner.name, 0
+
+    def _check(self, batch) -> None:
+        if batch.decode_sum_max is not None:
+            dec = batch.decode_context_tokens
+            assert batch.decode_sum_max == (sum(dec), max(dec, default=0))
+            self.told += 1
+
+    def step_time(self, batch):
+        self._check(batch)
+        return self.inner.step_time(batch)
+
+    def decode_run_times(self, batch, num_steps, first_step=0):
+        self._check(batch)
+        return self.inner.decode_run_times(batch, num_steps, first_step)
+
+
+def run(policy, layout, cost, fast_forward, *, n=150, rate=20.0, horizon_s=None, lazy_ids=True, **batching):
     reqs = poisson_requests(n, rate, seed=7)
     if layout.endswith(("+samples", "+beams")):   # every third request samples three sequences
         beams = layout.endswith("+beams")
@@ -49,7 +72,8 @@ def run(policy, layout, cost, fast_forward, *, n=150, rate=20.0, horizon_s=None,
             shared = min(16, r.prompt_tokens - 1)
             r.segments = ((r.request_id % 3, shared), (1000 + r.request_id, r.prompt_tokens - shared),
                           (5000 + r.request_id, r.output_tokens))
-    pol = make_policy(policy, make_kv(layout.removesuffix("+samples").removesuffix("+beams")), **batching)
+    pol = make_policy(policy, make_kv(layout.removesuffix("+samples").removesuffix("+beams"), lazy_ids),
+                      **batching)
     pol.record_token_times = True
     result = simulate(reqs, [pol], [cost], RoundRobinRouter(), horizon_s=horizon_s,
                       fast_forward=fast_forward)
@@ -102,21 +126,37 @@ def test_jumping_is_exact_at_light_load_too(policy, layout, batching):
     _assert_jumping_is_exact(policy, layout, batching, LINEAR, rate=2.0)
 
 
+@pytest.mark.parametrize("policy,layout,batching", [c for c in CASES if c[1].startswith("paged")])
+def test_block_ids_given_lazily_change_no_result(policy, layout, batching):
+    """A paged manager that counts blocks until something needs their ids
+    (what a simulation builds) gives every request and timeline row of one
+    that hands ids out from the start."""
+    cost = CheckedCost(LINEAR)
+    _assert_same_run(*run(policy, layout, LINEAR, True, lazy_ids=False, **batching),
+                     *run(policy, layout, cost, True, **batching), rel_tol=0.0)
+    if policy == "continuous" and not batching.get("chunked_prefill"):
+        assert cost.told          # it said what its decodes hold
+
+
 def _assert_jumping_is_exact(policy, layout, batching, cost, rate: float) -> None:
     stepped, r1 = run(policy, layout, cost, False, rate=rate, **batching)
     jumped, r2 = run(policy, layout, cost, True, rate=rate, **batching)
-    assert r2.sim_steps == r1.sim_steps
     assert r2.sim_events < r1.sim_events                      # it did jump
+    _assert_same_run(stepped, r1, jumped, r2)
+
+
+def _assert_same_run(stepped, r1, jumped, r2, rel_tol: float = 1e-9) -> None:
+    assert r2.sim_steps == r1.sim_steps
     for a, b in zip(stepped, jumped):
         assert (a.status, a.preemptions, a.generated_tokens) == (b.status, b.preemptions, b.generated_tokens)
         assert len(a.token_times_s or []) == len(b.token_times_s or [])
         for x, y in zip(a.token_times_s or [], b.token_times_s or []):
-            assert math.isclose(x, y, rel_tol=1e-9)
+            assert math.isclose(x, y, rel_tol=rel_tol)
         if a.finish_s is not None:
-            assert math.isclose(a.finish_s, b.finish_s, rel_tol=1e-9)
+            assert math.isclose(a.finish_s, b.finish_s, rel_tol=rel_tol)
     t1, t2 = r1.timeline.to_frame(), r2.timeline.to_frame()
     assert len(t1) == len(t2)
-    np.testing.assert_allclose(t1["t_s"], t2["t_s"], rtol=1e-9)
+    np.testing.assert_allclose(t1["t_s"], t2["t_s"], rtol=rel_tol)
     cols = [c for c in t1.columns if c not in ("t_s", "step_s")]
     assert (t1[cols].to_numpy() == t2[cols].to_numpy()).all()
 

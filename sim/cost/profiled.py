@@ -404,10 +404,9 @@ class ProfiledCostModel:
         return engine.host_s(len(new) + decode_seqs, sum(new), bucket is not None), device, swap
 
     def step_time(self, batch: Batch) -> float:
-        dec = batch.decode_context_tokens
         host, device, swap = self.step_parts(
-            batch.kv_layout, batch.prefill_new_tokens, batch.prefill_context_tokens, len(dec), sum(dec),
-            max(dec, default=0), batch.swap_in_tokens + batch.swap_out_tokens)
+            batch.kv_layout, batch.prefill_new_tokens, batch.prefill_context_tokens,
+            len(batch.decode_context_tokens), *batch.decode_totals(), batch.swap_in_tokens + batch.swap_out_tokens)
         return swap + device + host
 
     def decode_run_times(self, batch: Batch, num_steps: int, first_step: int = 0) -> np.ndarray:
@@ -426,13 +425,14 @@ class ProfiledCostModel:
                      engine.host_s(b, 0, bucket is not None) if engine is not None else 0.0)
             self._decode_terms[key] = terms
         fixed, bucket, host = terms
+        dec_sum, dec_max = batch.decode_totals()
         if num_steps <= SHORT_RUN_STEPS:
-            return np.array(self._short_run(layout, b, sum(dec) + first_step * b, max(dec) + first_step,
+            return np.array(self._short_run(layout, b, dec_sum + first_step * b, dec_max + first_step,
                                             num_steps, terms))
         step = np.arange(first_step, first_step + num_steps, dtype=np.int64)
         total = step * b
-        total += sum(dec)
-        step += max(dec)
+        total += dec_sum
+        step += dec_max
         gpu = self.decode[layout].many(b, total, step)
         gpu *= self.num_layers          # the step's attention
         gpu += fixed                    # step_time's sums in its order; its 0.0 + x is x for x > 0

@@ -176,9 +176,11 @@ class Policy:
         if not batch.prefill_new_tokens:
             return batch
         run = self._run
+        total, longest = run.context_totals()
         return Batch(decode_context_tokens=tuple((run.computed[: run.n] + 1).tolist()),
                      kv_layout=self.kv.layout,  # type: ignore[arg-type]
-                     requests=tuple(run.reqs[: run.n].tolist()))
+                     requests=tuple(run.reqs[: run.n].tolist()),
+                     decode_sum_max=(total + run.n, longest + 1))
 
     def run_ignores_arrivals(self) -> bool:
         """Whether an arrival during the current decode run could not change
@@ -199,7 +201,7 @@ class Policy:
             lead = 1
         if k > 1 and not self.kv.append_slots(run.slot[: run.n], k - 1):
             raise AssertionError("decode run planned past the free KV memory")
-        run.computed[: run.n] += k - 1
+        run.grow(run.n, k - 1)
         run.emit_all(k - lead)
         if self.record_token_times:
             ends = step_ends_s[lead:]
@@ -425,14 +427,14 @@ class Policy:
         run = self._run
         count = run.n if count is None else count
         if self.kv.append_slots(run.slot[:count], 1):     # the usual case
-            run.computed[:count] += 1
+            run.grow(count)
             return count, 0, 0
         swapped_tokens = num_evicted = i = 0
         while i < min(count, run.n):
             rid = int(run.seq[i])
             if self.kv.can_append(rid, 1):
                 self.kv.append(rid, 1)
-                run.computed[i] += 1
+                run.grow_row(i)
                 i += 1
             else:
                 swapped_tokens += preempt(run.pop())

@@ -64,6 +64,7 @@ class ContinuousPolicy(Policy):
         swap_out: list[tuple[int, int]] = []
         swap_in_tokens = swap_out_tokens = num_decodes = 0
         admitted = 0
+        decode_totals = None
         first_admitted = run.n
         self._admitted_cached.clear()
         if not self.spec.mixed_prefill_decode and not self.swapped:
@@ -71,6 +72,7 @@ class ContinuousPolicy(Policy):
         if not admitted:
             num_decodes, swap_out_tokens, num_evicted = self._reserve_one_each(
                 lambda req: self._evict(req, swap_out))
+            decode_totals = run.context_totals() if num_decodes == run.n else None
             # A step that preempts admits nothing; the next one may, so it
             # cannot start a run of identical steps.
             self._repeatable = num_evicted == 0
@@ -108,6 +110,7 @@ class ContinuousPolicy(Policy):
             held_tokens=held,
             seq_ids=self._seq_ids(slice(first_admitted, run.n), num_decodes),
             block_copies=self._take_copies(),
+            decode_sum_max=decode_totals,
         )
 
     def _schedule_chunked(self, now: float) -> Batch | None:

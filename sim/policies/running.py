@@ -36,11 +36,14 @@ class RunningSet:
     inserting sequences moves every column in one operation; each name in
     ``_INT_COLUMNS`` is a view of its row.
 
-    Two summaries spare a decision from scanning the set: the number of
+    Summaries spare a decision from scanning the set: the number of
     beam-search rows and of rows of requests that sample several sequences
-    (``num_beam_rows``, ``num_multi_rows``), and ``steps_to_finish`` (the
+    (``num_beam_rows``, ``num_multi_rows``), ``steps_to_finish`` (the
     fewest output tokens any row still needs), kept while every row emits
-    together (``emit_all``) and recomputed after anything else changes."""
+    together (``emit_all``), and ``context_totals`` (the sum and the
+    maximum of ``computed``), kept while every row grows together
+    (``grow``); each is recomputed after anything else changes. So
+    ``computed`` changes only through ``add``, ``grow`` and ``grow_row``."""
 
     def __init__(self, capacity: int = 64) -> None:
         self.n = 0
@@ -50,6 +53,7 @@ class RunningSet:
         self.num_beam_rows = 0
         self.num_multi_rows = 0
         self._left: int | None = NO_FINISH      # cached steps_to_finish; None: recompute
+        self._totals: tuple[int, int] | None = (0, 0)   # cached context_totals; None: recompute
 
     def _bind(self) -> None:
         for i, name in enumerate(_INT_COLUMNS):
@@ -65,6 +69,26 @@ class RunningSet:
             n = self.n
             self._left = int((self.target[:n] - self.generated[:n]).min()) if n else NO_FINISH
         return self._left
+
+    def context_totals(self) -> tuple[int, int]:
+        """``(sum, max)`` of the rows' ``computed`` (0s if none)."""
+        if self._totals is None:
+            c = self.computed[: self.n]
+            self._totals = (int(c.sum()), int(c.max())) if self.n else (0, 0)
+        return self._totals
+
+    def grow(self, count: int, k: int = 1) -> None:
+        """The first ``count`` rows hold ``k`` more tokens each."""
+        if not count:
+            return
+        self.computed[:count] += k
+        totals = self._totals
+        self._totals = None if totals is None or count != self.n else (totals[0] + k * count, totals[1] + k)
+
+    def grow_row(self, i: int) -> None:
+        """Row ``i`` holds one more token."""
+        self.computed[i] += 1
+        self._totals = None
 
     def emit_all(self, k: int = 1) -> None:
         """Every row emits ``k`` tokens."""
@@ -88,6 +112,9 @@ class RunningSet:
                             req.request_id, int(req.beam))
         self.n += 1
         self._count(req, 1)
+        if self._totals is not None:
+            c = req.computed_tokens
+            self._totals = (self._totals[0] + c, max(self._totals[1], c))
         if self._left is not None:
             self._left = min(self._left, req.output_tokens - req.generated_tokens)
 
@@ -115,6 +142,7 @@ class RunningSet:
         self.seq[new] = seqs
         self.n += k
         self._count(req, k)
+        self._totals = None
 
     def pop(self) -> Request:
         """Remove the most recently admitted sequence, synchronised."""
@@ -122,7 +150,7 @@ class RunningSet:
         req = self._sync(self.n)
         self.reqs[self.n] = None
         self._count(req, -1)
-        self._left = None
+        self._left = self._totals = None
         return req
 
     def remove(self, positions: np.ndarray) -> list[Request]:
@@ -143,7 +171,7 @@ class RunningSet:
         self.n = m
         for req in removed:
             self._count(req, -1)
-        self._left = None
+        self._left = self._totals = None
         return removed
 
     def requests(self) -> list[Request]:
@@ -156,6 +184,7 @@ class RunningSet:
         self.n = 0
         self.num_beam_rows = self.num_multi_rows = 0
         self._left = NO_FINISH
+        self._totals = (0, 0)
         return reqs
 
     def _sync(self, i: int) -> Request:
