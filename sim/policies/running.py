@@ -40,10 +40,11 @@ class RunningSet:
     beam-search rows and of rows of requests that sample several sequences
     (``num_beam_rows``, ``num_multi_rows``), ``steps_to_finish`` (the
     fewest output tokens any row still needs), kept while every row emits
-    together (``emit_all``), and ``context_totals`` (the sum and the
-    maximum of ``computed``), kept while every row grows together
-    (``grow``); each is recomputed after anything else changes. So
-    ``computed`` changes only through ``add``, ``grow`` and ``grow_row``."""
+    together (``emit_all``), and ``context_totals`` (the sum of
+    ``computed``, always kept, and its maximum, kept until a row holding
+    it leaves or only some rows grow); each is recomputed when it was not
+    kept. So ``computed`` changes only through ``add``, ``grow`` and
+    ``grow_row``."""
 
     def __init__(self, capacity: int = 64) -> None:
         self.n = 0
@@ -53,7 +54,8 @@ class RunningSet:
         self.num_beam_rows = 0
         self.num_multi_rows = 0
         self._left: int | None = NO_FINISH      # cached steps_to_finish; None: recompute
-        self._totals: tuple[int, int] | None = (0, 0)   # cached context_totals; None: recompute
+        self._sum = 0                           # sum of computed
+        self._max: int | None = 0                # max of computed; None: recompute
 
     def _bind(self) -> None:
         for i, name in enumerate(_INT_COLUMNS):
@@ -72,23 +74,25 @@ class RunningSet:
 
     def context_totals(self) -> tuple[int, int]:
         """``(sum, max)`` of the rows' ``computed`` (0s if none)."""
-        if self._totals is None:
-            c = self.computed[: self.n]
-            self._totals = (int(c.sum()), int(c.max())) if self.n else (0, 0)
-        return self._totals
+        if self._max is None:
+            self._max = int(self.computed[: self.n].max()) if self.n else 0
+        return self._sum, self._max
 
     def grow(self, count: int, k: int = 1) -> None:
         """The first ``count`` rows hold ``k`` more tokens each."""
         if not count:
             return
         self.computed[:count] += k
-        totals = self._totals
-        self._totals = None if totals is None or count != self.n else (totals[0] + k * count, totals[1] + k)
+        self._sum += k * count
+        if self._max is not None:
+            self._max = self._max + k if count == self.n else None
 
     def grow_row(self, i: int) -> None:
         """Row ``i`` holds one more token."""
         self.computed[i] += 1
-        self._totals = None
+        self._sum += 1
+        if self._max is not None:
+            self._max = max(self._max, int(self.computed[i]))
 
     def emit_all(self, k: int = 1) -> None:
         """Every row emits ``k`` tokens."""
@@ -112,9 +116,9 @@ class RunningSet:
                             req.request_id, int(req.beam))
         self.n += 1
         self._count(req, 1)
-        if self._totals is not None:
-            c = req.computed_tokens
-            self._totals = (self._totals[0] + c, max(self._totals[1], c))
+        self._sum += req.computed_tokens
+        if self._max is not None:
+            self._max = max(self._max, req.computed_tokens)
         if self._left is not None:
             self._left = min(self._left, req.output_tokens - req.generated_tokens)
 
@@ -142,7 +146,7 @@ class RunningSet:
         self.seq[new] = seqs
         self.n += k
         self._count(req, k)
-        self._totals = None
+        self._sum += k * int(self.computed[position])
 
     def pop(self) -> Request:
         """Remove the most recently admitted sequence, synchronised."""
@@ -150,13 +154,18 @@ class RunningSet:
         req = self._sync(self.n)
         self.reqs[self.n] = None
         self._count(req, -1)
-        self._left = self._totals = None
+        self._left = None
+        self._dropped([req.computed_tokens])
         return req
 
     def remove(self, positions: np.ndarray) -> list[Request]:
         """Remove the sequences at ``positions`` (keeping the others' order);
         returns their Requests, synchronised."""
-        removed = [self._sync(int(i)) for i in positions]
+        removed, computed = [], []
+        for i in positions.tolist():
+            req = self._sync(i)
+            removed.append(req)
+            computed.append(req.computed_tokens)      # this row's (a request's samples have rows of their own)
         n, m = self.n, self.n - len(removed)
         if len(removed) == 1:             # the usual case: shift the rows behind it
             p = int(positions[0])
@@ -171,8 +180,15 @@ class RunningSet:
         self.n = m
         for req in removed:
             self._count(req, -1)
-        self._left = self._totals = None
+        self._left = None
+        self._dropped(computed)
         return removed
+
+    def _dropped(self, computed: list[int]) -> None:
+        """Rows holding ``computed`` tokens left."""
+        self._sum -= sum(computed)
+        if self._max in computed:
+            self._max = None
 
     def requests(self) -> list[Request]:
         """The running Requests in admission order, synchronised."""
@@ -184,7 +200,7 @@ class RunningSet:
         self.n = 0
         self.num_beam_rows = self.num_multi_rows = 0
         self._left = NO_FINISH
-        self._totals = (0, 0)
+        self._sum, self._max = 0, 0
         return reqs
 
     def _sync(self, i: int) -> Request:
