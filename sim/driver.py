@@ -195,7 +195,7 @@ def _run_ends(now: float, cost: CostModel, batch, decodes, max_steps: int, stop_
     lead = 0 if decodes is batch else 1      # steps priced on their own before the decodes
     chunk = RUN_CHUNK_STEPS
     if guess_s > 0 and stop_s - now < chunk * guess_s:
-        chunk = int((stop_s - now) / guess_s) + 2
+        chunk = max(int((stop_s - now) / guess_s), 0) + 2
     parts, done, start = [], 0, now
     while done < max_steps:
         m = min(chunk, max_steps - done)
