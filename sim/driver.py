@@ -26,7 +26,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import numpy as np
 import simpy
 
 from sim.cost.base import CostModel
@@ -136,15 +135,15 @@ def simulate(requests: Sequence[Request], policies: Sequence[Policy],
                     timeline.record_run(now, rep.index, ends, policy, batch, pending=through)
                 else:           # a led run: its first step, then the decodes that follow it
                     timeline.record_step(now, rep.index, step_s, policy, batch)
-                    timeline.record_run(float(ends[0]), rep.index, ends[1:], policy, decodes,
+                    timeline.record_run(ends[0], rep.index, ends[1:], policy, decodes,
                                         pending=through, first_step=1)
                 rep.queued_s = [] if through else None
-                rep.step_s = float(ends[-1] - ends[-2])
+                rep.step_s = ends[-1] - ends[-2]
                 yield env.timeout(ends[-1] - now)
                 if through:
                     timeline.finish_run(rep.index, rep.queued_s, policy)
                     rep.queued_s = None
-                policy.advance_decode_run(batch, ends.tolist())
+                policy.advance_decode_run(batch, ends)
             else:
                 if step_s is None:        # not already priced as a run's first step
                     step_s = cost.step_time(batch)
@@ -180,7 +179,7 @@ def _stop_s(requests: Sequence[Request], state: _State, through: bool, horizon_s
 
 def _run_ends(now: float, cost: CostModel, batch, decodes, max_steps: int, stop_s: float,
               horizon_s: float | None, first_s: float | None = None,
-              guess_s: float = 0.0) -> tuple[int, np.ndarray, float]:
+              guess_s: float = 0.0) -> tuple[int, list[float], float]:
     """End times of a run's steps, accumulated one step at a time exactly as
     stepping would, cut after the step during which ``stop_s`` (the next
     arrival, or the horizon) falls and before any step that would end past
@@ -196,33 +195,31 @@ def _run_ends(now: float, cost: CostModel, batch, decodes, max_steps: int, stop_
     chunk = RUN_CHUNK_STEPS
     if guess_s > 0 and stop_s - now < chunk * guess_s:
         chunk = max(int((stop_s - now) / guess_s), 0) + 2
-    parts, done, start = [], 0, now
+    ends: list[float] = []
+    done, end = 0, now
     while done < max_steps:
         m = min(chunk, max_steps - done)
-        acc = np.empty(m + 1)
-        acc[0] = start
         if done < lead:
             if first_s is None:
                 first_s = cost.step_time(batch)
-            acc[1] = first_s
-            acc[2:] = cost.decode_run_times(decodes, m - 1, 0)
+            times = [first_s, *cost.decode_run_times(decodes, m - 1, 0).tolist()]
         else:
-            acc[1:] = cost.decode_run_times(decodes, m, done - lead)
+            times = cost.decode_run_times(decodes, m, done - lead).tolist()
             if not done:
-                first_s = float(acc[1])
-        ends = acc.cumsum()[1:]
-        cut = int(ends.searchsorted(stop_s, "left"))
-        if cut < m or (horizon_s is not None and ends[-1] > horizon_s):
-            parts.append(ends[: cut + 1])
-            break
-        parts.append(ends)
-        done, chunk, start = done + m, chunk * 4, float(ends[-1])
-    ends = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    k = len(ends)
-    if horizon_s is not None:
-        k = min(k, int(ends.searchsorted(horizon_s, "right")))
+                first_s = times[0]
+        for t in times:                      # Python floats add as numpy's would, in order
+            end += t
+            ends.append(end)
+            if end >= stop_s:
+                break
+        else:
+            done, chunk = done + m, chunk * 4
+            continue
+        break
+    if horizon_s is not None and ends[-1] > horizon_s:   # stop_s <= horizon_s: only the last can be
+        ends.pop()
     assert first_s is not None          # max_steps > 0: the first chunk priced it
-    return k, ends[:k], first_s
+    return len(ends), ends, first_s
 
 
 def _close(requests, replicas, timeline, state, now, horizon_s, wall_s) -> SimResult:

@@ -65,7 +65,7 @@ class _Run(NamedTuple):
     before the run's first step (1: during the step that leads it)."""
 
     start_s: float
-    ends_s: np.ndarray
+    ends_s: list[float]
     values: tuple
     tokens: np.ndarray | None
     block_size: int
@@ -106,7 +106,7 @@ class Timeline:
         self._maybe_flush()
         self._rows.append((t_s, replica, step_s, *snapshot))
 
-    def record_run(self, start_s: float, replica: int, ends_s: np.ndarray,
+    def record_run(self, start_s: float, replica: int, ends_s: list[float],
                    policy: Policy, batch: Batch, *, pending: bool = False, first_step: int = 0) -> None:
         """Rows of a decode run of ``batch`` that starts at ``start_s`` and
         whose steps end at ``ends_s``; step j (0-based) has every sequence

@@ -188,7 +188,7 @@ def test_decode_run_times_equal_the_per_step_fallback(cost):
         batch = Batch(decode_context_tokens=(50, 90, 280, 7), kv_layout=layout)
         np.testing.assert_array_equal(cost.decode_run_times(batch, 300),
                                       decode_run_times_by_steps(cost, batch, 300))
-        for steps, first in ((1, 0), (2, 7), (4, 300)):     # a short run is priced in Python floats
+        for steps, first in ((1, 0), (2, 7), (4, 300), (12, 3)):     # a short run is priced in Python floats
             np.testing.assert_array_equal(cost.decode_run_times(batch, steps, first),
                                           decode_run_times_by_steps(cost, batch, steps, first))
     mixed = Batch(prefill_new_tokens=(5,), prefill_context_tokens=(0,), decode_context_tokens=(9,))

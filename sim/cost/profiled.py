@@ -122,7 +122,7 @@ def measured_step_overhead_s(hardware_name: str) -> tuple[float, str] | None:
     return float(np.median(values)), f"median of {len(values)} profiled models on {gpus}"
 
 
-SHORT_RUN_STEPS = 4
+SHORT_RUN_STEPS = 12
 """Decode runs of at most this many steps are priced in Python floats."""
 
 
