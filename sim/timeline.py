@@ -58,8 +58,9 @@ holder, constant because decodes write private blocks)."""
 
 class _Run(NamedTuple):
     """A decode run as recorded: when its first step starts and when each
-    step ends, the ``_RUN_FIELDS`` values, the tokens each sequence holds
-    and the block size (paged memory; None and 0: contiguous), and per-step
+    step ends, the ``_RUN_FIELDS`` values, how many sequences' last blocks
+    hold each number of tokens (``Policy.last_block_fill``) and the block
+    size (paged memory; None and 0: contiguous), and per-step
     ``waiting``/``external`` arrays where arrivals joined the queue during
     the run. The values and token counts are taken ``first_step`` steps
     before the run's first step (1: during the step that leads it)."""
@@ -67,7 +68,7 @@ class _Run(NamedTuple):
     start_s: float
     ends_s: list[float]
     values: tuple
-    tokens: np.ndarray | None
+    fill: list[int] | None
     block_size: int
     per_step: dict[str, np.ndarray] | None = None
     first_step: int = 0
@@ -125,7 +126,7 @@ class Timeline:
             replica, policy.num_running, len(policy.waiting), len(policy.swapped), len(batch.requests),
             batch.num_seqs, batch.num_tokens, batch.num_decode_seqs, external_slots(policy), u.real,
             u.real + u.internal, u.reserved, u.free, u.total, u.shared),
-            policy.decode_contexts().copy() if paged else None,
+            policy.last_block_fill() if paged else None,
             kv.block_size if paged else 0, first_step=first_step)  # type: ignore[attr-defined]
         if pending:
             self._pending[replica] = run
@@ -233,8 +234,8 @@ class Timeline:
         """KV columns of every run row. A sequence holding t tokens takes
         ``floor((j + (t - 1) % bs) / bs)`` new blocks over the next j steps, so
         a run's allocation at step j only needs its histogram of
-        ``(t - 1) % bs`` (all runs' at once here); contiguous reservations and
-        free space are fixed."""
+        ``(t - 1) % bs`` (its ``fill``); contiguous reservations and free
+        space are fixed."""
         runs = self._runs
         lengths = np.fromiter((len(r.ends_s) for r in runs), np.int64, len(runs))
         values = np.array([r.values for r in runs], np.int64)
@@ -249,7 +250,7 @@ class Timeline:
             j += np.repeat(np.fromiter((r.first_step for r in runs), np.int64, len(runs)), lengths)
         n = cols["batch_seqs"]
         real = cols["real"] + n * j
-        is_paged = np.array([r.tokens is not None for r in runs])
+        is_paged = np.array([r.fill is not None for r in runs])
         paged_runs = np.flatnonzero(is_paged)
         paged = np.repeat(is_paged, lengths)
         # contiguous: every token lands in its own reservation; paged: no reservations
@@ -258,10 +259,8 @@ class Timeline:
         free = cols["free"]
         if len(paged_runs):
             bs = runs[paged_runs[0]].block_size
-            tokens = [runs[i].tokens for i in paged_runs]
-            owner = np.repeat(paged_runs, [len(t) for t in tokens])
-            hist = np.bincount(owner * bs + (np.concatenate(tokens) - 1) % bs,
-                               minlength=len(runs) * bs).reshape(len(runs), bs)
+            hist = np.zeros((len(runs), bs), np.int64)
+            hist[paged_runs] = [runs[i].fill for i in paged_runs]
             new_blocks = np.zeros_like(j)
             for q in np.flatnonzero(hist.any(axis=0)):
                 new_blocks += np.repeat(hist[:, q], lengths) * ((j + q) // bs)

@@ -217,6 +217,12 @@ class LazyPagedMachine(PagedMachine):
         rids = sorted(r for r in self.tokens if not self.kv.is_swapped(r))
         slots = np.array([self.kv.slot(r) for r in rids], np.int64)
         self.kv.growth_steps(slots, max_growth)
+        bs = self.kv.block_size
+        for some in (rids, rids[::2]):              # every GPU-resident sequence, and some of them
+            fill = [0] * bs
+            for r in some:
+                fill[(self.tokens[r] - 1) % bs] += 1
+            assert self.kv.fill_counts(np.array([self.kv.slot(r) for r in some], np.int64)) == fill
 
 
 class ContiguousMachine(_ManagerMachine):

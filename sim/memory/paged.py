@@ -415,6 +415,17 @@ class PagedKVManager:
         self._real_slots += num_tokens * len(slots)
         return True
 
+    def fill_counts(self, slots: np.ndarray) -> list[int]:
+        """Entry q: how many of the sequences at ``slots`` have ``(tokens - 1)
+        % block_size == q`` -- a last block holding q + 1 tokens (an empty
+        sequence counts as a full one). Over every held sequence of a
+        manager without ids, its count by residue, turned by the clock."""
+        bs = self.block_size
+        if not self._ids and len(slots) == len(self._seqs):
+            turn = (1 - self._clock) % bs        # (t + clock - 1) % bs == q  <=>  t % bs == (q + turn) % bs
+            return self._by_residue[turn:] + self._by_residue[:turn]
+        return np.bincount((self._tok[slots] + (self._clock - 1)) % bs, minlength=bs).tolist()
+
     def growth_steps(self, slots: np.ndarray, max_growth: int) -> int:
         """Largest ``g <= max_growth`` such that every sequence can grow by
         ``g`` tokens at once: the new blocks they all need fit in the free ones

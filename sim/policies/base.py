@@ -223,9 +223,11 @@ class Policy:
     def num_running(self) -> int:
         return self._run.n
 
-    def decode_contexts(self) -> np.ndarray:
-        """Tokens held by each running sequence (a decode run's contexts)."""
-        return self._run.computed[: self._run.n]
+    def last_block_fill(self) -> list[int]:
+        """Paged KV: how many running sequences hold each number of tokens
+        in their last block (entry q: q + 1 tokens; see ``fill_counts``)."""
+        run = self._run
+        return self.kv.fill_counts(run.slot[: run.n])
 
     @property
     def num_outstanding(self) -> int:
