@@ -21,8 +21,10 @@ stepping one iteration at a time.
 """
 from __future__ import annotations
 
+import gc
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -159,9 +161,26 @@ def simulate(requests: Sequence[Request], policies: Sequence[Policy],
     env.process(arrivals())
     for rep in replicas:
         env.process(replica_loop(rep))
-    env.run(until=horizon_s)
+    with _collector_paused():
+        env.run(until=horizon_s)
     return _close(requests, replicas, timeline, state, env.now, horizon_s,
                   time.perf_counter() - wall0)
+
+
+@contextmanager
+def _collector_paused():
+    """Python's cyclic garbage collector off while the simulation runs: it
+    makes next to no reference cycles (a few hundred objects in a run of
+    200,000 requests), yet the collector's passes over every live object --
+    the workload's requests among them -- cost up to a tenth of its time.
+    Whatever cycles it does make are collected once the collector is back."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _wake(rep: _Replica) -> None:

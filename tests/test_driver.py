@@ -2,6 +2,7 @@
 holds, conservation is checked, replicas share the load."""
 from __future__ import annotations
 
+import gc
 import math
 
 import numpy as np
@@ -310,3 +311,27 @@ def test_jumping_is_bit_exact_with_the_profiled_cost_model(batching, memory):
     walls = [c for c in jumped.requests.columns if "wall" in c]
     assert jumped.requests.drop(columns=walls).equals(stepped.requests.drop(columns=walls))
     assert jumped.timeline.drop(columns=["step_s"]).equals(stepped.timeline.drop(columns=["step_s"]))
+
+
+def test_the_garbage_collector_is_as_it_was_after_a_run():
+    """The run pauses Python's cyclic collector and puts it back as it
+    found it, also when the run fails."""
+    class Failing:
+        name = "failing"
+
+        def step_time(self, batch):
+            raise RuntimeError("boom")
+
+        def decode_run_times(self, batch, num_steps, first_step=0):
+            raise RuntimeError("boom")
+
+    try:
+        for enabled in (True, False):
+            gc.enable() if enabled else gc.disable()
+            run("continuous", "paged", LINEAR, True, n=20)
+            assert gc.isenabled() == enabled
+            with pytest.raises(RuntimeError, match="boom"):
+                run("continuous", "paged", Failing(), True, n=20)
+            assert gc.isenabled() == enabled
+    finally:
+        gc.enable()
