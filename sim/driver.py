@@ -171,8 +171,9 @@ def simulate(requests: Sequence[Request], policies: Sequence[Policy],
 def _collector_paused():
     """Python's cyclic garbage collector off while the simulation runs: it
     makes next to no reference cycles (a few hundred objects in a run of
-    200,000 requests), yet the collector's passes over every live object --
-    the workload's requests among them -- cost up to a tenth of its time.
+    200,000 requests), yet the collector keeps passing over every live
+    object, the workload's requests among them (about 3% of a
+    200,000-request run, docs/results.md §3, more as the workload grows).
     Whatever cycles it does make are collected once the collector is back."""
     enabled = gc.isenabled()
     gc.disable()
