@@ -37,7 +37,7 @@ from sim.result import SimResult, close_run
 from sim.timeline import DEFAULT_MAX_ROWS, Timeline
 
 
-RUN_CHUNK_STEPS = 32     # the first chunk of a decode run priced at once
+RUN_CHUNK_STEPS = 32     # the first chunk of a decode run priced at once, unless an arrival is due sooner
 
 
 @dataclass
