@@ -59,8 +59,8 @@ holder, constant because decodes write private blocks)."""
 class _Run(NamedTuple):
     """A decode run as recorded: when its first step starts and when each
     step ends, the ``_RUN_FIELDS`` values, how many sequences' last blocks
-    hold each number of tokens (``Policy.last_block_fill``) and the block
-    size (paged memory; None and 0: contiguous), and per-step
+    hold each number of tokens (``Policy.last_block_fill``: one entry per
+    slot of a block; None: contiguous memory), and per-step
     ``waiting``/``external`` arrays where arrivals joined the queue during
     the run. The values and token counts are taken ``first_step`` steps
     before the run's first step (1: during the step that leads it)."""
@@ -69,7 +69,6 @@ class _Run(NamedTuple):
     ends_s: list[float]
     values: tuple
     fill: list[int] | None
-    block_size: int
     per_step: dict[str, np.ndarray] | None = None
     first_step: int = 0
 
@@ -126,8 +125,7 @@ class Timeline:
             replica, policy.num_running, len(policy.waiting), len(policy.swapped), len(batch.requests),
             batch.num_seqs, batch.num_tokens, batch.num_decode_seqs, external_slots(policy), u.real,
             u.real + u.internal, u.reserved, u.free, u.total, u.shared),
-            policy.last_block_fill() if paged else None,
-            kv.block_size if paged else 0, first_step=first_step)  # type: ignore[attr-defined]
+            policy.last_block_fill() if paged else None, first_step=first_step)
         if pending:
             self._pending[replica] = run
             return
@@ -258,7 +256,7 @@ class Timeline:
         internal = np.where(paged, cols["used"] - real, 0)
         free = cols["free"]
         if len(paged_runs):
-            bs = runs[paged_runs[0]].block_size
+            bs = len(runs[paged_runs[0]].fill)
             hist = np.zeros((len(runs), bs), np.int64)
             hist[paged_runs] = [runs[i].fill for i in paged_runs]
             new_blocks = np.zeros_like(j)

@@ -187,7 +187,7 @@ class PagedKVManager:
         return int(self._owned_counts().get(block_id, 0))
 
     def num_tokens(self, request_id: int) -> int:
-        return int(self._tok[self.slot(request_id)]) + self._clock
+        return self._tokens(self.slot(request_id))
 
     def is_swapped(self, request_id: int) -> bool:
         return request_id in self._cpu_tables
@@ -215,7 +215,7 @@ class PagedKVManager:
         if num_tokens == 0:
             return 0
         if not self._ids:
-            tokens = int(self._tok[slot]) + self._clock
+            tokens = self._tokens(slot)
             return _ceil_div(tokens + num_tokens, self.block_size) - _ceil_div(tokens, self.block_size)
         tokens, blocks = int(self._tok[slot]), int(self._nblk[slot])
         need = _ceil_div(tokens + num_tokens, self.block_size) - blocks
@@ -508,7 +508,7 @@ class PagedKVManager:
         slot = self._gpu_slot(request_id)
         if self._ids:
             return int(self._nblk[slot])
-        return _ceil_div(int(self._tok[slot]) + self._clock, self.block_size)
+        return _ceil_div(self._tokens(slot), self.block_size)
 
     def swap_out(self, request_id: int) -> list[tuple[int, int]]:
         """Copy a sequence's blocks to CPU blocks and release the GPU ones;
@@ -607,6 +607,10 @@ class PagedKVManager:
             raise MemoryError_(f"request {request_id}: need 0 <= num_tokens <= final_tokens, "
                                f"got {num_tokens} and {final_tokens}")
 
+    def _tokens(self, slot: int) -> int:
+        """Tokens the sequence at ``slot`` holds (its count plus the clock)."""
+        return int(self._tok[slot]) + self._clock
+
     def _gpu_slot(self, request_id: int) -> int:
         slot = self._seqs.slot_of.get(request_id)
         if slot is None:
@@ -668,7 +672,7 @@ class PagedKVManager:
         slots of blocks freed."""
         bs = self.block_size
         if not self._ids:
-            tokens = int(self._tok[slot]) + self._clock
+            tokens = self._tokens(slot)
             self._free.n += _ceil_div(tokens, bs)
             self._by_residue[int(self._tok[slot]) % bs] -= 1
             return tokens
@@ -731,7 +735,7 @@ class PagedKVManager:
         self._ids = True
         self._free = BlockQueue(self.num_blocks)
         for slot in sorted(self._seqs.slot_of.values()):
-            tokens = int(self._tok[slot]) + self._clock
+            tokens = self._tokens(slot)
             self._tok[slot] = tokens
             self._set_blocks(slot, self._free.take(_ceil_div(tokens, self.block_size)))
         self._clock = 0
@@ -740,7 +744,7 @@ class PagedKVManager:
     def _check_counts(self) -> None:
         """``check_invariants`` of a manager without ids."""
         bs = self.block_size
-        tokens = [int(self._tok[s]) + self._clock for s in self._seqs.slot_of.values()]
+        tokens = [self._tokens(s) for s in self._seqs.slot_of.values()]
         held = sum(_ceil_div(t, bs) for t in tokens)
         if held + len(self._free) != self.num_blocks:
             raise MemoryError_(f"GPU free + used blocks != {self.num_blocks}")
