@@ -256,6 +256,24 @@ def test_round_robin_and_least_outstanding_spread_the_load():
     assert [r.replica for r in reqs] == [0, 1, 0, 1]
 
 
+@pytest.mark.parametrize("layout", ["paged", "contiguous"])
+def test_jumping_is_exact_when_a_router_reads_the_replicas_load(layout):
+    """Three replicas behind the least-outstanding router, which reads every
+    replica's load at each arrival: a run must have retired what finished
+    by the time an arrival is routed, as stepping does."""
+    def three(fast_forward):
+        reqs = poisson_requests(300, 30.0, seed=11)
+        pols = [make_policy("continuous", make_kv(layout)) for _ in range(3)]
+        for pol in pols:
+            pol.record_token_times = True
+        return reqs, simulate(reqs, pols, [LINEAR] * 3, LeastOutstandingRouter(), fast_forward=fast_forward)
+
+    (stepped, r1), (jumped, r2) = three(False), three(True)
+    assert r2.sim_events < r1.sim_events
+    assert [r.replica for r in stepped] == [r.replica for r in jumped]
+    _assert_same_run(stepped, r1, jumped, r2)
+
+
 def test_a_bounded_timeline_merges_steps_and_keeps_every_weighted_figure():
     """With a budget of 64 rows the timeline of ~1,300 steps is merged to
     between 32 and 64 rows that cover every step, each of the same number of
