@@ -177,7 +177,7 @@ class Policy:
             return batch
         run = self._run
         total, longest = run.context_totals()
-        return Batch(decode_context_tokens=tuple((run.computed[: run.n] + 1).tolist()),
+        return Batch(decode_context_tokens=tuple(run.contexts(run.n, 1).tolist()),
                      kv_layout=self.kv.layout,  # type: ignore[arg-type]
                      requests=tuple(run.reqs[: run.n].tolist()),
                      decode_sum_max=(total + run.n, longest + 1))
@@ -243,9 +243,9 @@ class Policy:
         ``:decode_to``, prefills listed first."""
         run = self._run
         if prefill_from == run.n:         # a pure decode step
-            contexts = tuple(run.computed[:decode_to].tolist())
+            contexts = tuple(run.contexts(decode_to).tolist())
             return tuple(run.reqs[:decode_to].tolist()), contexts, contexts
-        reqs, held = run.reqs[: run.n].tolist(), run.computed[: run.n].tolist()
+        reqs, held = run.reqs[: run.n].tolist(), run.contexts(run.n).tolist()
         return (tuple(reqs[prefill_from:] + reqs[:decode_to]), tuple(held[prefill_from:] + held[:decode_to]),
                 tuple(held[:decode_to]))
 
@@ -274,7 +274,7 @@ class Policy:
         run = self._run
         first = False
         for i in self._prefilling:          # only a prefill's last chunk gives a first token
-            if run.generated[i] == 0:
+            if run.generated(i) == 0:
                 run.reqs[i].first_token_s = now
                 first = True
         if isinstance(self._emitting, slice) and self._emitting == slice(0, run.n):
@@ -316,7 +316,7 @@ class Policy:
                 i += 1                     # not a beam request, or its beams have not joined yet
                 continue
             seqs = run.seq[i: i + w].tolist()
-            rng = np.random.default_rng((req.request_id, int(run.generated[i])))
+            rng = np.random.default_rng((req.request_id, run.generated(i)))
             parents = rng.integers(0, w, size=w)
             children = {p: [j for j in range(w) if parents[j] == p] for p in set(parents.tolist())}
             spare = [seqs[d] for d in range(w) if d not in children]
@@ -339,7 +339,7 @@ class Policy:
         run = self._run
         for i in range(run.n - 1, -1, -1):              # from the back: inserting shifts only later rows
             req = run.reqs[i]
-            if req.num_seqs > 1 and run.generated[i] == 1 and run.seq[i] == req.request_id \
+            if req.num_seqs > 1 and run.generated(i) == 1 and run.seq[i] == req.request_id \
                     and (i + 1 == run.n or run.reqs[i + 1] is not req):
                 seqs = req.seq_ids[1:]
                 run.insert_samples(i, req, [self.kv.slot(s) for s in seqs], seqs)
@@ -357,7 +357,7 @@ class Policy:
         run = self._run
         if run.steps_to_finish() > 0:
             return
-        done = (run.generated[: run.n] >= run.target[: run.n]).nonzero()[0]
+        done = run.done_rows()
         if len(done):
             finished = run.remove(done)     # a request's samples all finish on the same step
             for req in dict.fromkeys(finished):

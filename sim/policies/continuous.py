@@ -138,7 +138,7 @@ class ContinuousPolicy(Policy):
             todo = int(run.todo[i])
             chunk = min(todo, budget)
             new.append(chunk)
-            context.append(int(run.computed[i]) - todo)
+            context.append(run.context(i) - todo)
             run.todo[i] = todo - chunk
             budget -= chunk
             positions.append(i)
@@ -150,7 +150,7 @@ class ContinuousPolicy(Policy):
         done = [i for i in positions if run.todo[i] == 0]             # their last chunk: a first token
         self._emitting = np.concatenate((np.arange(num_decodes), done)) if done else slice(0, num_decodes)
         self._prefilling = done
-        contexts = tuple(run.computed[:num_decodes].tolist())
+        contexts = tuple(run.contexts(num_decodes).tolist())
         reqs = tuple(run.reqs[positions].tolist()) + tuple(run.reqs[:num_decodes].tolist())
         held = tuple(c + n for c, n in zip(context, new)) + contexts   # KV that holds tokens after the step
         return Batch(

@@ -11,12 +11,19 @@ while a sequence runs, the arrays are the truth.
 
 Columns: ``reqs`` (the Request objects), ``slot`` (the KV manager's row for
 the sequence), ``computed`` (tokens whose KV is held, the slot reserved for
-the next token included), ``generated`` (output tokens so far) and
+the next token included), ``left`` (output tokens still to generate) and
 ``target`` (output tokens wanted), ``todo`` (chunked prefill: tokens of
 the current prefill not computed yet; 0 once it has produced its first token)
 and ``seq`` (the KV manager's sequence id: the request id, or, for the
 extra samples of a request that samples several, ``Request.seq_ids``; a
 request's rows are adjacent) and ``beam`` (1 for a beam-search request's rows).
+
+What every row gains at once -- a token of KV for each, a token emitted by
+each -- is counted by a clock (``_grown``, ``_emitted``), not written into
+every row: ``computed`` holds each row's tokens less ``_grown`` and ``left``
+its tokens to go plus ``_emitted``, so a decode step of the whole set moves
+two integers. ``contexts``, ``context``, ``generated`` and ``done_rows``
+read them with the clocks applied.
 """
 from __future__ import annotations
 
@@ -24,8 +31,8 @@ import numpy as np
 
 from sim.request import Request
 
-_INT_COLUMNS = ("slot", "computed", "generated", "target", "todo", "seq", "beam")
-_COMPUTED, _GENERATED, _TODO = (_INT_COLUMNS.index(c) for c in ("computed", "generated", "todo"))
+_INT_COLUMNS = ("slot", "computed", "left", "target", "todo", "seq", "beam")
+_COMPUTED, _LEFT, _TARGET, _TODO = (_INT_COLUMNS.index(c) for c in ("computed", "left", "target", "todo"))
 """Rows of ``RunningSet._cols`` written back to a leaving sequence's Request."""
 NO_FINISH = 1 << 62
 """``steps_to_finish`` of an empty set."""
@@ -40,11 +47,12 @@ class RunningSet:
     beam-search rows and of rows of requests that sample several sequences
     (``num_beam_rows``, ``num_multi_rows``), ``steps_to_finish`` (the
     fewest output tokens any row still needs), kept while every row emits
-    together (``emit_all``), and ``context_totals`` (the sum of
-    ``computed``, always kept, and its maximum, kept until a row holding
-    it leaves or only some rows grow); each is recomputed when it was not
+    together (``emit_all``), and ``context_totals`` (the sum of the rows'
+    contexts, always kept, and its maximum, kept until a row holding it
+    leaves or only some rows grow); each is recomputed when it was not
     kept. So ``computed`` changes only through ``add``, ``grow`` and
-    ``grow_row``."""
+    ``grow_row``, and ``left`` only through ``add``, ``emit_all`` and
+    ``emit``."""
 
     def __init__(self, capacity: int = 64) -> None:
         self.n = 0
@@ -53,9 +61,11 @@ class RunningSet:
         self._bind()
         self.num_beam_rows = 0
         self.num_multi_rows = 0
+        self._grown = 0                         # clock: a row's context is its ``computed`` + this
+        self._emitted = 0                       # clock: a row's tokens to go are its ``left`` - this
         self._left: int | None = NO_FINISH      # cached steps_to_finish; None: recompute
-        self._sum = 0                           # sum of computed
-        self._max: int | None = 0                # max of computed; None: recompute
+        self._sum = 0                           # sum of the contexts
+        self._max: int | None = 0                # max of the contexts; None: recompute
 
     def _bind(self) -> None:
         for i, name in enumerate(_INT_COLUMNS):
@@ -64,25 +74,45 @@ class RunningSet:
     def __len__(self) -> int:
         return self.n
 
+    # ---- reading, clocks applied ------------------------------------------
+    def contexts(self, stop: int, plus: int = 0) -> np.ndarray:
+        """The KV tokens each of the first ``stop`` rows holds (``+ plus``), a new array."""
+        return self.computed[:stop] + (self._grown + plus)
+
+    def context(self, i: int) -> int:
+        return int(self.computed[i]) + self._grown
+
+    def generated(self, i: int) -> int:
+        """Output tokens row ``i`` has emitted."""
+        return int(self.target[i] - self.left[i]) + self._emitted
+
+    def done_rows(self) -> np.ndarray:
+        """Positions of the rows that have emitted every token they want."""
+        return (self.left[: self.n] <= self._emitted).nonzero()[0]
+
     def steps_to_finish(self) -> int:
-        """``min(target - generated)`` over the rows (``NO_FINISH`` if none):
-        the step on which the next sequence finishes, counting from 1."""
+        """The fewest output tokens a row still needs (``NO_FINISH`` if
+        none): the step on which the next sequence finishes, counting from 1."""
         if self._left is None:
             n = self.n
-            self._left = int((self.target[:n] - self.generated[:n]).min()) if n else NO_FINISH
+            self._left = int(self.left[:n].min()) - self._emitted if n else NO_FINISH
         return self._left
 
     def context_totals(self) -> tuple[int, int]:
-        """``(sum, max)`` of the rows' ``computed`` (0s if none)."""
+        """``(sum, max)`` of the rows' contexts (0s if none)."""
         if self._max is None:
-            self._max = int(self.computed[: self.n].max()) if self.n else 0
+            self._max = int(self.computed[: self.n].max()) + self._grown if self.n else 0
         return self._sum, self._max
 
+    # ---- changing -----------------------------------------------------------
     def grow(self, count: int, k: int = 1) -> None:
         """The first ``count`` rows hold ``k`` more tokens each."""
         if not count:
             return
-        self.computed[:count] += k
+        if count == self.n:
+            self._grown += k
+        else:
+            self.computed[:count] += k
         self._sum += k * count
         if self._max is not None:
             self._max = self._max + k if count == self.n else None
@@ -92,17 +122,17 @@ class RunningSet:
         self.computed[i] += 1
         self._sum += 1
         if self._max is not None:
-            self._max = max(self._max, int(self.computed[i]))
+            self._max = max(self._max, self.context(i))
 
     def emit_all(self, k: int = 1) -> None:
         """Every row emits ``k`` tokens."""
-        self.generated[: self.n] += k
+        self._emitted += k
         if self._left is not None and self.n:
             self._left -= k
 
     def emit(self, rows) -> None:
         """The rows at ``rows`` (positions, a slice or an index array) emit one token each."""
-        self.generated[: self.n][rows] += 1
+        self.left[: self.n][rows] -= 1
         self._left = None
 
     def add(self, req: Request, slot: int, todo: int = 0) -> None:
@@ -112,15 +142,16 @@ class RunningSet:
             self._grow()
         i = self.n
         self.reqs[i] = req
-        self._cols[:, i] = (slot, req.computed_tokens, req.generated_tokens, req.output_tokens, todo,
-                            req.request_id, int(req.beam))
+        left = req.output_tokens - req.generated_tokens
+        self._cols[:, i] = (slot, req.computed_tokens - self._grown, left + self._emitted, req.output_tokens,
+                            todo, req.request_id, int(req.beam))
         self.n += 1
         self._count(req, 1)
         self._sum += req.computed_tokens
         if self._max is not None:
             self._max = max(self._max, req.computed_tokens)
         if self._left is not None:
-            self._left = min(self._left, req.output_tokens - req.generated_tokens)
+            self._left = min(self._left, left)
 
     def _count(self, req: Request, rows: int) -> None:
         if req.num_seqs > 1:
@@ -146,7 +177,7 @@ class RunningSet:
         self.seq[new] = seqs
         self.n += k
         self._count(req, k)
-        self._sum += k * int(self.computed[position])
+        self._sum += k * self.context(position)
 
     def pop(self) -> Request:
         """Remove the most recently admitted sequence, synchronised."""
@@ -201,12 +232,15 @@ class RunningSet:
         self.num_beam_rows = self.num_multi_rows = 0
         self._left = NO_FINISH
         self._sum, self._max = 0, 0
+        self._grown = self._emitted = 0
         return reqs
 
     def _sync(self, i: int) -> Request:
         req = self.reqs[i]
         row = self._cols[:, i].tolist()
-        req.computed_tokens, req.generated_tokens, req.pending_prefill = row[_COMPUTED], row[_GENERATED], row[_TODO]
+        req.computed_tokens = row[_COMPUTED] + self._grown
+        req.generated_tokens = row[_TARGET] - (row[_LEFT] - self._emitted)
+        req.pending_prefill = row[_TODO]
         return req
 
     def _grow(self) -> None:
