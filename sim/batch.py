@@ -26,7 +26,10 @@ if TYPE_CHECKING:
 KVLayout = Literal["paged", "contiguous"]
 
 
-@dataclass(frozen=True, slots=True)
+_SETATTR = object.__setattr__
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class Batch:
     prefill_new_tokens: tuple[int, ...] = ()
     prefill_context_tokens: tuple[int, ...] = ()
@@ -53,9 +56,33 @@ class Batch:
     # already (None: ``decode_totals`` computes them)
     decode_sum_max: tuple[int, int] | None = field(default=None, compare=False, repr=False)
 
-    def __post_init__(self) -> None:
-        if len(self.prefill_new_tokens) != len(self.prefill_context_tokens):
+    def __init__(self, prefill_new_tokens: tuple[int, ...] = (), prefill_context_tokens: tuple[int, ...] = (),
+                 decode_context_tokens: tuple[int, ...] = (), kv_layout: KVLayout = "paged",
+                 swap_in_tokens: int = 0, swap_out_tokens: int = 0, requests: tuple["Request", ...] = (),
+                 swap_out_blocks: tuple[tuple[int, int], ...] = (), swap_in_blocks: tuple[tuple[int, int], ...] = (),
+                 held_tokens: tuple[int, ...] = (), seq_ids: tuple[int, ...] = (),
+                 block_copies: tuple[tuple[int, int], ...] = (),
+                 decode_sum_max: tuple[int, int] | None = None) -> None:
+        """The fields above, in order, with their defaults (a test holds
+        them to it). Written out because a policy builds a batch every step:
+        a frozen dataclass's generated ``__init__`` looks ``object.__setattr__``
+        up again for every field, 2.3 us a batch against 1.0 us here."""
+        if len(prefill_new_tokens) != len(prefill_context_tokens):
             raise ValueError("prefill_new_tokens and prefill_context_tokens differ in length")
+        put = _SETATTR.__get__(self)
+        put("prefill_new_tokens", prefill_new_tokens)
+        put("prefill_context_tokens", prefill_context_tokens)
+        put("decode_context_tokens", decode_context_tokens)
+        put("kv_layout", kv_layout)
+        put("swap_in_tokens", swap_in_tokens)
+        put("swap_out_tokens", swap_out_tokens)
+        put("requests", requests)
+        put("swap_out_blocks", swap_out_blocks)
+        put("swap_in_blocks", swap_in_blocks)
+        put("held_tokens", held_tokens)
+        put("seq_ids", seq_ids)
+        put("block_copies", block_copies)
+        put("decode_sum_max", decode_sum_max)
 
     def seq_id(self, i: int) -> int:
         """The KV sequence of row ``i`` of ``requests``."""
