@@ -95,9 +95,11 @@ class Timeline:
     def snapshot(policy: Policy, batch: Batch) -> tuple:
         """The state columns of a step that is about to run (after ``schedule``)."""
         u = policy.kv.usage()
+        prefills, decodes = batch.prefill_new_tokens, len(batch.decode_context_tokens)
+        new = sum(prefills)
         return (policy.num_running, len(policy.waiting), len(policy.swapped),
-                len(batch.requests), batch.num_seqs, batch.num_tokens, sum(batch.prefill_new_tokens),
-                batch.num_decode_seqs, u.real, u.internal + u.reserved, u.internal, u.reserved,
+                len(batch.requests), len(prefills) + decodes, new + decodes, new,
+                decodes, u.real, u.internal + u.reserved, u.internal, u.reserved,
                 external_slots(policy), u.free, u.total, u.shared)
 
     def append(self, t_s: float, replica: int, step_s: float, snapshot: tuple) -> None:
