@@ -36,6 +36,7 @@ _COMPUTED, _LEFT, _TARGET, _TODO = (_INT_COLUMNS.index(c) for c in ("computed", 
 """Rows of ``RunningSet._cols`` written back to a leaving sequence's Request."""
 NO_FINISH = 1 << 62
 """``steps_to_finish`` of an empty set."""
+_MIN, _MAX = np.minimum.reduce, np.maximum.reduce     # ``ndarray.min``/``max`` without their Python wrappers
 
 
 class RunningSet:
@@ -95,13 +96,13 @@ class RunningSet:
         none): the step on which the next sequence finishes, counting from 1."""
         if self._left is None:
             n = self.n
-            self._left = int(self.left[:n].min()) - self._emitted if n else NO_FINISH
+            self._left = int(_MIN(self.left[:n])) - self._emitted if n else NO_FINISH
         return self._left
 
     def context_totals(self) -> tuple[int, int]:
         """``(sum, max)`` of the rows' contexts (0s if none)."""
         if self._max is None:
-            self._max = int(self.computed[: self.n].max()) + self._grown if self.n else 0
+            self._max = int(_MAX(self.computed[: self.n])) + self._grown if self.n else 0
         return self._sum, self._max
 
     # ---- changing -----------------------------------------------------------
