@@ -311,17 +311,24 @@ def _grouped(cols: dict[str, np.ndarray], starts: np.ndarray) -> dict[str, np.nd
     weighted by step time (the plain mean where none of them took time)."""
     if len(starts) == len(cols["t_s"]):
         return cols
+    n = len(cols["t_s"])
+    if 2 * len(starts) == n and (np.diff(starts) == 2).all():     # pairs: what a halving merges
+        def sums(a: np.ndarray) -> np.ndarray:
+            return a[..., 0::2] + a[..., 1::2]         # reduceat's own sum of two, without its per-group loop
+    else:
+        def sums(a: np.ndarray) -> np.ndarray:
+            return np.add.reduceat(a, starts, axis=-1)
     w = np.maximum(cols["step_s"], 0.0)
-    ws = np.add.reduceat(w, starts)
+    ws = sums(w)
     values = np.vstack([cols[c] for c in VALUE_COLUMNS])
     with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.add.reduceat(values * w, starts, axis=1) / ws
+        means = sums(values * w) / ws
     untimed = ws <= 0
     if untimed.any():
-        rows = np.diff(np.r_[starts, len(w)])
-        means[:, untimed] = (np.add.reduceat(values, starts, axis=1) / rows)[:, untimed]
+        rows = np.diff(np.r_[starts, n])
+        means[:, untimed] = (sums(values) / rows)[:, untimed]
     out = {"t_s": cols["t_s"][starts], "replica": cols["replica"][starts],
-           "step_s": np.add.reduceat(cols["step_s"], starts), "steps": np.add.reduceat(cols["steps"], starts)}
+           "step_s": sums(cols["step_s"]), "steps": sums(cols["steps"])}
     out.update(zip(VALUE_COLUMNS, means))
     return out
 
