@@ -240,7 +240,8 @@ class Timeline:
         space are fixed."""
         runs = self._runs
         lengths = np.fromiter((len(r.ends_s) for r in runs), np.int64, len(runs))
-        values = np.array([r.values for r in runs], np.int64)
+        values = np.fromiter(chain.from_iterable(r.values for r in runs), np.int64,
+                             len(_RUN_FIELDS) * len(runs)).reshape(len(runs), len(_RUN_FIELDS))
         cols = {name: np.repeat(values[:, i], lengths) for i, name in enumerate(_RUN_FIELDS)}
         offsets = np.cumsum(lengths) - lengths
         for i, r in enumerate(runs):
@@ -260,15 +261,18 @@ class Timeline:
         internal = np.where(paged, cols["used"] - real, 0)
         free = cols["free"]
         if len(paged_runs):
+            # (j + q) // bs is j // bs, plus 1 where q >= bs - j % bs: the blocks are
+            # j // bs for every sequence, plus those whose fill q is that high
             bs = len(runs[paged_runs[0]].fill)
-            hist = np.zeros((len(runs), bs), np.int64)
-            hist[paged_runs] = [runs[i].fill for i in paged_runs]
-            new_blocks = np.zeros_like(j)
-            for q in np.flatnonzero(hist.any(axis=0)):
-                new_blocks += np.repeat(hist[:, q], lengths) * ((j + q) // bs)
+            above = np.zeros((len(runs), bs + 1), np.int64)       # [r, k]: sequences with q >= k
+            above[paged_runs, :bs] = np.fromiter(chain.from_iterable(runs[i].fill for i in paged_runs), np.int64,
+                                                 bs * len(paged_runs)).reshape(-1, bs)[:, ::-1].cumsum(axis=1)[:, ::-1]
+            run_of = np.repeat(np.arange(len(runs)), lengths)
+            whole, part = np.divmod(j, bs)
+            new_blocks = whole * above[run_of, 0] + above[run_of, bs - part]
             internal = np.where(paged, internal + bs * new_blocks, internal)
             free = np.where(paged, free - bs * new_blocks, free)
-        ends = np.concatenate([r.ends_s for r in runs])
+        ends = np.fromiter(chain.from_iterable(r.ends_s for r in runs), np.float64, int(lengths.sum()))
         starts = np.empty_like(ends)       # each step starts when the one before it ends
         starts[1:] = ends[:-1]
         starts[offsets] = [r.start_s for r in runs]
