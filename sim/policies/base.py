@@ -179,7 +179,7 @@ class Policy:
         total, longest = run.context_totals()
         return Batch(decode_context_tokens=tuple(run.contexts(run.n, 1).tolist()),
                      kv_layout=self.kv.layout,  # type: ignore[arg-type]
-                     requests=tuple(run.reqs[: run.n].tolist()),
+                     requests=tuple(run.reqs),
                      decode_sum_max=(total + run.n, longest + 1))
 
     def run_ignores_arrivals(self) -> bool:
@@ -244,8 +244,8 @@ class Policy:
         run = self._run
         if prefill_from == run.n:         # a pure decode step
             contexts = tuple(run.contexts(decode_to).tolist())
-            return tuple(run.reqs[:decode_to].tolist()), contexts, contexts
-        reqs, held = run.reqs[: run.n].tolist(), run.contexts(run.n).tolist()
+            return tuple(run.reqs[:decode_to]), contexts, contexts
+        reqs, held = run.reqs, run.contexts(run.n).tolist()
         return (tuple(reqs[prefill_from:] + reqs[:decode_to]), tuple(held[prefill_from:] + held[:decode_to]),
                 tuple(held[:decode_to]))
 

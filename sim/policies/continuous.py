@@ -151,7 +151,7 @@ class ContinuousPolicy(Policy):
         self._emitting = np.concatenate((np.arange(num_decodes), done)) if done else slice(0, num_decodes)
         self._prefilling = done
         contexts = tuple(run.contexts(num_decodes).tolist())
-        reqs = tuple(run.reqs[positions].tolist()) + tuple(run.reqs[:num_decodes].tolist())
+        reqs = tuple([run.reqs[i] for i in positions] + run.reqs[:num_decodes])
         held = tuple(c + n for c, n in zip(context, new)) + contexts   # KV that holds tokens after the step
         return Batch(
             prefill_new_tokens=tuple(new), prefill_context_tokens=tuple(context),

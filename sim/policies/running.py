@@ -9,7 +9,7 @@ written back (``sync``) whenever a sequence leaves the set -- finished,
 preempted, swapped out -- or an observer asks for the running requests;
 while a sequence runs, the arrays are the truth.
 
-Columns: ``reqs`` (the Request objects), ``slot`` (the KV manager's row for
+Columns: ``reqs`` (the Request objects, a list of the ``n`` rows), ``slot`` (the KV manager's row for
 the sequence), ``computed`` (tokens whose KV is held, the slot reserved for
 the next token included), ``left`` (output tokens still to generate) and
 ``target`` (output tokens wanted), ``todo`` (chunked prefill: tokens of
@@ -57,7 +57,7 @@ class RunningSet:
 
     def __init__(self, capacity: int = 64) -> None:
         self.n = 0
-        self.reqs = np.empty(capacity, object)
+        self.reqs: list[Request] = []
         self._cols = np.zeros((len(_INT_COLUMNS), capacity), np.int64)
         self._bind()
         self.num_beam_rows = 0
@@ -139,10 +139,10 @@ class RunningSet:
     def add(self, req: Request, slot: int, todo: int = 0) -> None:
         """Append a sequence that just took KV (its Request is up to date);
         ``todo``: prefill tokens it has still to compute (chunked prefill)."""
-        if self.n == len(self.reqs):
+        if self.n == self._cols.shape[1]:
             self._grow()
         i = self.n
-        self.reqs[i] = req
+        self.reqs.append(req)
         left = req.output_tokens - req.generated_tokens
         self._cols[:, i] = (slot, req.computed_tokens - self._grown, left + self._emitted, req.output_tokens,
                             todo, req.request_id, int(req.beam))
@@ -165,15 +165,14 @@ class RunningSet:
         each a copy of that row but for its KV slot and sequence id (a
         request's rows stay together)."""
         k = len(slots)
-        while self.n + k > len(self.reqs):
+        while self.n + k > self._cols.shape[1]:
             self._grow()
         tail = slice(position + 1, self.n)
         moved = slice(position + 1 + k, self.n + k)
         new = slice(position + 1, position + 1 + k)
-        self.reqs[moved] = self.reqs[tail].copy()
         self._cols[:, moved] = self._cols[:, tail].copy()
         self._cols[:, new] = self._cols[:, position: position + 1]
-        self.reqs[new] = [req] * k
+        self.reqs[position + 1: position + 1] = [req] * k
         self.slot[new] = slots
         self.seq[new] = seqs
         self.n += k
@@ -184,7 +183,7 @@ class RunningSet:
         """Remove the most recently admitted sequence, synchronised."""
         self.n -= 1
         req = self._sync(self.n)
-        self.reqs[self.n] = None
+        self.reqs.pop()
         self._count(req, -1)
         self._left = None
         self._dropped([req.computed_tokens])
@@ -201,14 +200,13 @@ class RunningSet:
         n, m = self.n, self.n - len(removed)
         if len(removed) == 1:             # the usual case: shift the rows behind it
             p = int(positions[0])
-            self.reqs[p: m] = self.reqs[p + 1: n]
+            del self.reqs[p]
             self._cols[:, p: m] = self._cols[:, p + 1: n]
         else:
             keep = np.ones(n, bool)
             keep[positions] = False
-            self.reqs[:m] = self.reqs[:n][keep]
+            self.reqs = [req for req, kept in zip(self.reqs, keep.tolist()) if kept]
             self._cols[:, :m] = self._cols[:, :n][:, keep]
-        self.reqs[m: n] = None
         self.n = m
         for req in removed:
             self._count(req, -1)
@@ -228,7 +226,7 @@ class RunningSet:
 
     def clear(self) -> list[Request]:
         reqs = self.requests()
-        self.reqs[: self.n] = None
+        self.reqs = []
         self.n = 0
         self.num_beam_rows = self.num_multi_rows = 0
         self._left = NO_FINISH
@@ -245,10 +243,7 @@ class RunningSet:
         return req
 
     def _grow(self) -> None:
-        size = 2 * len(self.reqs)
-        reqs = np.empty(size, object)
-        reqs[: self.n] = self.reqs[: self.n]
-        self.reqs = reqs
+        size = 2 * self._cols.shape[1]
         cols = np.zeros((len(_INT_COLUMNS), size), np.int64)
         cols[:, : self.n] = self._cols[:, : self.n]
         self._cols = cols

@@ -47,7 +47,7 @@ class StaticPolicy(Policy):
         run = self._run
         return Batch(decode_context_tokens=(self._padded_prompt + 1,) * self._rows,
                      kv_layout=self.kv.layout,  # type: ignore[arg-type]
-                     requests=tuple(run.reqs[: run.n].tolist()))
+                     requests=tuple(run.reqs))
 
     # ---- schedule ------------------------------------------------------
     def schedule(self, now: float) -> Batch | None:
