@@ -111,22 +111,23 @@ class Timeline:
 
     def record_run(self, start_s: float, replica: int, ends_s: list[float],
                    policy: Policy, batch: Batch, *, pending: bool = False, first_step: int = 0) -> None:
-        """Rows of a decode run of ``batch`` that starts at ``start_s`` and
-        whose steps end at ``ends_s``; step j (0-based) has every sequence
-        ``first_step + j`` tokens longer than now (0: the run's first step's
-        slots are reserved now; 1: the run follows the step that is about to
-        run, which leaves every running sequence one token short). Only what
-        stays constant over the run is kept here; its KV columns are expanded
-        in bulk later. A run that goes on through arrivals is ``pending``
+        """Rows of a decode run of ``batch`` (a step that only decodes) that
+        starts at ``start_s`` and whose steps end at ``ends_s``; step j
+        (0-based) has every sequence ``first_step + j`` tokens longer than
+        now (0: the run's first step's slots are reserved now; 1: the run
+        follows the step that is about to run, which leaves every running
+        sequence one token short). Only what stays constant over the run is
+        kept here; its KV columns are expanded in bulk later. A run that goes on through arrivals is ``pending``
         until ``finish_run`` completes it when it ends (other replicas may
         record steps meanwhile); one still pending when the clock stops is
         kept as it began."""
         kv: KVManager = policy.kv
         u = kv.usage()
         paged = kv.layout == "paged"
+        decodes = len(batch.decode_context_tokens)      # a decode step: its rows, sequences and tokens
         run = _Run(start_s, ends_s, (
             replica, policy.num_running, len(policy.waiting), len(policy.swapped), len(batch.requests),
-            batch.num_seqs, batch.num_tokens, batch.num_decode_seqs, external_slots(policy), u.real,
+            decodes, decodes, decodes, external_slots(policy), u.real,
             u.real + u.internal, u.reserved, u.free, u.total, u.shared),
             policy.last_block_fill() if paged else None, first_step=first_step)
         if pending:
