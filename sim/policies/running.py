@@ -9,14 +9,15 @@ written back (``sync``) whenever a sequence leaves the set -- finished,
 preempted, swapped out -- or an observer asks for the running requests;
 while a sequence runs, the arrays are the truth.
 
-Columns: ``reqs`` (the Request objects, a list of the ``n`` rows), ``slot`` (the KV manager's row for
-the sequence), ``computed`` (tokens whose KV is held, the slot reserved for
-the next token included), ``left`` (output tokens still to generate) and
-``target`` (output tokens wanted), ``todo`` (chunked prefill: tokens of
-the current prefill not computed yet; 0 once it has produced its first token)
-and ``seq`` (the KV manager's sequence id: the request id, or, for the
-extra samples of a request that samples several, ``Request.seq_ids``; a
-request's rows are adjacent) and ``beam`` (1 for a beam-search request's rows).
+Columns: ``reqs`` (the Request objects, a list of the ``n`` rows), ``slot``
+(the KV manager's row for the sequence), ``computed`` (tokens whose KV is
+held, the slot reserved for the next token included), ``left`` (output
+tokens still to generate) and ``target`` (output tokens wanted), ``todo``
+(chunked prefill: tokens of the current prefill not computed yet; 0 once it
+has produced its first token) and ``seq`` (the KV manager's sequence id:
+the request id, or, for the extra samples of a request that samples
+several, ``Request.seq_ids``; a request's rows are adjacent) and ``beam``
+(1 for a beam-search request's rows).
 
 What every row gains at once -- a token of KV for each, a token emitted by
 each -- is counted by a clock (``_grown``, ``_emitted``), not written into
@@ -51,9 +52,9 @@ class RunningSet:
     together (``emit_all``), and ``context_totals`` (the sum of the rows'
     contexts, always kept, and its maximum, kept until a row holding it
     leaves or only some rows grow); each is recomputed when it was not
-    kept. So ``computed`` changes only through ``add``, ``grow`` and
-    ``grow_row``, and ``left`` only through ``add``, ``emit_all`` and
-    ``emit``."""
+    kept. So a row's context changes only through ``add``, ``grow`` and
+    ``grow_row``, and its tokens to go only through ``add``, ``emit_all``
+    and ``emit``."""
 
     def __init__(self, capacity: int = 64) -> None:
         self.n = 0
