@@ -117,10 +117,11 @@ class Timeline:
         now (0: the run's first step's slots are reserved now; 1: the run
         follows the step that is about to run, which leaves every running
         sequence one token short). Only what stays constant over the run is
-        kept here; its KV columns are expanded in bulk later. A run that goes on through arrivals is ``pending``
-        until ``finish_run`` completes it when it ends (other replicas may
-        record steps meanwhile); one still pending when the clock stops is
-        kept as it began."""
+        kept here; its KV columns are expanded in bulk later. A run that
+        goes on through arrivals is ``pending`` until ``finish_run``
+        completes it when it ends (other replicas may record steps
+        meanwhile); one still pending when the clock stops is kept as it
+        began."""
         kv: KVManager = policy.kv
         u = kv.usage()
         paged = kv.layout == "paged"
@@ -265,9 +266,10 @@ class Timeline:
             # (j + q) // bs is j // bs, plus 1 where q >= bs - j % bs: the blocks are
             # j // bs for every sequence, plus those whose fill q is that high
             bs = len(runs[paged_runs[0]].fill)
+            fill = np.fromiter(chain.from_iterable(runs[i].fill for i in paged_runs), np.int64,
+                               bs * len(paged_runs)).reshape(-1, bs)
             above = np.zeros((len(runs), bs + 1), np.int64)       # [r, k]: sequences with q >= k
-            above[paged_runs, :bs] = np.fromiter(chain.from_iterable(runs[i].fill for i in paged_runs), np.int64,
-                                                 bs * len(paged_runs)).reshape(-1, bs)[:, ::-1].cumsum(axis=1)[:, ::-1]
+            above[paged_runs, :bs] = fill[:, ::-1].cumsum(axis=1)[:, ::-1]
             run_of = np.repeat(np.arange(len(runs)), lengths)
             whole, part = np.divmod(j, bs)
             new_blocks = whole * above[run_of, 0] + above[run_of, bs - part]
