@@ -83,11 +83,27 @@ def test_instructions_without_valgrind_say_so(tmp_path, capsys, monkeypatch):
     assert "needs valgrind on PATH" in capsys.readouterr().err
 
 
+def test_a_counted_run_has_fixed_hashes_and_no_idle_blas_threads(monkeypatch):
+    """What makes two counts of the same run agree: ``_counted_in`` runs
+    under callgrind with the hash seed fixed and BLAS on one thread."""
+    seen = {}
+
+    def run_in(checkout, call, wrapper=(), **env):
+        seen.update(wrapper=wrapper, env=env)
+        return {"requests": 1}, "==1== Collected : 1,234"
+
+    monkeypatch.setattr(bench_sim, "_run_in", run_in)
+    assert bench_sim._counted_in(ROOT, "call()") == ({"requests": 1}, 1234)
+    assert seen["wrapper"][:2] == ("valgrind", "--tool=callgrind")
+    assert {k: seen["env"].get(k) for k in ("PYTHONHASHSEED", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")} == \
+        {"PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
 def test_instructions_are_counted_under_valgrind(tmp_path):
     out = tmp_path / "i.json"
     # 100 requests more: some 50 million instructions, well above the run-to-run variation
-    # of a count (about 0.2% of the 2.7 billion that start-up takes)
+    # of a count (606 instructions in 3.7 billion; ``COUNTED_ENV``)
     assert bench_sim.main(["--instructions", "--scale", "200", "--out", str(out)]) == 0
     row = json.loads(out.read_text())["results"][0]
     assert row["requests"] == [100, 200] and row["instructions"][1] > row["instructions"][0] > 10**8
