@@ -136,9 +136,10 @@ def simulate(requests: Sequence[Request], policies: Sequence[Policy],
                 if decodes is batch:
                     timeline.record_run(now, rep.index, ends, policy, batch, pending=through)
                 else:           # a led run: its first step, then the decodes that follow it
-                    timeline.record_step(now, rep.index, step_s, policy, batch)
+                    snapshot = timeline.snapshot(policy, batch)
+                    timeline.append(now, rep.index, step_s, snapshot)
                     timeline.record_run(ends[0], rep.index, ends[1:], policy, decodes,
-                                        pending=through, first_step=1)
+                                        pending=through, first_step=1, snapshot=snapshot)
                 rep.queued_s = [] if through else None
                 rep.step_s = ends[-1] - ends[-2]
                 yield env.timeout(ends[-1] - now)

@@ -28,7 +28,6 @@ import numpy as np
 import pandas as pd
 
 from sim.batch import Batch
-from sim.memory.base import KVManager
 from sim.policies.base import Policy
 
 COLUMNS = (
@@ -109,8 +108,8 @@ class Timeline:
         self._maybe_flush()
         self._rows.append((t_s, replica, step_s, *snapshot))
 
-    def record_run(self, start_s: float, replica: int, ends_s: list[float],
-                   policy: Policy, batch: Batch, *, pending: bool = False, first_step: int = 0) -> None:
+    def record_run(self, start_s: float, replica: int, ends_s: list[float], policy: Policy, batch: Batch, *,
+                   pending: bool = False, first_step: int = 0, snapshot: tuple | None = None) -> None:
         """Rows of a decode run of ``batch`` (a step that only decodes) that
         starts at ``start_s`` and whose steps end at ``ends_s``; step j
         (0-based) has every sequence ``first_step + j`` tokens longer than
@@ -121,16 +120,15 @@ class Timeline:
         goes on through arrivals is ``pending`` until ``finish_run``
         completes it when it ends (other replicas may record steps
         meanwhile); one still pending when the clock stops is kept as it
-        began."""
-        kv: KVManager = policy.kv
-        u = kv.usage()
-        paged = kv.layout == "paged"
+        began. ``snapshot``: one taken of the step that leads the run, now
+        (the policy's state in it is the run's)."""
+        running, waiting, swapped, *_, real, _, internal, reserved, external, free, total, shared = (
+            snapshot if snapshot is not None else self.snapshot(policy, batch))
         decodes = len(batch.decode_context_tokens)      # a decode step: its rows, sequences and tokens
         run = _Run(start_s, ends_s, (
-            replica, policy.num_running, len(policy.waiting), len(policy.swapped), len(batch.requests),
-            decodes, decodes, decodes, external_slots(policy), u.real,
-            u.real + u.internal, u.reserved, u.free, u.total, u.shared),
-            policy.last_block_fill() if paged else None, first_step=first_step)
+            replica, running, waiting, swapped, len(batch.requests), decodes, decodes, decodes, external, real,
+            real + internal, reserved, free, total, shared),
+            policy.last_block_fill() if policy.kv.layout == "paged" else None, first_step=first_step)
         if pending:
             self._pending[replica] = run
             return
