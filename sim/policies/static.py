@@ -73,7 +73,7 @@ class StaticPolicy(Policy):
             return self.schedule(now)  # type: ignore[return-value]
         run = self._run
         self._rows = run.n
-        self._padded_prompt = int(run.contexts(run.n).max())
+        self._padded_prompt = run.context_totals()[1]      # the longest prompt admitted
         self._decode_steps = 0
         self._emitting = slice(0, run.n)
         self._prefilling = range(run.n)
