@@ -14,11 +14,20 @@ Token conventions (shared by policies and cost models):
 * for static batching the shapes are already padded (every prefill row has
   the batch's longest prompt, every decode row the longest context), so cost
   models never need to know which policy built the batch.
+
+A per-row field is a tuple of ints, or a ``TokenCounts``: the same sequence
+kept in an array until something reads its items. A policy builds a batch
+every step, yet most readers want only its length and totals; turning a
+hundred-odd counts into Python ints (``tolist``) was the largest cost of
+building a batch.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
+
+import numpy as np
 
 if TYPE_CHECKING:
     from sim.request import Request
@@ -29,11 +38,66 @@ KVLayout = Literal["paged", "contiguous"]
 _SETATTR = object.__setattr__
 
 
+class TokenCounts(Sequence):
+    """An immutable sequence of token counts held in an int64 array (which
+    nobody may write to once it is handed over), turned into a tuple the
+    first time an item is read. It equals, and hashes as, that tuple; its
+    length, totals and ``np.asarray`` come from the array."""
+
+    __slots__ = ("_array", "_tuple")
+
+    def __init__(self, array: np.ndarray) -> None:
+        self._array = array
+        self._tuple: tuple[int, ...] | None = None
+
+    def as_tuple(self) -> tuple[int, ...]:
+        if self._tuple is None:
+            self._tuple = tuple(self._array.tolist())
+        return self._tuple
+
+    def totals(self) -> tuple[int, int]:
+        """``(sum, max)`` (0s if empty)."""
+        a = self._array
+        return (int(a.sum()), int(a.max())) if len(a) else (0, 0)
+
+    def __len__(self) -> int:
+        return len(self._array)
+
+    def __getitem__(self, i):
+        return self.as_tuple()[i]
+
+    def __iter__(self):
+        return iter(self.as_tuple())
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, TokenCounts):
+            return self.as_tuple() == other.as_tuple()
+        if isinstance(other, tuple):
+            return self.as_tuple() == other
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.as_tuple())
+
+    def __repr__(self) -> str:
+        return repr(self.as_tuple())
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        if dtype is not None or copy:
+            return self._array.astype(dtype or self._array.dtype)
+        view = self._array.view()
+        view.flags.writeable = False
+        return view
+
+    def __reduce__(self):
+        return TokenCounts, (self._array,)
+
+
 @dataclass(frozen=True, slots=True, init=False)
 class Batch:
     prefill_new_tokens: tuple[int, ...] = ()
     prefill_context_tokens: tuple[int, ...] = ()
-    decode_context_tokens: tuple[int, ...] = ()
+    decode_context_tokens: tuple[int, ...] | TokenCounts = ()
     kv_layout: KVLayout = "paged"
     swap_in_tokens: int = 0    # KV tokens copied CPU -> GPU before the step
     swap_out_tokens: int = 0   # KV tokens copied GPU -> CPU before the step
@@ -44,7 +108,7 @@ class Batch:
     swap_in_blocks: tuple[tuple[int, int], ...] = field(default=(), compare=False, repr=False)
     # KV tokens each of ``requests`` holds once the step's slots are reserved
     # (a static batch's rows compute padded shapes; this is what is real)
-    held_tokens: tuple[int, ...] = field(default=(), compare=False, repr=False)
+    held_tokens: tuple[int, ...] | TokenCounts = field(default=(), compare=False, repr=False)
     # The KV sequence of each of ``requests`` when some request runs several
     # (parallel sampling, beams); empty when every row is its request's own
     # sequence (``request_id``).
@@ -57,10 +121,10 @@ class Batch:
     decode_sum_max: tuple[int, int] | None = field(default=None, compare=False, repr=False)
 
     def __init__(self, prefill_new_tokens: tuple[int, ...] = (), prefill_context_tokens: tuple[int, ...] = (),
-                 decode_context_tokens: tuple[int, ...] = (), kv_layout: KVLayout = "paged",
+                 decode_context_tokens: tuple[int, ...] | TokenCounts = (), kv_layout: KVLayout = "paged",
                  swap_in_tokens: int = 0, swap_out_tokens: int = 0, requests: tuple["Request", ...] = (),
                  swap_out_blocks: tuple[tuple[int, int], ...] = (), swap_in_blocks: tuple[tuple[int, int], ...] = (),
-                 held_tokens: tuple[int, ...] = (), seq_ids: tuple[int, ...] = (),
+                 held_tokens: tuple[int, ...] | TokenCounts = (), seq_ids: tuple[int, ...] = (),
                  block_copies: tuple[tuple[int, int], ...] = (),
                  decode_sum_max: tuple[int, int] | None = None) -> None:
         """The fields above, in order, with their defaults (a test holds
@@ -93,6 +157,8 @@ class Batch:
         if self.decode_sum_max is not None:
             return self.decode_sum_max
         dec = self.decode_context_tokens
+        if isinstance(dec, TokenCounts):
+            return dec.totals()
         return sum(dec), max(dec, default=0)
 
     @property

@@ -1,12 +1,15 @@
-"""``Batch``: a frozen value whose hand-written ``__init__`` is its fields'."""
+"""``Batch``: a frozen value whose hand-written ``__init__`` is its fields';
+``TokenCounts``: a per-row field kept in an array until it is read."""
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import pickle
 
+import numpy as np
 import pytest
 
-from sim.batch import Batch
+from sim.batch import Batch, TokenCounts
 
 
 def test_init_takes_the_fields_in_order_with_their_defaults():
@@ -32,3 +35,27 @@ def test_a_batch_is_frozen_and_compares_by_its_shapes():
     assert dataclasses.replace(a, kv_layout="contiguous") != a
     with pytest.raises(ValueError, match="differ in length"):
         Batch(prefill_new_tokens=(5,))
+
+
+def test_token_counts_read_as_the_tuple_they_hold():
+    counts = TokenCounts(np.array([7, 3, 12], np.int64))
+    assert len(counts) == 3 and counts.totals() == (22, 12)
+    assert counts == (7, 3, 12) and (7, 3, 12) == counts and counts != (7, 3) and counts != [7, 3, 12]
+    assert hash(counts) == hash((7, 3, 12)) and {(7, 3, 12): "x"}[counts] == "x"
+    assert list(counts) == [7, 3, 12] and counts[1:] == (3, 12) and counts[-1] == 12
+    assert sum(counts) == 22 and max(counts) == 12 and repr(counts) == "(7, 3, 12)"
+    assert all(type(c) is int for c in counts)
+    array = np.asarray(counts)
+    with pytest.raises(ValueError):
+        array[0] = 1                          # the counts are immutable through their array too
+    assert np.asarray(counts, np.float64).tolist() == [7.0, 3.0, 12.0]
+    assert pickle.loads(pickle.dumps(counts)) == counts
+    assert TokenCounts(np.zeros(0, np.int64)).totals() == (0, 0)
+
+
+def test_a_batch_of_token_counts_equals_one_of_tuples():
+    lazy = Batch(decode_context_tokens=TokenCounts(np.array([5, 9], np.int64)))
+    plain = Batch(decode_context_tokens=(5, 9))
+    assert lazy == plain and hash(lazy) == hash(plain)
+    assert lazy.decode_totals() == plain.decode_totals() == (14, 9)
+    assert lazy.num_tokens == plain.num_tokens == 2

@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sim.batch import Batch
+from sim.batch import Batch, TokenCounts
 from sim.fields import Count
 from sim.memory.base import KVManager
 from sim.presets import ModelSpec
@@ -177,7 +177,7 @@ class Policy:
             return batch
         run = self._run
         total, longest = run.context_totals()
-        return Batch(decode_context_tokens=tuple(run.contexts(run.n, 1).tolist()),
+        return Batch(decode_context_tokens=TokenCounts(run.contexts(run.n, 1)),
                      kv_layout=self.kv.layout,  # type: ignore[arg-type]
                      requests=tuple(run.reqs),
                      decode_sum_max=(total + run.n, longest + 1))
@@ -237,17 +237,19 @@ class Policy:
         return self.num_outstanding > 0
 
     # ---- shared bookkeeping ------------------------------------------
-    def _batch_rows(self, prefill_from: int, decode_to: int) -> tuple[tuple, tuple, tuple]:
-        """``(requests, held tokens, decode contexts)`` of a batch whose
-        prefills are running positions ``prefill_from:`` and decodes
-        ``:decode_to``, prefills listed first."""
+    def _batch_rows(self, prefill_from: int, decode_to: int) -> tuple[tuple, TokenCounts, TokenCounts, tuple]:
+        """``(requests, held tokens, decode contexts, prefill rows' held
+        tokens)`` of a batch whose prefills are running positions
+        ``prefill_from:`` and decodes ``:decode_to``, prefills listed first."""
         run = self._run
         if prefill_from == run.n:         # a pure decode step
-            contexts = tuple(run.contexts(decode_to).tolist())
-            return tuple(run.reqs[:decode_to]), contexts, contexts
-        reqs, held = run.reqs, run.contexts(run.n).tolist()
-        return (tuple(reqs[prefill_from:] + reqs[:decode_to]), tuple(held[prefill_from:] + held[:decode_to]),
-                tuple(held[:decode_to]))
+            contexts = TokenCounts(run.contexts(decode_to))
+            return tuple(run.reqs[:decode_to]), contexts, contexts, ()
+        reqs, held = run.reqs, run.contexts(run.n)
+        prefills = held[prefill_from:]
+        return (tuple(reqs[prefill_from:] + reqs[:decode_to]),
+                TokenCounts(np.concatenate((prefills, held[:decode_to]))), TokenCounts(held[:decode_to]),
+                tuple(prefills.tolist()))
 
     def _seq_ids(self, prefill_rows, num_decodes: int) -> tuple[int, ...]:
         """``Batch.seq_ids`` of a batch whose prefills are the running

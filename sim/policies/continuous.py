@@ -94,8 +94,7 @@ class ContinuousPolicy(Policy):
             self._emitting = slice(0, run.n)
         else:            # skip the sequences that only swapped back in
             self._emitting = np.r_[0:num_decodes, first_admitted:run.n]
-        requests, held, contexts = self._batch_rows(first_admitted, num_decodes)
-        prefills = held[: run.n - first_admitted]
+        requests, held, contexts, prefills = self._batch_rows(first_admitted, num_decodes)
         cached = tuple(self._admitted_cached) if any(self._admitted_cached) else (0,) * len(prefills)
         return Batch(
             prefill_new_tokens=tuple(p - c for p, c in zip(prefills, cached)) if any(cached) else prefills,

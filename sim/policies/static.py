@@ -77,7 +77,7 @@ class StaticPolicy(Policy):
         self._decode_steps = 0
         self._emitting = slice(0, run.n)
         self._prefilling = range(run.n)
-        requests, held, _ = self._batch_rows(0, 0)
+        requests, held, *_ = self._batch_rows(0, 0)
         return Batch(
             prefill_new_tokens=(self._padded_prompt,) * self._rows,
             prefill_context_tokens=(0,) * self._rows,
@@ -93,7 +93,7 @@ class StaticPolicy(Policy):
         self._decode_steps += 1
         self._emitting = slice(0, active)
         self._prefilling = range(0)
-        requests, held, _ = self._batch_rows(active, active)
+        requests, held, *_ = self._batch_rows(active, active)
         return Batch(
             decode_context_tokens=(self._padded_prompt + self._decode_steps,) * self._rows,
             kv_layout=self.kv.layout,  # type: ignore[arg-type]
