@@ -35,6 +35,8 @@ from sim.request import Request
 _INT_COLUMNS = ("slot", "computed", "left", "target", "todo", "seq", "beam")
 _COMPUTED, _LEFT, _TARGET, _TODO = (_INT_COLUMNS.index(c) for c in ("computed", "left", "target", "todo"))
 """Rows of ``RunningSet._cols`` written back to a leaving sequence's Request."""
+_FEW = 8
+"""``remove`` shifts the rows between at most this many removed ones; more, it masks."""
 NO_FINISH = 1 << 62
 """``steps_to_finish`` of an empty set."""
 _MIN, _MAX = np.minimum.reduce, np.maximum.reduce     # ``ndarray.min``/``max`` without their Python wrappers
@@ -191,18 +193,21 @@ class RunningSet:
         return req
 
     def remove(self, positions: np.ndarray) -> list[Request]:
-        """Remove the sequences at ``positions`` (keeping the others' order);
+        """Remove the sequences at ``positions`` (ascending; the others keep their order);
         returns their Requests, synchronised."""
         removed, computed = [], []
-        for i in positions.tolist():
+        at = positions.tolist()
+        for i in at:
             req = self._sync(i)
             removed.append(req)
             computed.append(req.computed_tokens)      # this row's (a request's samples have rows of their own)
         n, m = self.n, self.n - len(removed)
-        if len(removed) == 1:             # the usual case: shift the rows behind it
-            p = int(positions[0])
-            del self.reqs[p]
-            self._cols[:, p: m] = self._cols[:, p + 1: n]
+        if len(at) <= _FEW:      # the usual case: shift the rows between and behind them
+            for j, p in enumerate(at):
+                end = at[j + 1] if j + 1 < len(at) else n
+                self._cols[:, p - j: end - j - 1] = self._cols[:, p + 1: end]
+            for p in reversed(at):
+                del self.reqs[p]
         else:
             keep = np.ones(n, bool)
             keep[positions] = False
