@@ -40,6 +40,7 @@ COLUMNS = (
 VALUE_COLUMNS = COLUMNS[3:]
 DEFAULT_MAX_ROWS = 200_000
 FLUSH_EVERY = 4096          # recorded steps and runs buffered before they become columns
+HALVE_ROWS = 8192           # stored rows a halving merges at a time
 
 
 def external_slots(policy: Policy) -> int:
@@ -212,15 +213,33 @@ class Timeline:
 
     def _halve(self, replica: int) -> None:
         """Merge each pair of a replica's stored rows (all of ``2 ** level``
-        steps) and raise its level; an odd last row joins the carry."""
-        cols = _concat(self._chunks[replica])
-        n = len(cols["t_s"]) // 2 * 2
-        if n < len(cols["t_s"]):
-            odd = {c: v[n:] for c, v in cols.items()}
+        steps) and raise its level; an odd last row joins the carry. The
+        stored chunks are merged a few at a time (about ``HALVE_ROWS`` rows),
+        so that no temporary array is the size of the whole timeline: on a
+        host that charges for every page it first touches, those cost more
+        than the arithmetic."""
+        halved: list[dict[str, np.ndarray]] = []
+        stored = 0
+        group: list[dict[str, np.ndarray]] = []
+        rows = 0
+        chunks = self._chunks[replica]
+        for i, chunk in enumerate(chunks):
+            group.append(chunk)
+            rows += len(chunk["t_s"])
+            if rows < HALVE_ROWS and i + 1 < len(chunks):
+                continue
+            cols = _concat(group) if len(group) > 1 else group[0]
+            n = rows // 2 * 2
+            if n:
+                halved.append(_grouped({c: v[:n] for c, v in cols.items()}, np.arange(0, n, 2)))
+                stored += n // 2
+            group = [{c: v[n:] for c, v in cols.items()}] if n < rows else []    # an odd row waits
+            rows -= n
+        if group:                       # the odd last row
             carry = self._carry.pop(replica, None)
-            self._carry[replica] = _concat([odd, carry]) if carry is not None else odd
-        self._chunks[replica] = [_grouped({c: v[:n] for c, v in cols.items()}, np.arange(0, n, 2))]
-        self._stored[replica] = n // 2
+            self._carry[replica] = _concat([group[0], carry]) if carry is not None else group[0]
+        self._chunks[replica] = halved
+        self._stored[replica] = stored
         self._level[replica] = self._level.get(replica, 0) + 1
 
     def _close_rows(self) -> None:
