@@ -19,7 +19,7 @@ A per-row field is a tuple of ints, or a ``TokenCounts``: the same sequence
 kept in an array until something reads its items. A policy builds a batch
 every step, yet most readers want only its length and totals; turning a
 hundred-odd counts into Python ints (``tolist``) was the largest cost of
-building a batch.
+building a batch (``token_counts`` picks, by the number of rows).
 """
 from __future__ import annotations
 
@@ -36,6 +36,17 @@ KVLayout = Literal["paged", "contiguous"]
 
 
 _SETATTR = object.__setattr__
+
+
+SMALL_COUNTS = 24
+"""Counts of up to this many rows go into a batch as a tuple: turning a few
+into Python ints costs less than wrapping them and then reading their length
+through Python (timeit, this machine)."""
+
+
+def token_counts(counts: np.ndarray) -> tuple[int, ...] | TokenCounts:
+    """Per-row counts (an int64 array nobody writes to again) as a batch field."""
+    return tuple(counts.tolist()) if len(counts) <= SMALL_COUNTS else TokenCounts(counts)
 
 
 class TokenCounts(Sequence):

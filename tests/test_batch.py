@@ -9,7 +9,7 @@ import pickle
 import numpy as np
 import pytest
 
-from sim.batch import Batch, TokenCounts
+from sim.batch import SMALL_COUNTS, Batch, TokenCounts, token_counts
 
 
 def test_init_takes_the_fields_in_order_with_their_defaults():
@@ -59,3 +59,9 @@ def test_a_batch_of_token_counts_equals_one_of_tuples():
     assert lazy == plain and hash(lazy) == hash(plain)
     assert lazy.decode_totals() == plain.decode_totals() == (14, 9)
     assert lazy.num_tokens == plain.num_tokens == 2
+
+
+def test_a_few_counts_stay_a_tuple_many_stay_an_array():
+    few, many = np.arange(SMALL_COUNTS, dtype=np.int64), np.arange(SMALL_COUNTS + 1, dtype=np.int64)
+    assert type(token_counts(few)) is tuple and token_counts(few) == tuple(range(SMALL_COUNTS))
+    assert isinstance(token_counts(many), TokenCounts) and token_counts(many) == tuple(range(SMALL_COUNTS + 1))

@@ -8,12 +8,13 @@ interface to whoever advances time (the SimPy driver, or a real executor).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sim.batch import Batch, TokenCounts
+from sim.batch import SMALL_COUNTS, Batch, TokenCounts, token_counts
 from sim.fields import Count
 from sim.memory.base import KVManager
 from sim.presets import ModelSpec
@@ -177,7 +178,7 @@ class Policy:
             return batch
         run = self._run
         total, longest = run.context_totals()
-        return Batch(decode_context_tokens=TokenCounts(run.contexts(run.n, 1)),
+        return Batch(decode_context_tokens=token_counts(run.contexts(run.n, 1)),
                      kv_layout=self.kv.layout,  # type: ignore[arg-type]
                      requests=tuple(run.reqs),
                      decode_sum_max=(total + run.n, longest + 1))
@@ -237,18 +238,23 @@ class Policy:
         return self.num_outstanding > 0
 
     # ---- shared bookkeeping ------------------------------------------
-    def _batch_rows(self, prefill_from: int, decode_to: int) -> tuple[tuple, TokenCounts, TokenCounts, tuple]:
+    def _batch_rows(self, prefill_from: int, decode_to: int) -> tuple[tuple, Sequence[int], Sequence[int], tuple]:
         """``(requests, held tokens, decode contexts, prefill rows' held
         tokens)`` of a batch whose prefills are running positions
-        ``prefill_from:`` and decodes ``:decode_to``, prefills listed first."""
+        ``prefill_from:`` and decodes ``:decode_to``, prefills listed first;
+        the counts of many rows as ``TokenCounts`` (``sim.batch.token_counts``)."""
         run = self._run
         if prefill_from == run.n:         # a pure decode step
-            contexts = TokenCounts(run.contexts(decode_to))
+            contexts = token_counts(run.contexts(decode_to))
             return tuple(run.reqs[:decode_to]), contexts, contexts, ()
         reqs, held = run.reqs, run.contexts(run.n)
+        rows = tuple(reqs[prefill_from:] + reqs[:decode_to])
+        if run.n <= SMALL_COUNTS:
+            counts = held.tolist()
+            return (rows, tuple(counts[prefill_from:] + counts[:decode_to]), tuple(counts[:decode_to]),
+                    tuple(counts[prefill_from:]))
         prefills = held[prefill_from:]
-        return (tuple(reqs[prefill_from:] + reqs[:decode_to]),
-                TokenCounts(np.concatenate((prefills, held[:decode_to]))), TokenCounts(held[:decode_to]),
+        return (rows, TokenCounts(np.concatenate((prefills, held[:decode_to]))), TokenCounts(held[:decode_to]),
                 tuple(prefills.tolist()))
 
     def _seq_ids(self, prefill_rows, num_decodes: int) -> tuple[int, ...]:
