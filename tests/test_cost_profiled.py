@@ -100,22 +100,6 @@ def test_piecewise_linear_interpolates_extrapolates_and_clamps():
     assert (flat(1), flat(5), flat(100)) == (0.2, pytest.approx(0.5), 0.8)
 
 
-def test_one_point_interpolation_is_numpys_bit_for_bit():
-    """``interp_one`` (decode attention's price of one step) against
-    ``np.interp`` (its price of a run): random grids, points between, on and
-    beyond them, ints among them."""
-    from sim.cost.interpolation import interp, interp_one, slopes_of
-    rng = np.random.default_rng(7)
-    for trial in range(2000):
-        n = int(rng.integers(2, 10))
-        xs = np.cumsum(rng.random(n) * 300 + (trial % 2) * 1e-9)
-        ys = rng.random(n) * 1e-4 if trial % 3 else np.cumsum(rng.random(n))
-        points = [*(rng.random(6) * xs[-1] * 1.3), *xs, xs[0] - 1.0, int(rng.integers(0, int(xs[-1]) + 50))]
-        xl, yl = xs.tolist(), ys.tolist()
-        got = [interp_one(p, xl, yl, slopes_of(xl, yl)) for p in points]
-        assert got == interp(np.array(points, np.float64), xs, ys).tolist()
-
-
 def test_prefill_features_count_programs_and_keys():
     # 6 new tokens on 10 cached, tiles of 4, 2 heads, 4 SMs: two tiles per head streaming
     # 10 context keys each, and 4 then 6 causal keys

@@ -23,33 +23,6 @@ except ImportError:      # numpy < 2
         interp = np.interp
 
 
-def interp_one(x: float, xs: list[float], ys: list[float], slopes: list[float]) -> float:
-    """``interp(x, xs, ys)`` for one number, in Python floats and bit for bit:
-    numpy's own rule (``ys[0]`` below the grid, ``ys[-1]`` from its last
-    point on and at every grid point, else ``slope * (x - xs[j]) + ys[j]``
-    on the segment holding ``x``, from its other end if that is not a
-    number), without building arrays. ``slopes[j]`` is ``(ys[j + 1] -
-    ys[j]) / (xs[j + 1] - xs[j])``."""
-    if x < xs[0]:
-        return ys[0]
-    if x >= xs[-1]:
-        return ys[-1]
-    j = bisect_right(xs, x) - 1
-    if x == xs[j]:
-        return ys[j]
-    y = slopes[j] * (x - xs[j]) + ys[j]
-    if y != y:                   # NaN: an infinite slope
-        y = slopes[j] * (x - xs[j + 1]) + ys[j + 1]
-        if y != y and ys[j] == ys[j + 1]:
-            y = ys[j]
-    return y
-
-
-def slopes_of(xs: list[float], ys: list[float]) -> list[float]:
-    """The segments' slopes, as ``interp`` computes them."""
-    return [(y1 - y0) / (x1 - x0) for x0, x1, y0, y1 in zip(xs, xs[1:], ys, ys[1:])]
-
-
 class PiecewiseLinear:
     """Through sorted points: linear between them, the last segment's slope
     above the last (or flat if ``extrapolate`` is false), flat below the first."""

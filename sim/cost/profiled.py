@@ -70,7 +70,7 @@ from sim.batch import Batch
 from sim.cost.base import decode_run_times_by_steps
 from sim.cost.engine_terms import EngineTerms, fit_engine_terms
 from sim.cost.graphs import bucket_for
-from sim.cost.interpolation import Bilinear, PiecewiseLinear, _summed, interp, interp_one, slopes_of
+from sim.cost.interpolation import Bilinear, PiecewiseLinear, _summed, interp
 from sim.cost.profile_io import LAYOUTS, check_enum, json_lists, nnls, read_csv
 from sim.presets import HardwareSpec, ModelSpec
 
@@ -133,26 +133,22 @@ class DecodeAttention:
     scale: float = 1.0
     _rows: dict = field(default_factory=dict, compare=False, repr=False)   # b -> ``_row(b)``
 
-    def _row(self, b: int) -> tuple[np.ndarray, np.ndarray, float, tuple[list, list, list]]:
-        """U(b, .) as one piecewise-linear row for ``interp``, s(b), and the
-        row as lists with its slopes for ``interp_one``; cached per b."""
+    def _row(self, b: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """U(b, .) as one piecewise-linear row for ``interp``, and s(b); cached per b."""
         row = self._rows.get(b)
         if row is None:
-            xs, ys = self.uniform.row(b)
-            xl, yl = xs.tolist(), ys.tolist()
-            row = self._rows[b] = (xs, ys, self.skew(b), (xl, yl, slopes_of(xl, yl)))
+            row = self._rows[b] = (*self.uniform.row(b), self.skew(b))
         return row
 
     def __call__(self, b: int, total_context: int, max_context: int) -> float:
-        *_, skew, points = self._row(b)   # the same arithmetic as ``many``, so runs repeat steps exactly
-        um = interp_one(total_context / b, *points)
-        longest = interp_one(max_context, *points)
+        xs, ys, skew = self._row(b)       # the same arithmetic as ``many``, so runs repeat steps exactly
+        um, longest = interp((total_context / b, max_context), xs, ys).tolist()
         return self.scale * (um + skew * (longest - um))
 
     def many(self, b: int, total_context: np.ndarray, max_context: np.ndarray) -> np.ndarray:
         """``__call__`` over arrays, in place where it can: the same operations
         on each element (IEEE products and sums commute, and 1.0 * x is x)."""
-        xs, ys, skew, _ = self._row(b)
+        xs, ys, skew = self._row(b)
         um = interp(total_context / b, xs, ys)
         out = interp(max_context, xs, ys)
         out -= um
@@ -456,7 +452,7 @@ class ProfiledCostModel:
         arrival soon cuts): one interpolation call for all of them, then each
         step's products and sums exactly as the vectorised path does them."""
         attn = self.decode[layout]
-        xs, ys, skew, _ = attn._row(b)
+        xs, ys, skew = attn._row(b)
         at = interp([(total + i * b) / b for i in range(num_steps)] + [longest + i for i in range(num_steps)],
                     xs, ys).tolist()
         fixed, bucket, host = terms
