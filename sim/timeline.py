@@ -21,7 +21,6 @@ every step.
 """
 from __future__ import annotations
 
-from array import array
 from itertools import chain
 from typing import NamedTuple
 
@@ -80,9 +79,8 @@ class Timeline:
         if max_rows is not None and max_rows < 2:
             raise ValueError(f"max_rows must be >= 2 or None, got {max_rows}")
         self.max_rows = max_rows
-        self._steps = array("d")        # recorded steps' ``COLUMNS``, one after another
+        self._rows: list[tuple] = []
         self._runs: list[_Run] = []
-        self._buffered = 0              # steps and runs recorded since the last flush
         self._chunks: dict[int, list[dict[str, np.ndarray]]] = {}   # replica -> column chunks
         self._pending: dict[int, _Run] = {}                          # replica -> run through arrivals
         self._stored: dict[int, int] = {}                            # replica -> rows in chunks
@@ -109,7 +107,7 @@ class Timeline:
         """A step's row from a ``snapshot`` taken when it started (a real
         executor learns ``step_s`` only once the step is over)."""
         self._maybe_flush()
-        self._steps.extend((t_s, replica, step_s, *snapshot))
+        self._rows.append((t_s, replica, step_s, *snapshot))
 
     def record_run(self, start_s: float, replica: int, ends_s: list[float], policy: Policy, batch: Batch, *,
                    pending: bool = False, first_step: int = 0, snapshot: tuple | None = None) -> None:
@@ -157,22 +155,21 @@ class Timeline:
 
     # ---- bulk conversion ---------------------------------------------------
     def _maybe_flush(self) -> None:
-        """Flush a full buffer; count the step or run about to be recorded."""
-        if self._buffered >= FLUSH_EVERY:
+        if len(self._rows) + len(self._runs) >= FLUSH_EVERY:
             self._flush()
-        self._buffered += 1
 
     def _flush(self) -> None:
         """Buffered steps and runs -> each replica's stored rows. The single
         steps and the runs' steps of a flush are one part, which ``_add``
         puts in time order, so that a merged row covers consecutive steps."""
         parts = []
-        if self._steps:
-            arr = np.frombuffer(self._steps, np.float64).reshape(-1, len(COLUMNS))
+        if self._rows:          # (fromiter over the rows' values: a third faster than np.array of tuples)
+            arr = np.fromiter(chain.from_iterable(self._rows), np.float64,
+                              len(COLUMNS) * len(self._rows)).reshape(-1, len(COLUMNS))
             parts.append({c: arr[:, i] for i, c in enumerate(COLUMNS)})
         if self._runs:
             parts.append(self._expand_runs())
-        self._steps, self._runs, self._buffered = array("d"), [], 0
+        self._rows, self._runs = [], []
         if not parts:
             return
         part = {c: np.concatenate([np.asarray(p[c], np.float64) for p in parts]) for c in COLUMNS}
