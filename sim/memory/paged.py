@@ -704,10 +704,10 @@ class PagedKVManager:
         if n == len(self._seqs):           # every held sequence (the slots are distinct)
             full, rest = divmod(num_tokens, bs)
             need = full * n
-            if rest:                       # step j takes a block for those whose tokens % bs == 0 then
-                by_residue, clock = self._by_residue, self._clock
-                for j in range(rest):
-                    need += by_residue[(-clock - j) % bs]
+            if rest:       # step j takes a block for those whose tokens % bs == (-clock - j) % bs:
+                top = (-self._clock) % bs          # residues top, top - 1, ..., around the circle
+                low, counts = top - rest + 1, self._by_residue
+                need += sum(counts[low: top + 1]) if low >= 0 else sum(counts[: top + 1]) + sum(counts[low:])
             if need > free.n:
                 return False
             free.n -= need
