@@ -212,9 +212,9 @@ class Timeline:
         """Merge each pair of a replica's stored rows (all of ``2 ** level``
         steps) and raise its level; an odd last row joins the carry. The
         stored chunks are merged a few at a time (about ``HALVE_ROWS`` rows),
-        so that no temporary array is the size of the whole timeline: on a
-        host that charges for every page it first touches, those cost more
-        than the arithmetic."""
+        so that no temporary array is the size of the whole timeline (fresh
+        memory is dear where every first-touched page faults: docs/results.md
+        §3)."""
         halved: list[dict[str, np.ndarray]] = []
         stored = 0
         group: list[dict[str, np.ndarray]] = []

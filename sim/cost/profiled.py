@@ -131,7 +131,7 @@ class DecodeAttention:
     uniform: Bilinear
     skew: PiecewiseLinear        # s(B) in [0, 1]
     scale: float = 1.0
-    _rows: dict = field(default_factory=dict, compare=False, repr=False)   # b -> ``_row(b)``
+    _rows: dict = field(default_factory=dict, compare=False, repr=False)   # b -> (xs, ys, s(b))
 
     def _row(self, b: int) -> tuple[np.ndarray, np.ndarray, float]:
         """U(b, .) as one piecewise-linear row for ``interp``, and s(b); cached per b."""
