@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sim.batch import SMALL_COUNTS, Batch, TokenCounts, token_counts
+from sim.batch import SMALL_COUNTS, Batch, token_counts
 from sim.fields import Count
 from sim.memory.base import KVManager
 from sim.presets import ModelSpec
@@ -249,12 +249,12 @@ class Policy:
             return tuple(run.reqs[:decode_to]), contexts, contexts, ()
         reqs, held = run.reqs, run.contexts(run.n)
         rows = tuple(reqs[prefill_from:] + reqs[:decode_to])
-        if run.n <= SMALL_COUNTS:
+        if run.n <= SMALL_COUNTS:         # a few rows: one tolist, then tuples of its slices
             counts = held.tolist()
             return (rows, tuple(counts[prefill_from:] + counts[:decode_to]), tuple(counts[:decode_to]),
                     tuple(counts[prefill_from:]))
         prefills = held[prefill_from:]
-        return (rows, TokenCounts(np.concatenate((prefills, held[:decode_to]))), TokenCounts(held[:decode_to]),
+        return (rows, token_counts(np.concatenate((prefills, held[:decode_to]))), token_counts(held[:decode_to]),
                 tuple(prefills.tolist()))
 
     def _seq_ids(self, prefill_rows, num_decodes: int) -> tuple[int, ...]:
