@@ -70,6 +70,24 @@ class _ManagerMachine(RuleBasedStateMachine):
             else:
                 assert not all(self.kv.can_append(r, num_tokens) for r in rids)
 
+    @rule(num_tokens=st.integers(0, 30), extra_tokens=st.integers(0, 15))
+    def try_allocate(self, num_tokens, extra_tokens):
+        """Check and act in one call: it allocates exactly when
+        ``can_allocate`` says so, and holds nothing when it refuses."""
+        rid, final = self._new_id(), max(num_tokens + extra_tokens, 1)
+        if self.kv.rejection_reason(final) is not None:
+            return
+        fits = self.kv.can_allocate(rid, num_tokens, final)
+        before = self._snapshot()
+        reused = self.kv.try_allocate(rid, num_tokens, final)
+        assert (reused is not None) == fits
+        if fits:
+            assert reused == 0              # no prefix caching here
+            self.tokens[rid] = num_tokens
+        else:
+            assert self._snapshot() == before
+            self._refused(self.kv.num_tokens, rid)      # it holds no KV
+
     @rule(index=PICK)
     def free(self, index):
         rid = self._pick(index, swapped=None)

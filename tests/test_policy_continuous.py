@@ -139,6 +139,9 @@ class NeverFits(PagedKVManager):
     def can_allocate(self, request_id, num_tokens, final_tokens, segments=None):
         return False
 
+    def try_allocate(self, request_id, num_tokens, final_tokens, segments=None):
+        return None
+
 
 def test_unschedulable_head_is_rejected_not_deadlocked():
     for name in ("continuous", "static"):

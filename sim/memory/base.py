@@ -4,7 +4,8 @@ Managers are plain data structures (STYLE.md rule 2): they know sequences by
 ``request_id`` and token counts, never requests, clocks or policies. Each act
 has a paired check (``can_allocate``/``allocate``, ``can_append``/``append``);
 calling an act whose check is false raises ``MemoryError_`` -- a policy bug,
-not a workload condition.
+not a workload condition. ``try_allocate`` and ``append_all`` check and act
+in one call, changing nothing when the check fails.
 
 Token accounting: a sequence *holds* ``num_tokens`` tokens of KV (real
 tokens). The manager may hold more slots than that for it: the unused tail of
@@ -58,6 +59,11 @@ class KVManager(Protocol):
         """Start holding ``num_tokens`` tokens for a new sequence that will
         grow to ``final_tokens``; ``segments`` (its content, prefix caching)
         lets it reuse a cached prefix. Returns the tokens reused."""
+        ...
+
+    def try_allocate(self, request_id: int, num_tokens: int, final_tokens: int, segments=None) -> int | None:
+        """``allocate`` if ``can_allocate`` (bulk check + act, checked once),
+        else None and nothing held."""
         ...
 
     def can_append(self, request_id: int, num_tokens: int = 1) -> bool: ...

@@ -122,12 +122,19 @@ class ContiguousKVManager:
 
     def allocate(self, request_id: int, num_tokens: int, final_tokens: int, segments=None) -> int:
         """Reserve for a new sequence; returns 0 (no prefix is ever reused)."""
+        if self.try_allocate(request_id, num_tokens, final_tokens) is None:
+            raise MemoryError_(f"allocate({request_id}): no hole of {self.reservation_tokens(final_tokens)} "
+                               f"slots (largest {max(self._hole_sizes, default=0)})")
+        return 0
+
+    def try_allocate(self, request_id: int, num_tokens: int, final_tokens: int, segments=None) -> int | None:
+        """``allocate`` if ``can_allocate``, checked once; None (and nothing
+        held) if not."""
         self._check_new(request_id, num_tokens, final_tokens)
         size = self.reservation_tokens(final_tokens)
         i = self._first_fit(size)
         if i is None:
-            raise MemoryError_(f"allocate({request_id}): no hole of {size} slots "
-                               f"(largest {max(self._hole_sizes, default=0)})")
+            return None
         start = self._hole_starts[i]
         if self._hole_sizes[i] == size:
             del self._hole_starts[i], self._hole_sizes[i]

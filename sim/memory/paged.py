@@ -283,11 +283,20 @@ class PagedKVManager:
                  segments: Segments | None = None) -> int:
         """Hold ``num_tokens`` tokens for a new sequence; with prefix caching
         and ``segments``, reuse the cached prefix. Returns the reused tokens."""
+        reused = self.try_allocate(request_id, num_tokens, final_tokens, segments)
+        if reused is None:
+            raise MemoryError_(f"allocate({request_id}, {num_tokens}) without room: "
+                               f"{len(self._free)} free blocks, watermark {self.watermark_blocks}")
+        return reused
+
+    def try_allocate(self, request_id: int, num_tokens: int, final_tokens: int,
+                     segments: Segments | None = None) -> int | None:
+        """``allocate`` if ``can_allocate``, checked once; None (and nothing
+        held) if not."""
         self._check_new(request_id, num_tokens, final_tokens)
         hits, keys = self._hits(num_tokens, segments)
         if not self._fits_new(num_tokens, hits):
-            raise MemoryError_(f"allocate({request_id}, {num_tokens}) without room: "
-                               f"{len(self._free)} free blocks, watermark {self.watermark_blocks}")
+            return None
         bs = self.block_size
         for block in hits:                   # before taking new blocks: a hit is never evicted now
             if block in self._free:

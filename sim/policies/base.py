@@ -377,11 +377,13 @@ class Policy:
         the KV manager can allocate it; None if not. The KV of the whole
         prefill is allocated at once; with ``chunked`` the sequence joins with
         all its uncached tokens still to compute (``todo``)."""
-        if not self._head_fits(token_budget, chunked):
-            return None
         req = self.waiting[0]
         n = prefill_length(req)
-        cached = self.kv.allocate(req.request_id, n, req.final_tokens, req.segments)
+        if token_budget is not None and not self._within_budget(req, n, token_budget, chunked):
+            return None
+        cached = self.kv.try_allocate(req.request_id, n, req.final_tokens, req.segments)
+        if cached is None:
+            return None
         if req.num_seqs > 1 and not self._hold_samples(req, n):
             self.kv.free(req.request_id)
             return None
@@ -402,11 +404,17 @@ class Policy:
         KV manager can allocate it."""
         req = self.waiting[0]
         n = prefill_length(req)
-        if token_budget is not None:
-            cached = self.kv.prefix_hit_tokens(n, req.segments) if req.segments is not None else 0
-            if token_budget < 1 if chunked else n - cached > token_budget:
-                return False
+        if token_budget is not None and not self._within_budget(req, n, token_budget, chunked):
+            return False
         return self.kv.can_allocate(req.request_id, n, req.final_tokens, req.segments)
+
+    def _within_budget(self, req: Request, n: int, token_budget: int, chunked: bool) -> bool:
+        """Whether a (re-)prefill of ``n`` tokens fits ``token_budget``: its
+        tokens not cached (``chunked``: any of them)."""
+        if chunked:
+            return token_budget >= 1
+        cached = self.kv.prefix_hit_tokens(n, req.segments) if req.segments is not None else 0
+        return n - cached <= token_budget
 
     def _hold_samples(self, req: Request, n: int) -> bool:
         """KV for a request's extra samples at admission: paged blocks share
