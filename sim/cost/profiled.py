@@ -389,7 +389,7 @@ class ProfiledCostModel:
         and the swap copies."""
         swap = swap_tokens * self.swap_s_per_token
         rows = sum(new) + decode_seqs
-        engine = self.engine
+        engine = self._engine
         if rows == 0:
             return (engine.host_s(len(new) + decode_seqs, 0, False) if engine else 0.0), 0.0, swap
         args = (new, context, decode_seqs, decode_context_sum, decode_context_max)
@@ -415,7 +415,7 @@ class ProfiledCostModel:
         dec = batch.decode_context_tokens
         if batch.prefill_new_tokens or not dec or batch.swap_in_tokens or batch.swap_out_tokens:
             return decode_run_times_by_steps(self, batch, num_steps, first_step)
-        b, layout, engine = len(dec), batch.kv_layout, self.engine
+        b, layout, engine = len(dec), batch.kv_layout, self._engine
         key = (layout, b)
         terms = self._decode_terms.get(key)
         if terms is None:        # the same additions, in the same order, as step_time
@@ -456,7 +456,7 @@ class ProfiledCostModel:
         at = interp([(total + i * b) / b for i in range(num_steps)] + [longest + i for i in range(num_steps)],
                     xs, ys).tolist()
         fixed, bucket, host = terms
-        engine, layers, scale = self.engine, self.num_layers, attn.scale
+        engine, layers, scale = self._engine, self.num_layers, attn.scale
         out = []
         for um, top in zip(at[:num_steps], at[num_steps:]):
             gpu = (top - um) * skew + um

@@ -681,9 +681,10 @@ class PagedKVManager:
         slots of blocks freed."""
         bs = self.block_size
         if not self._ids:
-            tokens = self._tokens(slot)
-            self._free.n += _ceil_div(tokens, bs)
-            self._by_residue[int(self._tok[slot]) % bs] -= 1
+            base = int(self._tok[slot])
+            tokens = base + self._clock
+            self._free.n += -(-tokens // bs)
+            self._by_residue[base % bs] -= 1
             return tokens
         blocks = self._table[slot, : self._nblk[slot]]
         tokens = int(self._tok[slot])
@@ -710,13 +711,17 @@ class PagedKVManager:
         held sequence only the clock moves, else their own counts do."""
         bs, free = self.block_size, self._free
         n = len(slots)
-        if n == len(self._seqs):           # every held sequence (the slots are distinct)
-            full, rest = divmod(num_tokens, bs)
-            need = full * n
-            if rest:       # step j takes a block for those whose tokens % bs == (-clock - j) % bs:
-                top = (-self._clock) % bs          # residues top, top - 1, ..., around the circle
-                low, counts = top - rest + 1, self._by_residue
-                need += sum(counts[low: top + 1]) if low >= 0 else sum(counts[: top + 1]) + sum(counts[low:])
+        if n == len(self._seqs.slot_of):   # every held sequence (the slots are distinct)
+            # step j takes a block for those whose tokens % bs == (-clock - j) % bs:
+            top = (-self._clock) % bs              # residues top, top - 1, ..., around the circle
+            if num_tokens == 1:                    # a decode step
+                need = self._by_residue[top]
+            else:
+                full, rest = divmod(num_tokens, bs)
+                need = full * n
+                if rest:
+                    low, counts = top - rest + 1, self._by_residue
+                    need += sum(counts[low: top + 1]) if low >= 0 else sum(counts[: top + 1]) + sum(counts[low:])
             if need > free.n:
                 return False
             free.n -= need

@@ -86,8 +86,9 @@ class Policy:
 
     # ---- arrivals -----------------------------------------------------
     def rejection_reason(self, req: Request) -> str | None:
-        if req.final_tokens > self.model.max_context_tokens:
-            return (f"needs {req.final_tokens} tokens of context, "
+        final = req.final_tokens
+        if final > self.model.max_context_tokens:
+            return (f"needs {final} tokens of context, "
                     f"{self.model.name} allows {self.model.max_context_tokens}")
         if req.num_seqs > self.spec.max_batch_size:
             return (f"runs {req.num_seqs} sequences, engine.batching.max_batch_size allows "
@@ -98,15 +99,15 @@ class Policy:
             return self.kv.rejection_reason(
                 req.prompt_tokens + req.num_seqs * (req.output_tokens + self.kv.block_size))
         if req.num_seqs > 1:       # contiguous: a reservation each
-            one = self.kv.rejection_reason(req.final_tokens)
+            one = self.kv.rejection_reason(final)
             if one is not None:
                 return one
-            per = self.kv.reservation_tokens(req.final_tokens)
+            per = self.kv.reservation_tokens(final)
             if per * req.num_seqs > self.kv.total_tokens:
                 return (f"{req.num_seqs} samples need {per * req.num_seqs} reserved tokens, "
                         f"the KV cache has {self.kv.total_tokens}")
             return None
-        return self.kv.rejection_reason(req.final_tokens)
+        return self.kv.rejection_reason(final)
 
     def _has_room(self, req: Request) -> bool:
         """Whether ``max_batch_size`` leaves rows for every sequence of
