@@ -78,18 +78,21 @@ def simulate(requests: Sequence[Request], policies: Sequence[Policy],
     timeline = Timeline(timeline_max_rows)
 
     def arrivals():
+        now = env.now
         for i, req in enumerate(requests):
-            delay = req.arrival_s - env.now
+            delay = req.arrival_s - now
             if delay > 0:
                 yield env.timeout(delay)
+                now = env.now
             state.events += 1
             state.next_arrival = i + 1
-            rep = replicas[router.route(req, replicas)]
+            rep = replicas[router.route(req, replicas)] if len(replicas) > 1 else replicas[0]
             req.replica = rep.index
-            if rep.policy.add(req, env.now):
+            if rep.policy.add(req, now):
                 if rep.queued_s is not None:
-                    rep.queued_s.append(env.now)
-                _wake(rep)
+                    rep.queued_s.append(now)
+                if rep.wake is not None:        # idle
+                    _wake(rep)
             else:
                 state.on_progress(1)
         state.arrivals_done = True

@@ -101,12 +101,13 @@ class Timeline:
         return (policy.num_running, len(policy.waiting), len(policy.swapped),
                 len(batch.requests), len(prefills) + decodes, new + decodes, new,
                 decodes, u.real, u.internal + u.reserved, u.internal, u.reserved,
-                external_slots(policy), u.free, u.total, u.shared)
+                external_slots(policy) if policy.waiting else 0, u.free, u.total, u.shared)
 
     def append(self, t_s: float, replica: int, step_s: float, snapshot: tuple) -> None:
         """A step's row from a ``snapshot`` taken when it started (a real
         executor learns ``step_s`` only once the step is over)."""
-        self._maybe_flush()
+        if len(self._rows) + len(self._runs) >= FLUSH_EVERY:
+            self._flush()
         self._rows.append((t_s, replica, step_s, *snapshot))
 
     def record_run(self, start_s: float, replica: int, ends_s: list[float], policy: Policy, batch: Batch, *,
@@ -133,7 +134,8 @@ class Timeline:
         if pending:
             self._pending[replica] = run
             return
-        self._maybe_flush()
+        if len(self._rows) + len(self._runs) >= FLUSH_EVERY:
+            self._flush()
         self._runs.append(run)
 
     def finish_run(self, replica: int, queued_s: list[float], policy: Policy) -> None:
@@ -150,14 +152,11 @@ class Timeline:
                 # the queue's head is the first arrival: its hole fit, in a run's fixed memory
                 external = np.where(joined > 0, external_slots(policy), 0)
             run = run._replace(per_step={"waiting": values["waiting"] + joined, "external": external})
-        self._maybe_flush()
+        if len(self._rows) + len(self._runs) >= FLUSH_EVERY:
+            self._flush()
         self._runs.append(run)
 
     # ---- bulk conversion ---------------------------------------------------
-    def _maybe_flush(self) -> None:
-        if len(self._rows) + len(self._runs) >= FLUSH_EVERY:
-            self._flush()
-
     def _flush(self) -> None:
         """Buffered steps and runs -> each replica's stored rows. The single
         steps and the runs' steps of a flush are one part, which ``_add``

@@ -61,6 +61,8 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import truediv
 from pathlib import Path
 
 import numpy as np
@@ -412,10 +414,10 @@ class ProfiledCostModel:
     def decode_run_times(self, batch: Batch, num_steps: int, first_step: int = 0) -> np.ndarray:
         """Vectorised over the run for a pure decode batch; the same numbers as
         ``decode_run_times_by_steps`` (which any other batch falls back to)."""
-        dec = batch.decode_context_tokens
-        if batch.prefill_new_tokens or not dec or batch.swap_in_tokens or batch.swap_out_tokens:
+        b = len(batch.decode_context_tokens)
+        if batch.prefill_new_tokens or not b or batch.swap_in_tokens or batch.swap_out_tokens:
             return decode_run_times_by_steps(self, batch, num_steps, first_step)
-        b, layout, engine = len(dec), batch.kv_layout, self._engine
+        layout, engine = batch.kv_layout, self._engine
         key = (layout, b)
         terms = self._decode_terms.get(key)
         if terms is None:        # the same additions, in the same order, as step_time
@@ -453,8 +455,9 @@ class ProfiledCostModel:
         step's products and sums exactly as the vectorised path does them."""
         attn = self.decode[layout]
         xs, ys, skew = attn._row(b)
-        at = interp([(total + i * b) / b for i in range(num_steps)] + [longest + i for i in range(num_steps)],
-                    xs, ys).tolist()
+        # the steps' mean contexts (total + i * b) / b, then their longest contexts (no Python frames)
+        at = interp([*map(truediv, range(total, total + num_steps * b, b), repeat(b, num_steps)),
+                     *range(longest, longest + num_steps)], xs, ys).tolist()
         fixed, bucket, host = terms
         engine, layers, scale = self._engine, self.num_layers, attn.scale
         out = []

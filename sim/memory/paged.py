@@ -430,7 +430,7 @@ class PagedKVManager:
         sequence counts as a full one). Over every held sequence of a
         manager without ids, its count by residue, turned by the clock."""
         bs = self.block_size
-        if not self._ids and len(slots) == len(self._seqs):
+        if not self._ids and len(slots) == len(self._seqs.slot_of):
             turn = (1 - self._clock) % bs        # (t + clock - 1) % bs == q  <=>  t % bs == (q + turn) % bs
             return self._by_residue[turn:] + self._by_residue[:turn]
         return np.bincount((self._tok[slots] + (self._clock - 1)) % bs, minlength=bs).tolist()
@@ -441,7 +441,7 @@ class PagedKVManager:
         (free slots in each last block first)."""
         bs = self.block_size
         free_blocks = len(self._free)
-        if len(slots) * _ceil_div(max_growth, bs) <= free_blocks:
+        if len(slots) * -(-max_growth // bs) <= free_blocks:
             return max_growth           # even if every sequence's last block were full
         slack = (-(self._tok[slots] + self._clock)) % bs
 

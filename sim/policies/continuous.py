@@ -78,7 +78,7 @@ class ContinuousPolicy(Policy):
             self._repeatable = num_evicted == 0
             first_admitted = run.n
             if num_evicted == 0:
-                swap_in_tokens = self._swap_in(swap_in)
+                swap_in_tokens = self._swap_in(swap_in) if self.swapped else 0
                 first_admitted = run.n
                 if self.spec.mixed_prefill_decode:
                     admitted = self._admit(now, num_decodes)

@@ -150,7 +150,8 @@ class RunningSet:
         self._cols[:, i] = (slot, req.computed_tokens - self._grown, left + self._emitted, req.output_tokens,
                             todo, req.request_id, int(req.beam))
         self.n += 1
-        self._count(req, 1)
+        if req.num_seqs > 1 or req.beam:
+            self._count(req, 1)
         self._sum += req.computed_tokens
         if self._max is not None:
             self._max = max(self._max, req.computed_tokens)
@@ -158,6 +159,9 @@ class RunningSet:
             self._left = min(self._left, left)
 
     def _count(self, req: Request, rows: int) -> None:
+        """``rows`` more rows of ``req`` (fewer if negative) in the summaries
+        (``add`` and ``remove`` call it only for a request that samples
+        several sequences or searches beams)."""
         if req.num_seqs > 1:
             self.num_multi_rows += rows
         if req.beam:
@@ -215,7 +219,8 @@ class RunningSet:
             self._cols[:, :m] = self._cols[:, :n][:, keep]
         self.n = m
         for req in removed:
-            self._count(req, -1)
+            if req.num_seqs > 1 or req.beam:
+                self._count(req, -1)
         self._left = None
         self._dropped(computed)
         return removed
