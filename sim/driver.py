@@ -18,6 +18,15 @@ unless the policy says no arrival can change this run (a running static
 batch; a full batch, or a queue whose head could not be admitted) -- and at
 the horizon, and applies the run in one go. Request timings are the same as
 stepping one iteration at a time.
+
+Going on without waiting: a replica whose step (or run) ends before the
+next arrival and the horizon takes its next decision at once, on its own
+clock, instead of waiting for SimPy's: nothing can happen in between (an
+arrival is the only thing from outside a replica, and the router reads
+replicas only then). It waits -- SimPy's clock catching up to its own, to
+the same float -- when a step ends at or after the next arrival, when it
+goes idle, and during a run through arrivals. Ties go as in stepping: an
+arrival at the very end of a step is met by a wait.
 """
 from __future__ import annotations
 
@@ -102,10 +111,12 @@ def simulate(requests: Sequence[Request], policies: Sequence[Policy],
     def replica_loop(rep: _Replica):
         policy, cost = rep.policy, rep.cost
         finished = policy.finished
+        now = clock = env.now   # the replica's clock, and SimPy's (behind it while it goes on, below)
         while True:
-            now = env.now
             batch = policy.schedule(now)
             if batch is None:
+                if clock != now:            # idle: SimPy's clock catches up first
+                    yield env.timeout(_delay_to(clock, now))
                 if state.arrivals_done and not policy.has_work():
                     return
                 rep.wake = env.event()
@@ -116,47 +127,60 @@ def simulate(requests: Sequence[Request], policies: Sequence[Policy],
                     yield rep.wake | env.timeout(max(wakeup_s - now, 0.0))
                 rep.wake = None
                 state.events += 1
+                now = clock = env.now
                 continue
             done_before = len(finished)
+            i = state.next_arrival          # nothing from outside happens before next_s
+            next_s = requests[i].arrival_s if i < len(requests) else math.inf
+            if horizon_s is not None and horizon_s < next_s:
+                next_s = horizon_s
             k, through, step_s = 1, False, None
             if fast_forward and batch.prefill_new_tokens:
                 # a led run: its first step alone decides whether decodes follow it
                 step_s = cost.step_time(batch)
                 through = policy.run_ignores_arrivals()
-                stop_s = _stop_s(requests, state, through, horizon_s)
+                stop_s = _through_s(horizon_s) if through else next_s
                 if now + step_s < stop_s:
                     k = policy.decode_run_length(batch)
             elif fast_forward:
                 k = policy.decode_run_length(batch)
                 if k > 1:
                     through = policy.run_ignores_arrivals()
-                    stop_s = _stop_s(requests, state, through, horizon_s)
+                    stop_s = _through_s(horizon_s) if through else next_s
             if k > 1:
                 decodes = policy.run_batch(batch)
                 k, ends, step_s = _run_ends(now, cost, batch, decodes, k, stop_s, horizon_s, step_s,
                                             rep.step_s)
+            pending = through and k > 1     # a run through arrivals: recorded once it ends
             if k > 1:
                 if decodes is batch:
-                    timeline.record_run(now, rep.index, ends, policy, batch, pending=through)
+                    timeline.record_run(now, rep.index, ends, policy, batch, pending=pending)
                 else:           # a led run: its first step, then the decodes that follow it
                     snapshot = timeline.snapshot(policy, batch)
                     timeline.append(now, rep.index, step_s, snapshot)
                     timeline.record_run(ends[0], rep.index, ends[1:], policy, decodes,
-                                        pending=through, first_step=1, snapshot=snapshot)
-                rep.queued_s = [] if through else None
+                                        pending=pending, first_step=1, snapshot=snapshot)
                 rep.step_s = ends[-1] - ends[-2]
-                yield env.timeout(ends[-1] - now)
-                if through:
-                    timeline.finish_run(rep.index, rep.queued_s, policy)
-                    rep.queued_s = None
-                policy.advance_decode_run(batch, ends)
+                delay = ends[-1] - now
             else:
                 if step_s is None:        # not already priced as a run's first step
                     step_s = cost.step_time(batch)
                 timeline.record_step(now, rep.index, step_s, policy, batch)
-                rep.step_s = step_s
-                yield env.timeout(step_s)
-                policy.on_step_done(batch, env.now)
+                rep.step_s = delay = step_s
+            end = now + delay               # SimPy's sum, were the replica to wait for it
+            if end >= next_s or pending or not fast_forward:
+                if pending:
+                    rep.queued_s = []
+                yield env.timeout(delay if clock == now else _delay_to(clock, end))
+                clock = end
+                if pending:
+                    timeline.finish_run(rep.index, rep.queued_s, policy)
+                    rep.queued_s = None
+            if k > 1:
+                policy.advance_decode_run(batch, ends)
+            else:
+                policy.on_step_done(batch, end)
+            now = end
             state.events += 1
             state.steps += k
             if len(finished) != done_before:
@@ -193,12 +217,20 @@ def _wake(rep: _Replica) -> None:
         rep.wake.succeed()
 
 
-def _stop_s(requests: Sequence[Request], state: _State, through: bool, horizon_s: float | None) -> float:
-    """When a run must stop: the next arrival (unless the run goes on
-    ``through`` arrivals), or the horizon."""
-    i = state.next_arrival
-    stop_s = math.inf if through or i >= len(requests) else requests[i].arrival_s
-    return stop_s if horizon_s is None else min(stop_s, horizon_s)
+def _through_s(horizon_s: float | None) -> float:
+    """When a run that goes on through arrivals must stop: at the horizon."""
+    return math.inf if horizon_s is None else horizon_s
+
+
+def _delay_to(now: float, end: float) -> float:
+    """A delay that SimPy's clock, at ``now``, adds up to ``end`` exactly
+    (``end - now`` can round when ``now`` is far below ``end``)."""
+    delay = end - now
+    while now + delay < end:
+        delay = math.nextafter(delay, math.inf)
+    while now + delay > end:
+        delay = math.nextafter(delay, -math.inf)
+    return delay
 
 
 def _run_ends(now: float, cost: CostModel, batch, decodes, max_steps: int, stop_s: float,
@@ -206,8 +238,8 @@ def _run_ends(now: float, cost: CostModel, batch, decodes, max_steps: int, stop_
               guess_s: float = 0.0) -> tuple[int, list[float], float]:
     """End times of a run's steps, accumulated one step at a time exactly as
     stepping would, cut after the step during which ``stop_s`` (the next
-    arrival, or the horizon) falls and before any step that would end past
-    the horizon, and the first step's duration (``cost.step_time(batch)``).
+    arrival, or the horizon) falls and before any step that would end on or
+    past the horizon, and the first step's duration (``cost.step_time(batch)``).
     The run is ``batch``, then its decode step ``decodes`` repeated with every
     context one longer each time (``decodes is batch``: a pure decode run;
     otherwise ``first_s``, when given, is ``batch``'s price). Steps are
@@ -240,8 +272,8 @@ def _run_ends(now: float, cost: CostModel, batch, decodes, max_steps: int, stop_
             done, chunk = done + m, chunk * 4
             continue
         break
-    if horizon_s is not None and ends[-1] > horizon_s:   # stop_s <= horizon_s: only the last can be
-        ends.pop()
+    if horizon_s is not None and ends[-1] >= horizon_s:  # stop_s <= horizon_s: only the last can be
+        ends.pop()                  # (a step that ends on the horizon does not end: SimPy stops first)
     assert first_s is not None          # max_steps > 0: the first chunk priced it
     return len(ends), ends, first_s
 

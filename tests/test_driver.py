@@ -274,6 +274,42 @@ def test_jumping_is_exact_when_a_router_reads_the_replicas_load(layout):
     _assert_same_run(stepped, r1, jumped, r2)
 
 
+@pytest.mark.parametrize("replicas", [1, 2])
+@pytest.mark.parametrize("horizon_s", [None, 6.0])
+def test_going_on_without_waiting_is_exact_when_steps_end_as_requests_arrive(replicas, horizon_s):
+    """Every step takes 0.25 s and requests arrive on multiples of 0.25 s
+    (some together), so steps end exactly when requests arrive and when the
+    horizon falls: a replica that takes its next decision without waiting
+    for SimPy's clock (its step ends before anything arrives) must still
+    meet each arrival in the order stepping does, and end on the same clock;
+    a run whose last step would end on the horizon stops a step short, as
+    stepping does (SimPy stops before a step ending on it is done). Memory
+    and rows to spare: no run goes on through arrivals."""
+    quarter = LinearCostModel(base_s=0.25, per_prefill_token_s=0.0, per_decode_seq_s=0.0,
+                              per_context_token_s=0.0)
+    rng = np.random.default_rng(5)
+    arrivals = np.cumsum(rng.integers(0, 4, 120)) * 0.25
+
+    def both(fast_forward):
+        reqs = [Request(i, float(a), int(p), int(o)) for i, (a, p, o) in
+                enumerate(zip(arrivals, rng.integers(4, 60, 120), rng.integers(1, 12, 120)))]
+        pols = [make_policy("continuous", PagedKVManager(num_blocks=400, block_size=8, watermark_frac=0.0))
+                for _ in range(replicas)]
+        for pol in pols:
+            pol.record_token_times = True
+        return reqs, simulate(reqs, pols, [quarter] * replicas, LeastOutstandingRouter(),
+                              horizon_s=horizon_s, fast_forward=fast_forward)
+
+    rng_state = rng.bit_generator.state
+    stepped, r1 = both(False)
+    rng.bit_generator.state = rng_state
+    jumped, r2 = both(True)
+    assert r2.sim_events < r1.sim_events
+    assert r2.sim_time_s == r1.sim_time_s
+    assert [r.replica for r in stepped] == [r.replica for r in jumped]
+    _assert_same_run(stepped, r1, jumped, r2, rel_tol=0.0)
+
+
 def test_a_bounded_timeline_merges_steps_and_keeps_every_weighted_figure():
     """With a budget of 64 rows the timeline of ~1,300 steps is merged to
     between 32 and 64 rows that cover every step, each of the same number of
