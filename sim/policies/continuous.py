@@ -80,7 +80,7 @@ class ContinuousPolicy(Policy):
             if num_evicted == 0:
                 swap_in_tokens = self._swap_in(swap_in) if self.swapped else 0
                 first_admitted = run.n
-                if self.spec.mixed_prefill_decode:
+                if self.waiting and self.spec.mixed_prefill_decode:
                     admitted = self._admit(now, num_decodes)
         if not admitted and not num_decodes and not swap_in_tokens and not swap_out_tokens:
             if self.waiting and not run.n and not self.swapped:
@@ -107,8 +107,8 @@ class ContinuousPolicy(Policy):
             swap_out_blocks=tuple(swap_out),
             swap_in_blocks=tuple(swap_in),
             held_tokens=held,
-            seq_ids=self._seq_ids(slice(first_admitted, run.n), num_decodes),
-            block_copies=self._take_copies(),
+            seq_ids=self._seq_ids(slice(first_admitted, run.n), num_decodes) if run.num_multi_rows else (),
+            block_copies=self._take_copies() if self._copies else (),
             decode_sum_max=decode_totals,
         )
 
