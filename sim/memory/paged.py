@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -84,7 +85,14 @@ ALL_BLOCKS = 1 << 62
 """``_settled_blocks`` / ``_shared_blocks`` when nothing limits them: every block."""
 
 
+_usage = partial(tuple.__new__, KVUsage)
+"""``KVUsage`` of its seven fields in order: the tuple its own ``__new__``
+builds, without that Python function's call (``usage`` runs every step)."""
+
+
 def _ceil_div(a: int, b: int) -> int:
+    """``ceil(a / b)``; the hot paths write ``-(-a // b)`` inline (a call costs
+    more than the division)."""
     return -(-a // b)
 
 
@@ -197,7 +205,7 @@ class PagedKVManager:
         an empty cache admits: all blocks minus the admission watermark (a
         sequence preempted by recompute is re-admitted with up to its whole
         context, so anything larger could wait forever)."""
-        need = _ceil_div(final_tokens, self.block_size)
+        need = -(-final_tokens // self.block_size)
         admissible = self.num_blocks - self.watermark_blocks
         if need <= admissible:
             return None
@@ -276,7 +284,7 @@ class PagedKVManager:
         """Whether a new sequence of ``num_tokens`` whose prefix hits ``hits``
         leaves the watermark free."""
         revived = self._free.count_free(hits) if hits else 0
-        need = _ceil_div(num_tokens, self.block_size) - len(hits) + revived
+        need = -(-num_tokens // self.block_size) - len(hits) + revived
         return len(self._free) - need >= self.watermark_blocks
 
     def allocate(self, request_id: int, num_tokens: int, final_tokens: int,
@@ -305,7 +313,7 @@ class PagedKVManager:
             else:
                 self._shared[block] = self._shared.get(block, 1) + 1
         slot = self._add_seq(request_id)
-        count = _ceil_div(num_tokens, bs)
+        count = -(-num_tokens // bs)
         if not self._ids:
             self._free.n -= count
             self._tok[slot] = base = num_tokens - self._clock
@@ -380,7 +388,27 @@ class PagedKVManager:
         if num_tokens == 0 or len(slots) == 0:
             return True
         if not self._ids:
-            return self._count_growth(slots, num_tokens)
+            n, free = len(slots), self._free
+            if n != len(self._seqs.slot_of):
+                return self._count_growth(slots, num_tokens)
+            # Every held sequence (the slots are distinct): only the clock moves. Step j takes
+            # a block for those whose tokens % bs == (-clock - j) % bs: residues top, top - 1,
+            # ..., around the circle.
+            bs, top = self.block_size, (-self._clock) % self.block_size
+            if num_tokens == 1:                    # a decode step
+                need = self._by_residue[top]
+            else:
+                full, rest = divmod(num_tokens, bs)
+                need = full * n
+                if rest:
+                    low, counts = top - rest + 1, self._by_residue
+                    need += sum(counts[low: top + 1]) if low >= 0 else sum(counts[: top + 1]) + sum(counts[low:])
+            if need > free.n:
+                return False
+            free.n -= need
+            self._clock += num_tokens
+            self._real_slots += num_tokens * n
+            return True
         if self._forks and self._shared and self._any_shared_partial_last(slots):
             return self._append_slots_shared(slots, num_tokens)
         bs = self.block_size
@@ -564,7 +592,7 @@ class PagedKVManager:
         real = self._real_slots
         shared = (sum(self._shared.values()) - len(self._shared)) * self.block_size if self._shared else 0
         # total, real, internal, reserved, free, largest_free_run, shared
-        return KVUsage(self.total_tokens, real, self.total_tokens - free - real, 0, free, free, shared)
+        return _usage((self.total_tokens, real, self.total_tokens - free - real, 0, free, free, shared))
 
     def free_unusable(self, need_tokens: int) -> int:
         """Any free block serves any sequence: no external fragmentation."""
@@ -610,7 +638,7 @@ class PagedKVManager:
 
     # ---- helpers -----------------------------------------------------
     def _check_new(self, request_id: int, num_tokens: int, final_tokens: int) -> None:
-        if request_id in self._seqs:
+        if request_id in self._seqs.slot_of:
             raise MemoryError_(f"request {request_id} already holds KV")
         if not 0 <= num_tokens <= final_tokens:
             raise MemoryError_(f"request {request_id}: need 0 <= num_tokens <= final_tokens, "
@@ -707,27 +735,10 @@ class PagedKVManager:
         return len(freed) * bs - (partial if last not in common else 0)
 
     def _count_growth(self, slots: np.ndarray, num_tokens: int) -> bool:
-        """``append_slots`` of a manager without ids: when ``slots`` are every
-        held sequence only the clock moves, else their own counts do."""
-        bs, free = self.block_size, self._free
-        n = len(slots)
-        if n == len(self._seqs.slot_of):   # every held sequence (the slots are distinct)
-            # step j takes a block for those whose tokens % bs == (-clock - j) % bs:
-            top = (-self._clock) % bs              # residues top, top - 1, ..., around the circle
-            if num_tokens == 1:                    # a decode step
-                need = self._by_residue[top]
-            else:
-                full, rest = divmod(num_tokens, bs)
-                need = full * n
-                if rest:
-                    low, counts = top - rest + 1, self._by_residue
-                    need += sum(counts[low: top + 1]) if low >= 0 else sum(counts[: top + 1]) + sum(counts[low:])
-            if need > free.n:
-                return False
-            free.n -= need
-            self._clock += num_tokens
-            self._real_slots += num_tokens * n
-            return True
+        """``append_slots`` of a manager without ids for some of the held
+        sequences (all of them: ``append_slots`` moves the clock): their own
+        counts grow."""
+        bs, free, n = self.block_size, self._free, len(slots)
         base = self._tok[slots]
         tokens = base + self._clock
         need = int(((tokens + (num_tokens + bs - 1)) // bs - (tokens + (bs - 1)) // bs).sum())

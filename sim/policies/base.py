@@ -355,8 +355,11 @@ class Policy:
                 self._joining -= len(seqs)
 
     def _finish(self, req: Request, now: float) -> None:
-        for seq in req.seq_ids:
-            self.kv.free(seq)
+        if req.num_seqs == 1:         # its one sequence (without building ``seq_ids``)
+            self.kv.free(req.request_id)
+        else:
+            for seq in req.seq_ids:
+                self.kv.free(seq)
         req.status = Status.FINISHED
         req.finish_s = now
         req.computed_tokens = 0
