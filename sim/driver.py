@@ -65,7 +65,7 @@ class _Replica:
 
 @dataclass
 class _State:
-    on_progress: Callable[[int], None]
+    on_progress: Callable[[int], None] | None     # told how many requests just finished or were rejected
     next_arrival: int = 0          # index of the next request to arrive
     arrivals_done: bool = False
     events: int = 0
@@ -83,7 +83,7 @@ def simulate(requests: Sequence[Request], policies: Sequence[Policy],
     wall0 = time.perf_counter()
     env = simpy.Environment()
     replicas = [_Replica(i, p, c) for i, (p, c) in enumerate(zip(policies, costs))]
-    state = _State(on_progress=on_progress or (lambda n: None))
+    state = _State(on_progress=on_progress)
     timeline = Timeline(timeline_max_rows)
 
     def arrivals():
@@ -102,7 +102,7 @@ def simulate(requests: Sequence[Request], policies: Sequence[Policy],
                     rep.queued_s.append(now)
                 if rep.wake is not None:        # idle
                     _wake(rep)
-            else:
+            elif state.on_progress is not None:
                 state.on_progress(1)
         state.arrivals_done = True
         for rep in replicas:
@@ -171,7 +171,11 @@ def simulate(requests: Sequence[Request], policies: Sequence[Policy],
             if end >= next_s or pending or not fast_forward:
                 if pending:
                     rep.queued_s = []
-                yield env.timeout(delay if clock == now else _delay_to(clock, end))
+                if clock != now:             # it went on: from SimPy's clock to the same float
+                    delay = end - clock
+                    if clock + delay != end:
+                        delay = _delay_to(clock, end)
+                yield env.timeout(delay)
                 clock = end
                 if pending:
                     timeline.finish_run(rep.index, rep.queued_s, policy)
@@ -183,7 +187,7 @@ def simulate(requests: Sequence[Request], policies: Sequence[Policy],
             now = end
             state.events += 1
             state.steps += k
-            if len(finished) != done_before:
+            if len(finished) != done_before and state.on_progress is not None:
                 state.on_progress(len(finished) - done_before)
 
     env.process(arrivals())
