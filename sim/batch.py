@@ -53,17 +53,22 @@ class TokenCounts(Sequence):
     """An immutable sequence of token counts held in an int64 array (which
     nobody may write to once it is handed over), turned into a tuple the
     first time an item is read. It equals, and hashes as, that tuple; its
-    length, totals and ``np.asarray`` come from the array."""
+    length, totals and ``np.asarray`` come from the array. With ``start``
+    the sequence is the array turned: ``array[start:]``, then
+    ``array[:start]`` (a step's prefills listed before the decodes that
+    precede them in the running set), turned only when read."""
 
-    __slots__ = ("_array", "_tuple")
+    __slots__ = ("_array", "_start", "_tuple")
 
-    def __init__(self, array: np.ndarray) -> None:
+    def __init__(self, array: np.ndarray, start: int = 0) -> None:
         self._array = array
+        self._start = start
         self._tuple: tuple[int, ...] | None = None
 
     def as_tuple(self) -> tuple[int, ...]:
         if self._tuple is None:
-            self._tuple = tuple(self._array.tolist())
+            a, start = self._array, self._start
+            self._tuple = tuple(a[start:].tolist() + a[:start].tolist() if start else a.tolist())
         return self._tuple
 
     def totals(self) -> tuple[int, int]:
@@ -94,14 +99,16 @@ class TokenCounts(Sequence):
         return repr(self.as_tuple())
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        a, start = self._array, self._start
+        counts = np.concatenate((a[start:], a[:start])) if start else a
         if dtype is not None or copy:
-            return self._array.astype(dtype or self._array.dtype)
-        view = self._array.view()
+            return counts.astype(dtype or a.dtype)
+        view = counts.view()
         view.flags.writeable = False
         return view
 
     def __reduce__(self):
-        return TokenCounts, (self._array,)
+        return TokenCounts, (self._array, self._start)
 
 
 @dataclass(frozen=True, slots=True, init=False)

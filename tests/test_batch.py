@@ -53,6 +53,19 @@ def test_token_counts_read_as_the_tuple_they_hold():
     assert TokenCounts(np.zeros(0, np.int64)).totals() == (0, 0)
 
 
+def test_turned_token_counts_read_as_the_turned_tuple():
+    """``TokenCounts(array, start)`` is ``array[start:]`` then ``array[:start]``."""
+    turned = TokenCounts(np.array([7, 3, 12, 5], np.int64), 3)
+    assert turned == (5, 7, 3, 12) and hash(turned) == hash((5, 7, 3, 12)) and turned[0] == 5
+    assert len(turned) == 4 and turned.totals() == (27, 12) and list(turned) == [5, 7, 3, 12]
+    array = np.asarray(turned)
+    assert array.tolist() == [5, 7, 3, 12]
+    with pytest.raises(ValueError):
+        array[0] = 1
+    assert np.asarray(turned, np.float64).tolist() == [5.0, 7.0, 3.0, 12.0]
+    assert pickle.loads(pickle.dumps(turned)) == turned
+
+
 def test_a_batch_of_token_counts_equals_one_of_tuples():
     lazy = Batch(decode_context_tokens=TokenCounts(np.array([5, 9], np.int64)))
     plain = Batch(decode_context_tokens=(5, 9))

@@ -298,3 +298,27 @@ def test_beams_are_reselected_after_every_token_and_share_their_history():
     assert max(shared[1:-1]) > 2 * 2 * 4        # beams share more than the prompt's two full blocks
     kv.assert_empty()
     assert _beam_run()[0] == shared             # the same request draws the same beams: runs repeat
+
+
+@pytest.mark.parametrize("preemption", ["recompute", "swap"])
+def test_each_row_of_a_batch_holds_what_the_kv_manager_holds(preemption):
+    """``held_tokens`` (in ``requests`` order: prefills first, then decodes)
+    is what each row's sequence holds once the step's slots are reserved,
+    for batches of many rows (kept as arrays) and few, with three
+    admissions a step and, in a tight cache, preemptions (and swaps)."""
+    kv = PagedKVManager(num_blocks=120, block_size=4, watermark_frac=0.0, num_cpu_blocks=200)
+    pol = make_policy("continuous", kv, preemption=preemption)
+    reqs = make_requests(*[(0.0, 5 + i % 7, 4 + (i * 5) % 23) for i in range(240)])
+    checked = many = 0
+    for step in range(400):
+        for req in reqs[3 * step: 3 * step + 3]:
+            pol.add(req, float(step))
+        batch = pol.schedule(float(step))
+        if batch is None:
+            continue
+        assert len(batch.held_tokens) == len(batch.requests)
+        assert list(batch.held_tokens) == [kv.num_tokens(batch.seq_id(i)) for i in range(len(batch.requests))]
+        checked += 1
+        many += len(batch.requests) > 24 and bool(batch.prefill_new_tokens)
+        pol.on_step_done(batch, step + 1.0)
+    assert checked > 100 and many > 20 and pol.num_preemptions > 0

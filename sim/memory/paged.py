@@ -735,9 +735,9 @@ class PagedKVManager:
         return len(freed) * bs - (partial if last not in common else 0)
 
     def _count_growth(self, slots: np.ndarray, num_tokens: int) -> bool:
-        """``append_slots`` of a manager without ids for some of the held
-        sequences (all of them: ``append_slots`` moves the clock): their own
-        counts grow."""
+        """Growth of some held sequences of a manager without ids: their own
+        counts grow (``append_slots`` moves the clock instead when ``slots``
+        are all of them)."""
         bs, free, n = self.block_size, self._free, len(slots)
         base = self._tok[slots]
         tokens = base + self._clock

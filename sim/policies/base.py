@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from sim.batch import SMALL_COUNTS, Batch, token_counts
+from sim.batch import SMALL_COUNTS, Batch, TokenCounts, token_counts
 from sim.fields import Count
 from sim.memory.base import KVManager
 from sim.presets import ModelSpec
@@ -247,7 +247,7 @@ class Policy:
         run = self._run
         if prefill_from == run.n:         # a pure decode step
             contexts = token_counts(run.contexts(decode_to))
-            return tuple(run.reqs[:decode_to]), contexts, contexts, ()
+            return tuple(run.reqs if decode_to == run.n else run.reqs[:decode_to]), contexts, contexts, ()
         reqs, held = run.reqs, run.contexts(run.n)
         rows = tuple(reqs[prefill_from:] + reqs[:decode_to])
         if run.n <= SMALL_COUNTS:         # a few rows: one tolist, then tuples of its slices
@@ -255,8 +255,11 @@ class Policy:
             return (rows, tuple(counts[prefill_from:] + counts[:decode_to]), tuple(counts[:decode_to]),
                     tuple(counts[prefill_from:]))
         prefills = held[prefill_from:]
-        return (rows, token_counts(np.concatenate((prefills, held[:decode_to]))), token_counts(held[:decode_to]),
-                tuple(prefills.tolist()))
+        # in the batch's order, prefills first: the running set turned, unless rows that only
+        # swap back in sit between the decodes and the prefills
+        rows_held = TokenCounts(held, prefill_from) if decode_to == prefill_from else \
+            token_counts(np.concatenate((prefills, held[:decode_to])))
+        return rows, rows_held, token_counts(held[:decode_to]), tuple(prefills.tolist())
 
     def _seq_ids(self, prefill_rows, num_decodes: int) -> tuple[int, ...]:
         """``Batch.seq_ids`` of a batch whose prefills are the running
