@@ -21,6 +21,7 @@ every step.
 """
 from __future__ import annotations
 
+from functools import partial
 from itertools import chain
 from typing import NamedTuple
 
@@ -72,6 +73,11 @@ class _Run(NamedTuple):
     fill: list[int] | None
     per_step: dict[str, np.ndarray] | None = None
     first_step: int = 0
+
+
+_new_run = partial(tuple.__new__, _Run)
+"""``_Run`` of its six fields in order: the tuple its own ``__new__`` builds,
+without that Python function's call (a run is recorded every decision or so)."""
 
 
 class Timeline:
@@ -127,10 +133,10 @@ class Timeline:
         running, waiting, swapped, *_, real, _, internal, reserved, external, free, total, shared = (
             snapshot if snapshot is not None else self.snapshot(policy, batch))
         decodes = len(batch.decode_context_tokens)      # a decode step: its rows, sequences and tokens
-        run = _Run(start_s, ends_s, (
+        run = _new_run((start_s, ends_s, (
             replica, running, waiting, swapped, len(batch.requests), decodes, decodes, decodes, external, real,
             real + internal, reserved, free, total, shared),
-            policy.last_block_fill() if policy.kv.layout == "paged" else None, first_step=first_step)
+            policy.last_block_fill() if policy.kv.layout == "paged" else None, None, first_step))
         if pending:
             self._pending[replica] = run
             return

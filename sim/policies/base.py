@@ -289,7 +289,8 @@ class Policy:
             if run.generated(i) == 0:
                 run.reqs[i].first_token_s = now
                 first = True
-        if isinstance(self._emitting, slice) and self._emitting == slice(0, run.n):
+        rows = self._emitting
+        if isinstance(rows, slice) and not rows.start and rows.stop == run.n:   # every row
             run.emit_all()
         else:
             run.emit(self._emitting)
