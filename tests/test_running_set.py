@@ -31,6 +31,7 @@ def test_removing_rows_keeps_the_others_in_order_with_their_counts(sizes, steps,
             for row in model:
                 row[1] += 1
                 row[2] += 1
+    assert run.live_slots.tolist() == [100 + i for i in range(len(sizes))]   # through the columns' growth
     run.grow(run.n, steps)
     run.emit_all(steps)
     for row in model:
@@ -46,6 +47,7 @@ def test_removing_rows_keeps_the_others_in_order_with_their_counts(sizes, steps,
     assert run.contexts(run.n).tolist() == [row[1] for row in kept]
     assert [run.generated(i) for i in range(run.n)] == [row[2] for row in kept]
     assert run.slot[: run.n].tolist() == [100 + row[0].request_id for row in kept]
+    assert run.live_slots.tolist() == run.slot[: run.n].tolist()     # the view kept for the KV manager
     assert run.context_totals() == (sum(r[1] for r in kept), max((r[1] for r in kept), default=0))
     left = [row[0].output_tokens - row[2] for row in kept]
     assert run.steps_to_finish() == (min(left) if left else NO_FINISH)

@@ -157,7 +157,7 @@ class Policy:
         max_steps = run.steps_to_finish()
         if max_steps <= 1:
             return 1
-        return 1 + self.kv.growth_steps(run.slot[: run.n], max_steps - 1)
+        return 1 + self.kv.growth_steps(run.live_slots, max_steps - 1)
 
     def _all_emit(self) -> bool:
         """Whether every running sequence emits a token on the scheduled step."""
@@ -201,7 +201,7 @@ class Policy:
         if batch.prefill_new_tokens:
             self.on_step_done(batch, step_ends_s[0])
             lead = 1
-        if k > 1 and not self.kv.append_slots(run.slot[: run.n], k - 1):
+        if k > 1 and not self.kv.append_slots(run.live_slots, k - 1):
             raise AssertionError("decode run planned past the free KV memory")
         run.grow(run.n, k - 1)
         run.emit_all(k - lead)
@@ -229,7 +229,7 @@ class Policy:
         """Paged KV: how many running sequences hold each number of tokens
         in their last block (entry q: q + 1 tokens; see ``fill_counts``)."""
         run = self._run
-        return self.kv.fill_counts(run.slot[: run.n])
+        return self.kv.fill_counts(run.live_slots)
 
     @property
     def num_outstanding(self) -> int:
@@ -452,7 +452,7 @@ class Policy:
         sequences preempted."""
         run = self._run
         count = run.n if count is None else count
-        if self.kv.append_slots(run.slot[:count], 1):     # the usual case
+        if self.kv.append_slots(run.live_slots if count == run.n else run.slot[:count], 1):   # the usual case
             run.grow(count)
             return count, 0, 0
         swapped_tokens = num_evicted = i = 0

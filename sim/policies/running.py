@@ -17,7 +17,9 @@ tokens still to generate) and ``target`` (output tokens wanted), ``todo``
 has produced its first token) and ``seq`` (the KV manager's sequence id:
 the request id, or, for the extra samples of a request that samples
 several, ``Request.seq_ids``; a request's rows are adjacent) and ``beam``
-(1 for a beam-search request's rows).
+(1 for a beam-search request's rows). ``live_slots`` is ``slot[:n]``,
+the running rows' KV slots, kept as one view (renewed whenever ``n``
+changes) because a decision passes them to the KV manager several times.
 
 What every row gains at once -- a token of KV for each, a token emitted by
 each -- is counted by a clock (``_grown``, ``_emitted``), not written into
@@ -74,6 +76,7 @@ class RunningSet:
     def _bind(self) -> None:
         for i, name in enumerate(_INT_COLUMNS):
             setattr(self, name, self._cols[i])
+        self.live_slots = self.slot[: self.n]
 
     def __len__(self) -> int:
         return self.n
@@ -150,6 +153,7 @@ class RunningSet:
         self._cols[:, i] = (slot, req.computed_tokens - self._grown, left + self._emitted, req.output_tokens,
                             todo, req.request_id, int(req.beam))
         self.n += 1
+        self.live_slots = self.slot[: self.n]
         if req.num_seqs > 1 or req.beam:
             self._count(req, 1)
         self._sum += req.computed_tokens
@@ -183,12 +187,14 @@ class RunningSet:
         self.slot[new] = slots
         self.seq[new] = seqs
         self.n += k
+        self.live_slots = self.slot[: self.n]
         self._count(req, k)
         self._sum += k * self.context(position)
 
     def pop(self) -> Request:
         """Remove the most recently admitted sequence, synchronised."""
         self.n -= 1
+        self.live_slots = self.slot[: self.n]
         req = self._sync(self.n)
         self.reqs.pop()
         self._count(req, -1)
@@ -218,6 +224,7 @@ class RunningSet:
             self.reqs = [req for req, kept in zip(self.reqs, keep.tolist()) if kept]
             self._cols[:, :m] = self._cols[:, :n][:, keep]
         self.n = m
+        self.live_slots = self.slot[: self.n]
         for req in removed:
             if req.num_seqs > 1 or req.beam:
                 self._count(req, -1)
@@ -239,6 +246,7 @@ class RunningSet:
         reqs = self.requests()
         self.reqs = []
         self.n = 0
+        self.live_slots = self.slot[: self.n]
         self.num_beam_rows = self.num_multi_rows = 0
         self._left = NO_FINISH
         self._sum, self._max = 0, 0
