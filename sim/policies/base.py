@@ -293,7 +293,7 @@ class Policy:
         if isinstance(rows, slice) and not rows.start and rows.stop == run.n:   # every row
             run.emit_all()
         else:
-            run.emit(self._emitting)
+            run.emit(rows)
         if self.record_token_times:
             rows = np.arange(run.n)[self._emitting]
             for i in rows[run.seq[rows] >= 0]:          # a request's own row, not its extra samples
