@@ -427,7 +427,7 @@ class ProfiledCostModel:
                      engine.host_s(b, 0, bucket is not None) if engine is not None else 0.0)
             self._decode_terms[key] = terms
         fixed, bucket, host = terms
-        dec_sum, dec_max = batch.decode_sum_max or batch.decode_totals()
+        dec_sum, dec_max = batch.decode_totals()
         if num_steps <= SHORT_RUN_STEPS:
             return np.array(self._short_run(layout, b, dec_sum + first_step * b, dec_max + first_step,
                                             num_steps, terms))
